@@ -1,0 +1,1001 @@
+//! `moat.toml`: the manifest that declares a project's modules, contracts and consumers.
+//!
+//! Parsing walks TOML's spanned document tree by hand (rather than through serde) so that every
+//! problem is reported at once, each with the file, the key and its line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::names::{
+    ConsumerName, ContractName, ModuleName, NameError, ProjectName, RelationName, RoleNames,
+    SchemaName, reserved_schema,
+};
+use crate::text::LineIndex;
+
+/// The manifest's file name.
+pub const FILE_NAME: &str = "moat.toml";
+
+/// A validated manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The manifest file.
+    pub path: PathBuf,
+    /// The directory that holds it; relative paths in the manifest start here.
+    pub root: PathBuf,
+    /// `[project] name`.
+    pub project: ProjectName,
+    /// Modules in declaration order.
+    pub modules: Vec<Module>,
+    /// Contracts in declaration order.
+    pub contracts: Vec<Contract>,
+    /// Consumers in declaration order.
+    pub consumers: Vec<ConsumerName>,
+}
+
+/// A module: one schema, two roles, one migration folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    /// Its name.
+    pub name: ModuleName,
+    /// Its schema (the module name unless the manifest says otherwise).
+    pub schema: SchemaName,
+    /// Its migration folder.
+    pub migrations: PathBuf,
+    /// Code whose embedded SQL `moat check` reads.
+    pub sources: Vec<PathBuf>,
+    /// Modules whose API or events it uses.
+    pub depends_on: Vec<ModuleName>,
+}
+
+/// A contract: read-only views, the one allowed cross-module read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contract {
+    /// Its name.
+    pub name: ContractName,
+    /// The SQL file with its `CREATE VIEW` statements.
+    pub sql: PathBuf,
+    /// The only relations it may read.
+    pub reads: Vec<QualifiedRelation>,
+    /// Consumers granted SELECT on its views.
+    pub readers: Vec<ConsumerName>,
+}
+
+/// `schema.relation`, as in a contract's `reads`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QualifiedRelation {
+    /// The schema (a module's schema).
+    pub schema: SchemaName,
+    /// The relation in it.
+    pub relation: RelationName,
+}
+
+impl fmt::Display for QualifiedRelation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.relation)
+    }
+}
+
+/// One problem in a manifest, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// 1-based line of the offending key or value.
+    pub line: u32,
+    /// 1-based column.
+    pub column: u32,
+    /// The dotted key, such as `modules.billing.depends_on`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub help: Option<String>,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "`{}`: ", self.key)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(help) = &self.help {
+            write!(f, "\n  help: {help}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a manifest could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// No `moat.toml` in the directory or any parent.
+    #[error(
+        "could not find `moat.toml` in `{start}` or any parent directory\n  help: create one (see the README), or pass `--manifest PATH`"
+    )]
+    NotFound {
+        /// Where the search started.
+        start: PathBuf,
+    },
+    /// The file could not be read.
+    #[error("cannot read manifest `{path}`")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read but is invalid.
+    #[error("{}", render_errors(.0))]
+    Invalid(Vec<ManifestError>),
+}
+
+fn render_errors(errors: &[ManifestError]) -> String {
+    let mut out = format!(
+        "invalid manifest: {} problem{}",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    for error in errors {
+        out.push('\n');
+        out.push_str(&error.to_string());
+    }
+    out
+}
+
+impl Manifest {
+    /// Finds `moat.toml` in `start` or its nearest parent, like Cargo finds `Cargo.toml`.
+    pub fn discover(start: &Path) -> Result<PathBuf, LoadError> {
+        let mut dir = Some(start);
+        while let Some(d) = dir {
+            let candidate = d.join(FILE_NAME);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+            dir = d.parent();
+        }
+        Err(LoadError::NotFound {
+            start: start.to_owned(),
+        })
+    }
+
+    /// Reads and validates a manifest file, checking the paths it names on disk.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text, &FsCheck).map_err(LoadError::Invalid)
+    }
+
+    /// Validates manifest text; `fs` answers whether the paths it names exist.
+    pub fn parse(path: &Path, text: &str, fs: &dyn PathCheck) -> Result<Self, Vec<ManifestError>> {
+        Parser::new(path, text, fs).parse()
+    }
+
+    /// The module with this name.
+    pub fn module(&self, name: &str) -> Option<&Module> {
+        self.modules.iter().find(|m| m.name.as_str() == name)
+    }
+
+    /// The module that owns a schema.
+    pub fn module_by_schema(&self, schema: &str) -> Option<&Module> {
+        self.modules.iter().find(|m| m.schema.as_str() == schema)
+    }
+
+    /// Role names of this project.
+    pub fn roles(&self) -> RoleNames {
+        RoleNames::new(&self.project)
+    }
+
+    /// Modules ordered so that every module comes after the modules it depends on (ties keep
+    /// declaration order). The manifest has no cycles, so this always succeeds.
+    pub fn modules_in_dependency_order(&self) -> Vec<&Module> {
+        let mut placed: Vec<&Module> = Vec::with_capacity(self.modules.len());
+        let mut remaining: Vec<&Module> = self.modules.iter().collect();
+        while !remaining.is_empty() {
+            let before = remaining.len();
+            let mut i = 0;
+            while i < remaining.len() {
+                let ready = remaining[i]
+                    .depends_on
+                    .iter()
+                    .all(|d| placed.iter().any(|p| &p.name == d));
+                if ready {
+                    placed.push(remaining.remove(i));
+                    // Restart so that declaration order wins among ready modules.
+                    i = 0;
+                } else {
+                    i += 1;
+                }
+            }
+            if remaining.len() == before {
+                // Unreachable for a validated manifest; keep the rest in declaration order.
+                placed.append(&mut remaining);
+            }
+        }
+        placed
+    }
+
+    /// Whether any module depends on another, so module events may be used: then provisioning
+    /// creates the event relay role, outboxes in depended-on modules and inboxes in dependents.
+    pub fn uses_events(&self) -> bool {
+        self.modules.iter().any(|m| !m.depends_on.is_empty())
+    }
+
+    /// Whether some module depends on `module` (so it may publish events to it).
+    pub fn is_depended_on(&self, module: &ModuleName) -> bool {
+        self.modules.iter().any(|m| m.depends_on.contains(module))
+    }
+
+    /// A path relative to the manifest's directory, with `/` separators, for messages and findings.
+    pub fn relative(&self, path: &Path) -> String {
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        rel.components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+/// Answers whether paths named by a manifest exist (a seam for tests without files).
+pub trait PathCheck {
+    /// Whether `path` is a directory.
+    fn is_dir(&self, path: &Path) -> bool;
+    /// Whether `path` exists (file or directory).
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// Checks paths on the real file system.
+#[derive(Debug, Clone, Copy)]
+pub struct FsCheck;
+
+impl PathCheck for FsCheck {
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
+struct Parser<'a> {
+    path: &'a Path,
+    root: PathBuf,
+    text: &'a str,
+    lines: LineIndex<'a>,
+    fs: &'a dyn PathCheck,
+    errors: Vec<ManifestError>,
+    /// Every declared module with its known dependencies, valid or not, for cycle detection.
+    dependency_graph: Vec<(String, Vec<String>, Range<usize>)>,
+}
+
+type Table<'i> = DeTable<'i>;
+
+impl<'a> Parser<'a> {
+    fn new(path: &'a Path, text: &'a str, fs: &'a dyn PathCheck) -> Self {
+        let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self {
+            path,
+            root,
+            text,
+            lines: LineIndex::new(text),
+            fs,
+            errors: Vec::new(),
+            dependency_graph: Vec::new(),
+        }
+    }
+
+    fn error(
+        &mut self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) {
+        let position = self.lines.line_col(span.start);
+        self.errors.push(ManifestError {
+            file: self.path.to_owned(),
+            line: position.line,
+            column: position.column,
+            key: key.into(),
+            message: message.into(),
+            help,
+        });
+    }
+
+    fn parse(self) -> Result<Manifest, Vec<ManifestError>> {
+        self.parse_unsorted().map_err(|mut errors| {
+            errors.sort_by_key(|e| (e.line, e.column));
+            errors
+        })
+    }
+
+    fn parse_unsorted(mut self) -> Result<Manifest, Vec<ManifestError>> {
+        let doc = match DeTable::parse(self.text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                self.error(
+                    span,
+                    "",
+                    format!("not valid TOML: {}", e.message().trim()),
+                    None,
+                );
+                return Err(self.errors);
+            }
+        };
+        let doc = doc.into_inner();
+
+        let mut project = None;
+        let mut module_tables = Vec::new();
+        let mut contract_tables = Vec::new();
+        let mut consumer_tables = Vec::new();
+        let mut saw_project = false;
+        for (key, value) in doc.iter() {
+            match key.get_ref().as_ref() {
+                "project" => {
+                    saw_project = true;
+                    if let Some(table) = self.table(value, "project") {
+                        project = self.project(table);
+                    }
+                }
+                "modules" => module_tables = self.entries(value, "modules"),
+                "contracts" => contract_tables = self.entries(value, "contracts"),
+                "consumers" => consumer_tables = self.entries(value, "consumers"),
+                other => self.unknown_key(
+                    key.span(),
+                    other,
+                    "",
+                    &["project", "modules", "contracts", "consumers"],
+                ),
+            }
+        }
+        if !saw_project {
+            self.error(
+                0..0,
+                "project",
+                "missing `[project]` table",
+                Some("add:\n    [project]\n    name = \"myproject\"".into()),
+            );
+        }
+
+        let modules = self.modules(&module_tables);
+        let consumers = self.consumers(&consumer_tables, &modules);
+        let contracts = self.contracts(&contract_tables, &modules, &consumers);
+        self.cycles();
+
+        match project {
+            Some(project) if self.errors.is_empty() => {
+                let manifest = Manifest {
+                    path: self.path.to_owned(),
+                    root: self.root.clone(),
+                    project,
+                    modules: modules.into_iter().map(|(m, _)| m).collect(),
+                    contracts,
+                    consumers: consumers.into_iter().map(|(c, _)| c).collect(),
+                };
+                self.role_collisions(&manifest, &module_tables, &consumer_tables);
+                if self.errors.is_empty() {
+                    Ok(manifest)
+                } else {
+                    Err(self.errors)
+                }
+            }
+            _ => {
+                if saw_project && project.is_none() && self.errors.is_empty() {
+                    self.error(0..0, "project.name", "missing project name", None);
+                }
+                Err(self.errors)
+            }
+        }
+    }
+
+    fn table<'v, 'i>(
+        &mut self,
+        value: &'v Spanned<DeValue<'i>>,
+        key: &str,
+    ) -> Option<&'v Table<'i>> {
+        match value.get_ref() {
+            DeValue::Table(table) => Some(table),
+            _ => {
+                self.error(value.span(), key, "expected a table", None);
+                None
+            }
+        }
+    }
+
+    /// The `name -> table` entries of `[modules]`, `[contracts]` or `[consumers]`.
+    fn entries<'v, 'i>(
+        &mut self,
+        value: &'v Spanned<DeValue<'i>>,
+        key: &str,
+    ) -> Vec<(
+        &'v Spanned<std::borrow::Cow<'i, str>>,
+        &'v Spanned<DeValue<'i>>,
+    )> {
+        match self.table(value, key) {
+            Some(table) => table.iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn unknown_key(&mut self, span: Range<usize>, key: &str, parent: &str, known: &[&str]) {
+        let full = if parent.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{parent}.{key}")
+        };
+        let help = if known.is_empty() {
+            format!("`{parent}` takes no keys")
+        } else {
+            format!(
+                "known keys here: {}",
+                known
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        self.error(
+            span,
+            full.clone(),
+            format!("unknown key `{key}`"),
+            Some(help),
+        );
+    }
+
+    fn string(&mut self, value: &Spanned<DeValue<'_>>, key: &str) -> Option<String> {
+        match value.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            _ => {
+                self.error(value.span(), key, "expected a string", None);
+                None
+            }
+        }
+    }
+
+    fn string_array(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+    ) -> Vec<(String, Range<usize>)> {
+        match value.get_ref() {
+            DeValue::Array(items) => items
+                .iter()
+                .filter_map(|item| self.string(item, key).map(|s| (s, item.span())))
+                .collect(),
+            _ => {
+                self.error(value.span(), key, "expected an array of strings", None);
+                Vec::new()
+            }
+        }
+    }
+
+    fn name<T>(
+        &mut self,
+        parse: fn(&str) -> Result<T, NameError>,
+        value: &str,
+        span: Range<usize>,
+        key: &str,
+    ) -> Option<T> {
+        match parse(value) {
+            Ok(name) => Some(name),
+            Err(e) => {
+                self.error(
+                    span,
+                    key,
+                    format!("{:?} is not a valid {} name", e.value, e.kind),
+                    Some(format!("{} names must match `{}`", e.kind, e.pattern)),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(
+        &mut self,
+        value: &str,
+        span: Range<usize>,
+        key: &str,
+        want_dir: bool,
+    ) -> Option<PathBuf> {
+        let path = self.root.join(value);
+        let ok = if want_dir {
+            self.fs.is_dir(&path)
+        } else {
+            self.fs.exists(&path)
+        };
+        if ok {
+            Some(path)
+        } else {
+            let what = if want_dir { "directory" } else { "file" };
+            self.error(
+                span,
+                key,
+                format!("{what} `{value}` does not exist (relative to the manifest's directory)"),
+                None,
+            );
+            None
+        }
+    }
+
+    fn project(&mut self, table: &Table<'_>) -> Option<ProjectName> {
+        let mut name = None;
+        for (key, value) in table.iter() {
+            match key.get_ref().as_ref() {
+                "name" => {
+                    if let Some(s) = self.string(value, "project.name") {
+                        name = self.name(ProjectName::parse, &s, value.span(), "project.name");
+                    }
+                }
+                other => self.unknown_key(key.span(), other, "project", &["name"]),
+            }
+        }
+        if name.is_none() && !self.errors.iter().any(|e| e.key == "project.name") {
+            let span = 0..0;
+            self.error(
+                span,
+                "project.name",
+                "missing project name",
+                Some("add `name = \"myproject\"` under `[project]`".into()),
+            );
+        }
+        name
+    }
+
+    fn modules(
+        &mut self,
+        entries: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
+    ) -> Vec<(Module, Range<usize>)> {
+        let declared: Vec<String> = entries
+            .iter()
+            .map(|(k, _)| k.get_ref().to_string())
+            .collect();
+        let mut modules = Vec::new();
+        let mut schemas: HashMap<String, String> = HashMap::new();
+        for (key, value) in entries {
+            let raw = key.get_ref().to_string();
+            let prefix = format!("modules.{raw}");
+            let Some(name) = self.name(ModuleName::parse, &raw, key.span(), &prefix) else {
+                continue;
+            };
+            let Some(table) = self.table(value, &prefix) else {
+                continue;
+            };
+            let mut schema = (SchemaName::of_module(&name), key.span());
+            let mut migrations_raw = (format!("modules/{name}/migrations"), key.span());
+            let mut sources = Vec::new();
+            let mut depends_on = Vec::new();
+            let mut ok = true;
+            let mut graph_deps = Vec::new();
+            for (k, v) in table.iter() {
+                let field = format!("{prefix}.{}", k.get_ref());
+                match k.get_ref().as_ref() {
+                    "schema" => match self.string(v, &field) {
+                        Some(s) => match self.name(SchemaName::parse, &s, v.span(), &field) {
+                            Some(parsed) if reserved_schema(parsed.as_str()) => {
+                                self.error(v.span(), field, format!("schema `{parsed}` is reserved"), Some("`public`, `contracts`, `information_schema` and `pg_*` cannot hold a module".into()));
+                                ok = false;
+                            }
+                            Some(parsed) => schema = (parsed, v.span()),
+                            None => ok = false,
+                        },
+                        None => ok = false,
+                    },
+                    "migrations" => match self.string(v, &field) {
+                        Some(s) => migrations_raw = (s, v.span()),
+                        None => ok = false,
+                    },
+                    "sources" => {
+                        for (s, span) in self.string_array(v, &field) {
+                            match self.path(&s, span, &field, false) {
+                                Some(p) => sources.push(p),
+                                None => ok = false,
+                            }
+                        }
+                    }
+                    "depends_on" => {
+                        for (s, span) in self.string_array(v, &field) {
+                            if declared.contains(&s) {
+                                graph_deps.push(s.clone());
+                            }
+                            if !declared.contains(&s) {
+                                let help = closest(&s, &declared)
+                                    .map(|c| format!("did you mean `{c}`?"))
+                                    .or_else(|| Some(format!("declare it as `[modules.{s}]`")));
+                                self.error(
+                                    span,
+                                    field.clone(),
+                                    format!("unknown module `{s}` in `depends_on`"),
+                                    help,
+                                );
+                                ok = false;
+                            } else if let Some(dep) =
+                                self.name(ModuleName::parse, &s, span.clone(), &field)
+                            {
+                                if depends_on.contains(&dep) {
+                                    self.error(
+                                        span,
+                                        field.clone(),
+                                        format!("`{dep}` is listed twice"),
+                                        None,
+                                    );
+                                    ok = false;
+                                } else {
+                                    depends_on.push(dep);
+                                }
+                            }
+                        }
+                    }
+                    other => self.unknown_key(
+                        k.span(),
+                        other,
+                        &prefix,
+                        &["schema", "migrations", "sources", "depends_on"],
+                    ),
+                }
+            }
+            self.dependency_graph
+                .push((name.to_string(), graph_deps, key.span()));
+            if !schema.0.as_str().is_empty()
+                && reserved_schema(schema.0.as_str())
+                && schema.0.as_str() == name.as_str()
+            {
+                self.error(
+                    key.span(),
+                    prefix.clone(),
+                    format!("module `{name}` would get the reserved schema `{name}`"),
+                    Some("rename the module or set `schema = \"...\"`".into()),
+                );
+                ok = false;
+            }
+            if let Some(other) = schemas.get(schema.0.as_str()) {
+                self.error(
+                    schema.1.clone(),
+                    format!("{prefix}.schema"),
+                    format!("schema `{}` is already used by module `{other}`", schema.0),
+                    Some("each module owns its own schema".into()),
+                );
+                ok = false;
+            } else {
+                schemas.insert(schema.0.as_str().to_owned(), name.to_string());
+            }
+            let migrations_key = format!("{prefix}.migrations");
+            let migrations = self.path(&migrations_raw.0, migrations_raw.1, &migrations_key, true);
+            if migrations.is_none() {
+                if let Some(last) = self.errors.last_mut() {
+                    last.help = Some(format!(
+                        "create it (`mkdir -p {}`), or set `migrations = \"...\"` in `[{prefix}]`",
+                        migrations_raw.0
+                    ));
+                }
+                ok = false;
+            }
+            if ok {
+                if let Some(migrations) = migrations {
+                    modules.push((
+                        Module {
+                            name,
+                            schema: schema.0,
+                            migrations,
+                            sources,
+                            depends_on,
+                        },
+                        key.span(),
+                    ));
+                }
+            }
+        }
+        modules
+    }
+
+    fn consumers(
+        &mut self,
+        entries: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
+        modules: &[(Module, Range<usize>)],
+    ) -> Vec<(ConsumerName, Range<usize>)> {
+        let mut consumers = Vec::new();
+        for (key, value) in entries {
+            let raw = key.get_ref().to_string();
+            let prefix = format!("consumers.{raw}");
+            let Some(name) = self.name(ConsumerName::parse, &raw, key.span(), &prefix) else {
+                continue;
+            };
+            if let Some(table) = self.table(value, &prefix) {
+                for (k, _) in table.iter() {
+                    self.unknown_key(k.span(), k.get_ref(), &prefix, &[]);
+                }
+            }
+            if modules
+                .iter()
+                .any(|(m, _)| m.name.as_str() == name.as_str())
+            {
+                self.error(
+                    key.span(),
+                    prefix,
+                    format!(
+                        "consumer `{name}` has the name of a module; their roles would collide"
+                    ),
+                    Some("rename the consumer".into()),
+                );
+                continue;
+            }
+            consumers.push((name, key.span()));
+        }
+        consumers
+    }
+
+    fn contracts(
+        &mut self,
+        entries: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
+        modules: &[(Module, Range<usize>)],
+        consumers: &[(ConsumerName, Range<usize>)],
+    ) -> Vec<Contract> {
+        let mut contracts = Vec::new();
+        for (key, value) in entries {
+            let raw = key.get_ref().to_string();
+            let prefix = format!("contracts.{raw}");
+            let Some(name) = self.name(ContractName::parse, &raw, key.span(), &prefix) else {
+                continue;
+            };
+            let Some(table) = self.table(value, &prefix) else {
+                continue;
+            };
+            let mut sql = None;
+            let mut reads = Vec::new();
+            let mut readers = Vec::new();
+            let mut ok = true;
+            for (k, v) in table.iter() {
+                let field = format!("{prefix}.{}", k.get_ref());
+                match k.get_ref().as_ref() {
+                    "sql" => match self.string(v, &field) {
+                        Some(s) => {
+                            sql = self.path(&s, v.span(), &field, false);
+                            ok &= sql.is_some();
+                        }
+                        None => ok = false,
+                    },
+                    "reads" => {
+                        for (s, span) in self.string_array(v, &field) {
+                            match self.qualified(&s, span, &field, modules) {
+                                Some(q) => reads.push(q),
+                                None => ok = false,
+                            }
+                        }
+                    }
+                    "readers" => {
+                        for (s, span) in self.string_array(v, &field) {
+                            match consumers.iter().find(|(c, _)| c.as_str() == s) {
+                                Some((c, _)) => readers.push(c.clone()),
+                                None => {
+                                    self.error(
+                                        span,
+                                        field.clone(),
+                                        format!("unknown consumer `{s}` in `readers`"),
+                                        Some(format!("declare it as `[consumers.{s}]`")),
+                                    );
+                                    ok = false;
+                                }
+                            }
+                        }
+                    }
+                    other => {
+                        self.unknown_key(k.span(), other, &prefix, &["sql", "reads", "readers"])
+                    }
+                }
+            }
+            if sql.is_none() && !self.errors.iter().any(|e| e.key == format!("{prefix}.sql")) {
+                self.error(
+                    key.span(),
+                    format!("{prefix}.sql"),
+                    "missing `sql`: the file with the contract's CREATE VIEW statements",
+                    None,
+                );
+                ok = false;
+            }
+            if reads.is_empty() && ok {
+                self.error(
+                    key.span(),
+                    format!("{prefix}.reads"),
+                    "a contract must declare the relations it reads",
+                    Some("add `reads = [\"schema.relation\", ...]`".into()),
+                );
+                ok = false;
+            }
+            if let (true, Some(sql)) = (ok, sql) {
+                contracts.push(Contract {
+                    name,
+                    sql,
+                    reads,
+                    readers,
+                });
+            }
+        }
+        contracts
+    }
+
+    fn qualified(
+        &mut self,
+        value: &str,
+        span: Range<usize>,
+        key: &str,
+        modules: &[(Module, Range<usize>)],
+    ) -> Option<QualifiedRelation> {
+        let Some((schema, relation)) = value.split_once('.') else {
+            self.error(
+                span,
+                key,
+                format!("`{value}` is not `schema.relation`"),
+                Some(
+                    "name the module's schema and the relation, such as `patients.patients`".into(),
+                ),
+            );
+            return None;
+        };
+        let schema = self.name(SchemaName::parse, schema, span.clone(), key)?;
+        let relation = self.name(RelationName::parse, relation, span.clone(), key)?;
+        if !modules.iter().any(|(m, _)| m.schema == schema) {
+            let known: Vec<String> = modules.iter().map(|(m, _)| m.schema.to_string()).collect();
+            let help = closest(schema.as_str(), &known).map(|c| format!("did you mean `{c}`?"));
+            self.error(
+                span,
+                key,
+                format!("`{value}` names schema `{schema}`, which belongs to no module"),
+                help,
+            );
+            return None;
+        }
+        Some(QualifiedRelation { schema, relation })
+    }
+
+    fn cycles(&mut self) {
+        let graph: BTreeMap<&str, Vec<&str>> = self
+            .dependency_graph
+            .iter()
+            .map(|(name, deps, _)| (name.as_str(), deps.iter().map(String::as_str).collect()))
+            .collect();
+        let mut found = Vec::new();
+        let mut reported: Vec<Vec<&str>> = Vec::new();
+        for (start, _, span) in &self.dependency_graph {
+            if let Some(cycle) = find_cycle(&graph, start) {
+                let mut canonical = cycle[..cycle.len() - 1].to_vec();
+                canonical.sort_unstable();
+                if reported.contains(&canonical) {
+                    continue;
+                }
+                reported.push(canonical);
+                found.push((start.clone(), cycle.join(" -> "), span.clone()));
+            }
+        }
+        for (start, cycle, span) in found {
+            self.error(
+                span,
+                format!("modules.{start}.depends_on"),
+                format!("dependency cycle: {cycle}"),
+                Some("modules must form a hierarchy; break the cycle with events instead of a dependency".into()),
+            );
+        }
+    }
+
+    fn role_collisions(
+        &mut self,
+        manifest: &Manifest,
+        modules: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
+        consumers: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
+    ) {
+        let roles = manifest.roles();
+        let span_of =
+            |entries: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
+             name: &str| {
+                entries
+                    .iter()
+                    .find(|(k, _)| k.get_ref() == name)
+                    .map(|(k, _)| k.span())
+                    .unwrap_or(0..0)
+            };
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        seen.insert(roles.contracts_owner(), "the contracts owner".into());
+        seen.insert(roles.relay(), "the event relay".into());
+        let mut claims: Vec<(String, String, Range<usize>)> = Vec::new();
+        for module in &manifest.modules {
+            let span = span_of(modules, module.name.as_str());
+            let key = format!("modules.{}", module.name);
+            claims.push((
+                roles.module_runtime(&module.name),
+                key.clone(),
+                span.clone(),
+            ));
+            claims.push((roles.module_owner(&module.name), key, span));
+        }
+        for consumer in &manifest.consumers {
+            claims.push((
+                roles.consumer(consumer),
+                format!("consumers.{consumer}"),
+                span_of(consumers, consumer.as_str()),
+            ));
+        }
+        for (role, key, span) in claims {
+            if let Some(holder) = seen.get(&role) {
+                self.error(
+                    span,
+                    key.clone(),
+                    format!("role `{role}` would be shared with {holder}"),
+                    Some("rename one of them".into()),
+                );
+            } else {
+                seen.insert(role, format!("`{key}`"));
+            }
+        }
+    }
+}
+
+/// A dependency cycle through `start`, as a path that ends where it starts.
+fn find_cycle<'a>(graph: &BTreeMap<&'a str, Vec<&'a str>>, start: &'a str) -> Option<Vec<&'a str>> {
+    fn walk<'a>(
+        graph: &BTreeMap<&'a str, Vec<&'a str>>,
+        node: &'a str,
+        start: &'a str,
+        path: &mut Vec<&'a str>,
+        seen: &mut Vec<&'a str>,
+    ) -> bool {
+        for &next in graph.get(node).map(Vec::as_slice).unwrap_or(&[]) {
+            if next == start {
+                path.push(next);
+                return true;
+            }
+            if seen.contains(&next) {
+                continue;
+            }
+            seen.push(next);
+            path.push(next);
+            if walk(graph, next, start, path, seen) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let mut path = vec![start];
+    let mut seen = vec![start];
+    walk(graph, start, start, &mut path, &mut seen).then_some(path)
+}
+
+/// The closest candidate by edit distance, if it is close enough to be a typo.
+fn closest<'a>(value: &str, candidates: &'a [String]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(value, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.as_str())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(row[j + 1])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests;
