@@ -91,22 +91,14 @@ impl Baseline {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Self {
-                    version: 1,
-                    entries: Vec::new(),
-                });
+                return Ok(Self { version: 1, entries: Vec::new() });
             }
             Err(source) => {
-                return Err(BaselineError::Read {
-                    path: path.display().to_string(),
-                    source,
-                });
+                return Err(BaselineError::Read { path: path.display().to_string(), source });
             }
         };
-        toml::from_str(&text).map_err(|e| BaselineError::Invalid {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })
+        toml::from_str(&text)
+            .map_err(|e| BaselineError::Invalid { path: path.display().to_string(), message: e.to_string() })
     }
 
     /// Replaces the entries of `source` with the given findings, keeping other sources' entries.
@@ -117,14 +109,12 @@ impl Baseline {
         for finding in findings {
             *counts.entry(finding.baseline_key()).or_default() += 1;
         }
-        self.entries
-            .extend(counts.into_iter().map(|(key, count)| BaselineEntry {
-                source: source.to_owned(),
-                key,
-                count,
-            }));
-        self.entries
-            .sort_by(|a, b| (&a.source, &a.key).cmp(&(&b.source, &b.key)));
+        self.entries.extend(counts.into_iter().map(|(key, count)| BaselineEntry {
+            source: source.to_owned(),
+            key,
+            count,
+        }));
+        self.entries.sort_by(|a, b| (&a.source, &a.key).cmp(&(&b.source, &b.key)));
     }
 
     /// The file's text, with a header that says what it is.
@@ -138,12 +128,8 @@ impl Baseline {
 
     /// Splits `findings` of `source` into new ones and accepted ones, and lists stale entries.
     pub fn apply(&self, source: &str, findings: Vec<Finding>) -> BaselineOutcome {
-        let mut remaining: BTreeMap<&BaselineKey, usize> = self
-            .entries
-            .iter()
-            .filter(|e| e.source == source)
-            .map(|e| (&e.key, e.count))
-            .collect();
+        let mut remaining: BTreeMap<&BaselineKey, usize> =
+            self.entries.iter().filter(|e| e.source == source).map(|e| (&e.key, e.count)).collect();
         let mut outcome = BaselineOutcome::default();
         for finding in findings {
             let key = finding.baseline_key();
@@ -158,10 +144,7 @@ impl Baseline {
         for entry in self.entries.iter().filter(|e| e.source == source) {
             let left = remaining.get(&entry.key).copied().unwrap_or(0);
             if left > 0 {
-                outcome.stale.push(BaselineEntry {
-                    count: left,
-                    ..entry.clone()
-                });
+                outcome.stale.push(BaselineEntry { count: left, ..entry.clone() });
             }
         }
         outcome
@@ -174,9 +157,7 @@ mod tests {
     use crate::findings::Severity;
 
     fn finding(object: &str, line: u32) -> Finding {
-        let mut f = Finding::new("cross-module-reference", Severity::Error, "m")
-            .module("billing")
-            .object(object);
+        let mut f = Finding::new("cross-module-reference", Severity::Error, "m").module("billing").object(object);
         f.file = Some("a.sql".into());
         f.line = Some(line);
         f
@@ -185,21 +166,12 @@ mod tests {
     #[test]
     fn new_findings_fail_old_ones_do_not_and_fixed_ones_are_stale() {
         let mut baseline = Baseline::default();
-        baseline.record(
-            "check",
-            &[finding("patients.patients", 3), finding("lab.results", 9)],
-        );
+        baseline.record("check", &[finding("patients.patients", 3), finding("lab.results", 9)]);
         let text = baseline.to_toml();
         let baseline: Baseline = toml::from_str(&text).unwrap();
 
         // The patients finding moved to another line; the lab one was fixed; one is new.
-        let outcome = baseline.apply(
-            "check",
-            vec![
-                finding("patients.patients", 30),
-                finding("orders.orders", 1),
-            ],
-        );
+        let outcome = baseline.apply("check", vec![finding("patients.patients", 30), finding("orders.orders", 1)]);
         assert_eq!(outcome.accepted, 1);
         assert_eq!(outcome.new.len(), 1);
         assert_eq!(outcome.new[0].object.as_deref(), Some("orders.orders"));

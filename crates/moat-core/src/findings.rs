@@ -108,10 +108,7 @@ impl Finding {
             rule: self.rule.clone(),
             module: self.module.clone(),
             file: self.file.clone(),
-            object: self
-                .object
-                .clone()
-                .or_else(|| Some(self.message.clone()).filter(|_| self.file.is_none())),
+            object: self.object.clone().or_else(|| Some(self.message.clone()).filter(|_| self.file.is_none())),
         }
     }
 }
@@ -130,15 +127,8 @@ pub struct Summary {
 impl Summary {
     /// Counts the findings of a report.
     pub fn of(findings: &[Finding], files: usize) -> Self {
-        let errors = findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-            .count();
-        Self {
-            errors,
-            warnings: findings.len() - errors,
-            files,
-        }
+        let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+        Self { errors, warnings: findings.len() - errors, files }
     }
 }
 

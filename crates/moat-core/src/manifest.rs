@@ -12,8 +12,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::names::{
-    ConsumerName, ContractName, ModuleName, NameError, ProjectName, RelationName, RoleNames,
-    SchemaName, reserved_schema,
+    ConsumerName, ContractName, ModuleName, NameError, ProjectName, RelationName, RoleNames, SchemaName,
+    reserved_schema,
 };
 use crate::text::LineIndex;
 
@@ -137,11 +137,7 @@ pub enum LoadError {
 }
 
 fn render_errors(errors: &[ManifestError]) -> String {
-    let mut out = format!(
-        "invalid manifest: {} problem{}",
-        errors.len(),
-        if errors.len() == 1 { "" } else { "s" }
-    );
+    let mut out = format!("invalid manifest: {} problem{}", errors.len(), if errors.len() == 1 { "" } else { "s" });
     for error in errors {
         out.push('\n');
         out.push_str(&error.to_string());
@@ -160,17 +156,12 @@ impl Manifest {
             }
             dir = d.parent();
         }
-        Err(LoadError::NotFound {
-            start: start.to_owned(),
-        })
+        Err(LoadError::NotFound { start: start.to_owned() })
     }
 
     /// Reads and validates a manifest file, checking the paths it names on disk.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
         Self::parse(path, &text, &FsCheck).map_err(LoadError::Invalid)
     }
 
@@ -203,10 +194,7 @@ impl Manifest {
             let before = remaining.len();
             let mut i = 0;
             while i < remaining.len() {
-                let ready = remaining[i]
-                    .depends_on
-                    .iter()
-                    .all(|d| placed.iter().any(|p| &p.name == d));
+                let ready = remaining[i].depends_on.iter().all(|d| placed.iter().any(|p| &p.name == d));
                 if ready {
                     placed.push(remaining.remove(i));
                     // Restart so that declaration order wins among ready modules.
@@ -237,10 +225,7 @@ impl Manifest {
     /// A path relative to the manifest's directory, with `/` separators, for messages and findings.
     pub fn relative(&self, path: &Path) -> String {
         let rel = path.strip_prefix(&self.root).unwrap_or(path);
-        rel.components()
-            .map(|c| c.as_os_str().to_string_lossy())
-            .collect::<Vec<_>>()
-            .join("/")
+        rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
     }
 }
 
@@ -281,24 +266,10 @@ type Table<'i> = DeTable<'i>;
 impl<'a> Parser<'a> {
     fn new(path: &'a Path, text: &'a str, fs: &'a dyn PathCheck) -> Self {
         let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self {
-            path,
-            root,
-            text,
-            lines: LineIndex::new(text),
-            fs,
-            errors: Vec::new(),
-            dependency_graph: Vec::new(),
-        }
+        Self { path, root, text, lines: LineIndex::new(text), fs, errors: Vec::new(), dependency_graph: Vec::new() }
     }
 
-    fn error(
-        &mut self,
-        span: Range<usize>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-        help: Option<String>,
-    ) {
+    fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>, help: Option<String>) {
         let position = self.lines.line_col(span.start);
         self.errors.push(ManifestError {
             file: self.path.to_owned(),
@@ -322,12 +293,7 @@ impl<'a> Parser<'a> {
             Ok(doc) => doc,
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);
-                self.error(
-                    span,
-                    "",
-                    format!("not valid TOML: {}", e.message().trim()),
-                    None,
-                );
+                self.error(span, "", format!("not valid TOML: {}", e.message().trim()), None);
                 return Err(self.errors);
             }
         };
@@ -349,12 +315,7 @@ impl<'a> Parser<'a> {
                 "modules" => module_tables = self.entries(value, "modules"),
                 "contracts" => contract_tables = self.entries(value, "contracts"),
                 "consumers" => consumer_tables = self.entries(value, "consumers"),
-                other => self.unknown_key(
-                    key.span(),
-                    other,
-                    "",
-                    &["project", "modules", "contracts", "consumers"],
-                ),
+                other => self.unknown_key(key.span(), other, "", &["project", "modules", "contracts", "consumers"]),
             }
         }
         if !saw_project {
@@ -382,11 +343,7 @@ impl<'a> Parser<'a> {
                     consumers: consumers.into_iter().map(|(c, _)| c).collect(),
                 };
                 self.role_collisions(&manifest, &module_tables, &consumer_tables);
-                if self.errors.is_empty() {
-                    Ok(manifest)
-                } else {
-                    Err(self.errors)
-                }
+                if self.errors.is_empty() { Ok(manifest) } else { Err(self.errors) }
             }
             _ => {
                 if saw_project && project.is_none() && self.errors.is_empty() {
@@ -397,11 +354,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn table<'v, 'i>(
-        &mut self,
-        value: &'v Spanned<DeValue<'i>>,
-        key: &str,
-    ) -> Option<&'v Table<'i>> {
+    fn table<'v, 'i>(&mut self, value: &'v Spanned<DeValue<'i>>, key: &str) -> Option<&'v Table<'i>> {
         match value.get_ref() {
             DeValue::Table(table) => Some(table),
             _ => {
@@ -416,10 +369,7 @@ impl<'a> Parser<'a> {
         &mut self,
         value: &'v Spanned<DeValue<'i>>,
         key: &str,
-    ) -> Vec<(
-        &'v Spanned<std::borrow::Cow<'i, str>>,
-        &'v Spanned<DeValue<'i>>,
-    )> {
+    ) -> Vec<(&'v Spanned<std::borrow::Cow<'i, str>>, &'v Spanned<DeValue<'i>>)> {
         match self.table(value, key) {
             Some(table) => table.iter().collect(),
             None => Vec::new(),
@@ -427,29 +377,13 @@ impl<'a> Parser<'a> {
     }
 
     fn unknown_key(&mut self, span: Range<usize>, key: &str, parent: &str, known: &[&str]) {
-        let full = if parent.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{parent}.{key}")
-        };
+        let full = if parent.is_empty() { key.to_owned() } else { format!("{parent}.{key}") };
         let help = if known.is_empty() {
             format!("`{parent}` takes no keys")
         } else {
-            format!(
-                "known keys here: {}",
-                known
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!("known keys here: {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
         };
-        self.error(
-            span,
-            full.clone(),
-            format!("unknown key `{key}`"),
-            Some(help),
-        );
+        self.error(span, full.clone(), format!("unknown key `{key}`"), Some(help));
     }
 
     fn string(&mut self, value: &Spanned<DeValue<'_>>, key: &str) -> Option<String> {
@@ -462,16 +396,11 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn string_array(
-        &mut self,
-        value: &Spanned<DeValue<'_>>,
-        key: &str,
-    ) -> Vec<(String, Range<usize>)> {
+    fn string_array(&mut self, value: &Spanned<DeValue<'_>>, key: &str) -> Vec<(String, Range<usize>)> {
         match value.get_ref() {
-            DeValue::Array(items) => items
-                .iter()
-                .filter_map(|item| self.string(item, key).map(|s| (s, item.span())))
-                .collect(),
+            DeValue::Array(items) => {
+                items.iter().filter_map(|item| self.string(item, key).map(|s| (s, item.span()))).collect()
+            }
             _ => {
                 self.error(value.span(), key, "expected an array of strings", None);
                 Vec::new()
@@ -500,19 +429,9 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn path(
-        &mut self,
-        value: &str,
-        span: Range<usize>,
-        key: &str,
-        want_dir: bool,
-    ) -> Option<PathBuf> {
+    fn path(&mut self, value: &str, span: Range<usize>, key: &str, want_dir: bool) -> Option<PathBuf> {
         let path = self.root.join(value);
-        let ok = if want_dir {
-            self.fs.is_dir(&path)
-        } else {
-            self.fs.exists(&path)
-        };
+        let ok = if want_dir { self.fs.is_dir(&path) } else { self.fs.exists(&path) };
         if ok {
             Some(path)
         } else {
@@ -555,10 +474,7 @@ impl<'a> Parser<'a> {
         &mut self,
         entries: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
     ) -> Vec<(Module, Range<usize>)> {
-        let declared: Vec<String> = entries
-            .iter()
-            .map(|(k, _)| k.get_ref().to_string())
-            .collect();
+        let declared: Vec<String> = entries.iter().map(|(k, _)| k.get_ref().to_string()).collect();
         let mut modules = Vec::new();
         let mut schemas: HashMap<String, String> = HashMap::new();
         for (key, value) in entries {
@@ -579,17 +495,19 @@ impl<'a> Parser<'a> {
             for (k, v) in table.iter() {
                 let field = format!("{prefix}.{}", k.get_ref());
                 match k.get_ref().as_ref() {
-                    "schema" => match self.string(v, &field) {
-                        Some(s) => match self.name(SchemaName::parse, &s, v.span(), &field) {
-                            Some(parsed) if reserved_schema(parsed.as_str()) => {
-                                self.error(v.span(), field, format!("schema `{parsed}` is reserved"), Some("`public`, `contracts`, `information_schema` and `pg_*` cannot hold a module".into()));
-                                ok = false;
-                            }
-                            Some(parsed) => schema = (parsed, v.span()),
+                    "schema" => {
+                        match self.string(v, &field) {
+                            Some(s) => match self.name(SchemaName::parse, &s, v.span(), &field) {
+                                Some(parsed) if reserved_schema(parsed.as_str()) => {
+                                    self.error(v.span(), field, format!("schema `{parsed}` is reserved"), Some("`public`, `contracts`, `information_schema` and `pg_*` cannot hold a module".into()));
+                                    ok = false;
+                                }
+                                Some(parsed) => schema = (parsed, v.span()),
+                                None => ok = false,
+                            },
                             None => ok = false,
-                        },
-                        None => ok = false,
-                    },
+                        }
+                    }
                     "migrations" => match self.string(v, &field) {
                         Some(s) => migrations_raw = (s, v.span()),
                         None => ok = false,
@@ -611,23 +529,11 @@ impl<'a> Parser<'a> {
                                 let help = closest(&s, &declared)
                                     .map(|c| format!("did you mean `{c}`?"))
                                     .or_else(|| Some(format!("declare it as `[modules.{s}]`")));
-                                self.error(
-                                    span,
-                                    field.clone(),
-                                    format!("unknown module `{s}` in `depends_on`"),
-                                    help,
-                                );
+                                self.error(span, field.clone(), format!("unknown module `{s}` in `depends_on`"), help);
                                 ok = false;
-                            } else if let Some(dep) =
-                                self.name(ModuleName::parse, &s, span.clone(), &field)
-                            {
+                            } else if let Some(dep) = self.name(ModuleName::parse, &s, span.clone(), &field) {
                                 if depends_on.contains(&dep) {
-                                    self.error(
-                                        span,
-                                        field.clone(),
-                                        format!("`{dep}` is listed twice"),
-                                        None,
-                                    );
+                                    self.error(span, field.clone(), format!("`{dep}` is listed twice"), None);
                                     ok = false;
                                 } else {
                                     depends_on.push(dep);
@@ -635,19 +541,13 @@ impl<'a> Parser<'a> {
                             }
                         }
                     }
-                    other => self.unknown_key(
-                        k.span(),
-                        other,
-                        &prefix,
-                        &["schema", "migrations", "sources", "depends_on"],
-                    ),
+                    other => {
+                        self.unknown_key(k.span(), other, &prefix, &["schema", "migrations", "sources", "depends_on"])
+                    }
                 }
             }
-            self.dependency_graph
-                .push((name.to_string(), graph_deps, key.span()));
-            if !schema.0.as_str().is_empty()
-                && reserved_schema(schema.0.as_str())
-                && schema.0.as_str() == name.as_str()
+            self.dependency_graph.push((name.to_string(), graph_deps, key.span()));
+            if !schema.0.as_str().is_empty() && reserved_schema(schema.0.as_str()) && schema.0.as_str() == name.as_str()
             {
                 self.error(
                     key.span(),
@@ -681,16 +581,7 @@ impl<'a> Parser<'a> {
             }
             if ok {
                 if let Some(migrations) = migrations {
-                    modules.push((
-                        Module {
-                            name,
-                            schema: schema.0,
-                            migrations,
-                            sources,
-                            depends_on,
-                        },
-                        key.span(),
-                    ));
+                    modules.push((Module { name, schema: schema.0, migrations, sources, depends_on }, key.span()));
                 }
             }
         }
@@ -714,16 +605,11 @@ impl<'a> Parser<'a> {
                     self.unknown_key(k.span(), k.get_ref(), &prefix, &[]);
                 }
             }
-            if modules
-                .iter()
-                .any(|(m, _)| m.name.as_str() == name.as_str())
-            {
+            if modules.iter().any(|(m, _)| m.name.as_str() == name.as_str()) {
                 self.error(
                     key.span(),
                     prefix,
-                    format!(
-                        "consumer `{name}` has the name of a module; their roles would collide"
-                    ),
+                    format!("consumer `{name}` has the name of a module; their roles would collide"),
                     Some("rename the consumer".into()),
                 );
                 continue;
@@ -787,9 +673,7 @@ impl<'a> Parser<'a> {
                             }
                         }
                     }
-                    other => {
-                        self.unknown_key(k.span(), other, &prefix, &["sql", "reads", "readers"])
-                    }
+                    other => self.unknown_key(k.span(), other, &prefix, &["sql", "reads", "readers"]),
                 }
             }
             if sql.is_none() && !self.errors.iter().any(|e| e.key == format!("{prefix}.sql")) {
@@ -811,12 +695,7 @@ impl<'a> Parser<'a> {
                 ok = false;
             }
             if let (true, Some(sql)) = (ok, sql) {
-                contracts.push(Contract {
-                    name,
-                    sql,
-                    reads,
-                    readers,
-                });
+                contracts.push(Contract { name, sql, reads, readers });
             }
         }
         contracts
@@ -834,9 +713,7 @@ impl<'a> Parser<'a> {
                 span,
                 key,
                 format!("`{value}` is not `schema.relation`"),
-                Some(
-                    "name the module's schema and the relation, such as `patients.patients`".into(),
-                ),
+                Some("name the module's schema and the relation, such as `patients.patients`".into()),
             );
             return None;
         };
@@ -845,12 +722,7 @@ impl<'a> Parser<'a> {
         if !modules.iter().any(|(m, _)| m.schema == schema) {
             let known: Vec<String> = modules.iter().map(|(m, _)| m.schema.to_string()).collect();
             let help = closest(schema.as_str(), &known).map(|c| format!("did you mean `{c}`?"));
-            self.error(
-                span,
-                key,
-                format!("`{value}` names schema `{schema}`, which belongs to no module"),
-                help,
-            );
+            self.error(span, key, format!("`{value}` names schema `{schema}`, which belongs to no module"), help);
             return None;
         }
         Some(QualifiedRelation { schema, relation })
@@ -892,15 +764,9 @@ impl<'a> Parser<'a> {
         consumers: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
     ) {
         let roles = manifest.roles();
-        let span_of =
-            |entries: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
-             name: &str| {
-                entries
-                    .iter()
-                    .find(|(k, _)| k.get_ref() == name)
-                    .map(|(k, _)| k.span())
-                    .unwrap_or(0..0)
-            };
+        let span_of = |entries: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)], name: &str| {
+            entries.iter().find(|(k, _)| k.get_ref() == name).map(|(k, _)| k.span()).unwrap_or(0..0)
+        };
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
         seen.insert(roles.contracts_owner(), "the contracts owner".into());
         seen.insert(roles.relay(), "the event relay".into());
@@ -908,11 +774,7 @@ impl<'a> Parser<'a> {
         for module in &manifest.modules {
             let span = span_of(modules, module.name.as_str());
             let key = format!("modules.{}", module.name);
-            claims.push((
-                roles.module_runtime(&module.name),
-                key.clone(),
-                span.clone(),
-            ));
+            claims.push((roles.module_runtime(&module.name), key.clone(), span.clone()));
             claims.push((roles.module_owner(&module.name), key, span));
         }
         for consumer in &manifest.consumers {
@@ -986,11 +848,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(row[j]).min(row[j + 1])
-            };
+            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(row[j]).min(row[j + 1]) };
             prev = cur;
         }
     }

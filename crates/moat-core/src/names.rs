@@ -24,9 +24,7 @@ fn matches_pattern(value: &str, max_len: usize) -> bool {
     !bytes.is_empty()
         && bytes.len() <= max_len
         && bytes[0].is_ascii_lowercase()
-        && bytes[1..]
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+        && bytes[1..].iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
 }
 
 macro_rules! name_type {
@@ -111,10 +109,7 @@ pub const CONTRACTS_SCHEMA: &str = "contracts";
 
 /// Schema names a module may not take, because PostgreSQL or moat already uses them.
 pub fn reserved_schema(name: &str) -> bool {
-    name == "public"
-        || name == CONTRACTS_SCHEMA
-        || name == "information_schema"
-        || name.starts_with("pg_")
+    name == "public" || name == CONTRACTS_SCHEMA || name == "information_schema" || name.starts_with("pg_")
 }
 
 /// The roles moat creates for one project, by the fixed naming of PRODUCT.md.
@@ -126,9 +121,7 @@ pub struct RoleNames {
 impl RoleNames {
     /// Role names for a project.
     pub fn new(project: &ProjectName) -> Self {
-        Self {
-            project: project.clone(),
-        }
+        Self { project: project.clone() }
     }
 
     /// `<project>_<module>_owner`: NOLOGIN, owns the module's schema and everything in it.
@@ -172,20 +165,10 @@ mod tests {
         assert!(ModuleName::parse("lab_results2").is_ok());
         assert!(ModuleName::parse("a").is_ok());
         assert!(ModuleName::parse(&"a".repeat(30)).is_ok());
-        for bad in [
-            "",
-            "Patients",
-            "1abc",
-            "_x",
-            "lab-results",
-            "pätients",
-            &"a".repeat(31),
-            "patients\"; DROP SCHEMA x; --",
-        ] {
-            assert!(
-                ModuleName::parse(bad).is_err(),
-                "{bad:?} should be rejected"
-            );
+        for bad in
+            ["", "Patients", "1abc", "_x", "lab-results", "pätients", &"a".repeat(31), "patients\"; DROP SCHEMA x; --"]
+        {
+            assert!(ModuleName::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 
@@ -205,9 +188,6 @@ mod tests {
     #[test]
     fn error_names_the_pattern() {
         let err = ModuleName::parse("Bad").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "`Bad` is not a valid module name: it must match `^[a-z][a-z0-9_]{0,29}$`"
-        );
+        assert_eq!(err.to_string(), "`Bad` is not a valid module name: it must match `^[a-z][a-z0-9_]{0,29}$`");
     }
 }

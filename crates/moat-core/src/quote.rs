@@ -61,11 +61,7 @@ pub fn literal(value: &str) -> String {
 
 /// Like [`literal`], but refuses values that PostgreSQL text cannot hold (NUL characters).
 pub fn literal_checked(value: &str) -> Result<String, NulInLiteral> {
-    if value.contains('\0') {
-        Err(NulInLiteral)
-    } else {
-        Ok(literal(value))
-    }
+    if value.contains('\0') { Err(NulInLiteral) } else { Ok(literal(value)) }
 }
 
 /// A value held a NUL character, which PostgreSQL text cannot store.
@@ -84,10 +80,7 @@ mod tests {
 
     #[test]
     fn identifiers_cannot_break_out() {
-        assert_eq!(
-            ident(r#"patients"; DROP SCHEMA x; --"#),
-            r#""patients""; DROP SCHEMA x; --""#
-        );
+        assert_eq!(ident(r#"patients"; DROP SCHEMA x; --"#), r#""patients""; DROP SCHEMA x; --""#);
     }
 
     #[test]

@@ -57,10 +57,7 @@ pub fn split_statements(sql: &str) -> Vec<StatementSpan> {
             b';' => {
                 if begin_depth == 0 {
                     if let Some(s) = start.take() {
-                        spans.push(StatementSpan {
-                            start: s,
-                            end: last_end,
-                        });
+                        spans.push(StatementSpan { start: s, end: last_end });
                     }
                     leading_words.clear();
                 } else if start.is_none() {
@@ -81,9 +78,7 @@ pub fn split_statements(sql: &str) -> Vec<StatementSpan> {
         }
         match b {
             b'\'' => {
-                let escapes = i > 0
-                    && matches!(bytes[i - 1], b'e' | b'E')
-                    && !is_ident_byte_before(bytes, i - 1);
+                let escapes = i > 0 && matches!(bytes[i - 1], b'e' | b'E') && !is_ident_byte_before(bytes, i - 1);
                 i = skip_quoted(bytes, i, b'\'', escapes);
             }
             b'"' => i = skip_quoted(bytes, i, b'"', false),
@@ -101,10 +96,7 @@ pub fn split_statements(sql: &str) -> Vec<StatementSpan> {
             c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 let word_start = i;
                 while i < bytes.len()
-                    && (bytes[i].is_ascii_alphanumeric()
-                        || bytes[i] == b'_'
-                        || bytes[i] == b'$'
-                        || bytes[i] >= 0x80)
+                    && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'$' || bytes[i] >= 0x80)
                 {
                     i += 1;
                 }
@@ -125,10 +117,7 @@ pub fn split_statements(sql: &str) -> Vec<StatementSpan> {
         last_end = i;
     }
     if let Some(s) = start {
-        spans.push(StatementSpan {
-            start: s,
-            end: last_end.max(s),
-        });
+        spans.push(StatementSpan { start: s, end: last_end.max(s) });
     }
     spans
 }
@@ -141,8 +130,7 @@ fn is_routine_definition(words: &[String]) -> bool {
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     matches!(
         words.as_slice(),
-        ["create", "function" | "procedure", ..]
-            | ["create", "or", "replace", "function" | "procedure", ..]
+        ["create", "function" | "procedure", ..] | ["create", "or", "replace", "function" | "procedure", ..]
     )
 }
 
@@ -173,9 +161,7 @@ fn dollar_tag(bytes: &[u8], i: usize) -> Option<usize> {
         return None;
     }
     let mut j = i + 1;
-    while j < bytes.len()
-        && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_' || bytes[j] >= 0x80)
-    {
+    while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_' || bytes[j] >= 0x80) {
         if j == i + 1 && bytes[j].is_ascii_digit() {
             return None;
         }
@@ -189,28 +175,19 @@ mod tests {
     use super::*;
 
     fn texts(sql: &str) -> Vec<&str> {
-        split_statements(sql)
-            .iter()
-            .map(|s| &sql[s.start..s.end])
-            .collect()
+        split_statements(sql).iter().map(|s| &sql[s.start..s.end]).collect()
     }
 
     #[test]
     fn splits_on_semicolons_outside_quotes_and_comments() {
         let sql = "select ';'; -- a; comment\nselect \"a;b\" /* c; /* nested; */ */ from t;\n\n";
-        assert_eq!(
-            texts(sql),
-            vec!["select ';'", "select \"a;b\" /* c; /* nested; */ */ from t"]
-        );
+        assert_eq!(texts(sql), vec!["select ';'", "select \"a;b\" /* c; /* nested; */ */ from t"]);
     }
 
     #[test]
     fn dollar_quotes_and_escape_strings() {
         let sql = "do $x$ begin perform 1; end $x$; select E'\\';', $1;";
-        assert_eq!(
-            texts(sql),
-            vec!["do $x$ begin perform 1; end $x$", "select E'\\';', $1"]
-        );
+        assert_eq!(texts(sql), vec!["do $x$ begin perform 1; end $x$", "select E'\\';', $1"]);
     }
 
     #[test]

@@ -32,35 +32,25 @@ impl<'a> LineIndex<'a> {
         }
         let line = self.line_starts.partition_point(|&start| start <= offset) - 1;
         let column = self.text[self.line_starts[line]..offset].chars().count() + 1;
-        LineCol {
-            line: line as u32 + 1,
-            column: column as u32,
-        }
+        LineCol { line: line as u32 + 1, column: column as u32 }
     }
 
     /// The byte offset of the first character of a 1-based line.
     pub fn line_start(&self, line: u32) -> Option<usize> {
-        self.line_starts
-            .get((line as usize).checked_sub(1)?)
-            .copied()
+        self.line_starts.get((line as usize).checked_sub(1)?).copied()
     }
 
     /// The text of a 1-based line, without its line ending.
     pub fn line_text(&self, line: u32) -> Option<&'a str> {
         let start = self.line_start(line)?;
-        let end = self
-            .line_starts
-            .get(line as usize)
-            .map_or(self.text.len(), |next| next - 1);
+        let end = self.line_starts.get(line as usize).map_or(self.text.len(), |next| next - 1);
         Some(self.text[start..end].trim_end_matches('\r'))
     }
 }
 
 /// Converts PostgreSQL's error position (1-based, in characters) into a byte offset into `text`.
 pub fn char_position_to_byte(text: &str, position: usize) -> usize {
-    text.char_indices()
-        .nth(position.saturating_sub(1))
-        .map_or(text.len(), |(i, _)| i)
+    text.char_indices().nth(position.saturating_sub(1)).map_or(text.len(), |(i, _)| i)
 }
 
 /// Normalizes line endings (CRLF and CR to LF) so that checksums do not depend on the checkout.

@@ -20,11 +20,7 @@ fn parse(text: &str) -> Result<Manifest, Vec<ManifestError>> {
 fn errors(text: &str) -> String {
     match parse(text) {
         Ok(_) => panic!("manifest should be invalid"),
-        Err(errors) => errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n"),
+        Err(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
     }
 }
 
@@ -58,17 +54,11 @@ fn a_valid_manifest_parses_with_defaults() {
     assert_eq!(names, ["patients", "prescriptions", "billing"]);
     let patients = manifest.module("patients").unwrap();
     assert_eq!(patients.schema.as_str(), "patients");
-    assert_eq!(
-        patients.migrations,
-        Path::new("/p/modules/patients/migrations")
-    );
+    assert_eq!(patients.migrations, Path::new("/p/modules/patients/migrations"));
     let billing = manifest.module("billing").unwrap();
     assert_eq!(billing.schema.as_str(), "billing_v2");
     assert_eq!(billing.migrations, Path::new("/p/db/billing"));
-    assert_eq!(
-        manifest.contracts[0].reads[1].to_string(),
-        "prescriptions.prescriptions"
-    );
+    assert_eq!(manifest.contracts[0].reads[1].to_string(), "prescriptions.prescriptions");
     assert_eq!(manifest.consumers[0].as_str(), "reporting");
     assert!(manifest.uses_events());
 }
@@ -88,11 +78,7 @@ depends_on = ["customers"]
 "#,
     )
     .unwrap();
-    let order: Vec<&str> = manifest
-        .modules_in_dependency_order()
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect();
+    let order: Vec<&str> = manifest.modules_in_dependency_order().iter().map(|m| m.name.as_str()).collect();
     assert_eq!(order, ["customers", "orders", "billing", "search"]);
 }
 
