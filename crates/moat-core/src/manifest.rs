@@ -579,10 +579,8 @@ impl<'a> Parser<'a> {
                 }
                 ok = false;
             }
-            if ok {
-                if let Some(migrations) = migrations {
-                    modules.push((Module { name, schema: schema.0, migrations, sources, depends_on }, key.span()));
-                }
+            if ok && let Some(migrations) = migrations {
+                modules.push((Module { name, schema: schema.0, migrations, sources, depends_on }, key.span()));
             }
         }
         modules

@@ -4,8 +4,9 @@
 //! (PostgreSQL runs a multi-statement query string in one implicit transaction, which
 //! `CREATE INDEX CONCURRENTLY` refuses). The runtime must not link the SQL parser, so this lexer
 //! knows just enough of PostgreSQL's lexical rules to find statement boundaries: quoted strings
-//! and identifiers, `E''` escapes, dollar quoting, nested block comments, and `BEGIN ATOMIC ... END`
-//! bodies of SQL-standard functions, the way psql's own scanner does.
+//! and identifiers, `E''` escapes, dollar quoting, nested block comments, parentheses (rule
+//! actions), and `BEGIN ATOMIC ... END` bodies of SQL-standard functions, the way psql's own
+//! scanner does.
 
 /// One statement of a script: byte range of its text, without the terminating semicolon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +27,7 @@ pub fn split_statements(sql: &str) -> Vec<StatementSpan> {
     // Words seen at the start of the current statement, for `CREATE [OR REPLACE] FUNCTION`.
     let mut leading_words: Vec<String> = Vec::new();
     let mut begin_depth = 0usize;
+    let mut paren_depth = 0usize;
 
     while i < bytes.len() {
         let b = bytes[i];
@@ -55,11 +57,12 @@ pub fn split_statements(sql: &str) -> Vec<StatementSpan> {
                 continue;
             }
             b';' => {
-                if begin_depth == 0 {
+                if begin_depth == 0 && paren_depth == 0 {
                     if let Some(s) = start.take() {
                         spans.push(StatementSpan { start: s, end: last_end });
                     }
                     leading_words.clear();
+                    begin_depth = 0;
                 } else if start.is_none() {
                     start = Some(i);
                 }
@@ -82,6 +85,14 @@ pub fn split_statements(sql: &str) -> Vec<StatementSpan> {
                 i = skip_quoted(bytes, i, b'\'', escapes);
             }
             b'"' => i = skip_quoted(bytes, i, b'"', false),
+            b'(' => {
+                paren_depth += 1;
+                i += 1;
+            }
+            b')' => {
+                paren_depth = paren_depth.saturating_sub(1);
+                i += 1;
+            }
             b'$' => match dollar_tag(bytes, i) {
                 Some(tag_len) => {
                     let tag = &bytes[i..i + tag_len];
@@ -198,6 +209,19 @@ mod tests {
             vec![
                 "create function f() returns int language sql begin atomic select 1; select case when true then 2 end; end",
                 "select 3"
+            ]
+        );
+    }
+
+    #[test]
+    fn rule_actions_in_parentheses_stay_whole() {
+        let sql =
+            "create rule r as on insert to t do also (insert into a values (1); insert into b values (2)); select 1";
+        assert_eq!(
+            texts(sql),
+            vec![
+                "create rule r as on insert to t do also (insert into a values (1); insert into b values (2))",
+                "select 1"
             ]
         );
     }

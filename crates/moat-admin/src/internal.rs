@@ -1,0 +1,124 @@
+//! moat's own tables inside module schemas: the migration history and the event tables.
+//! Their names start with `moat_`; provisioning creates them, owned by the module's owner role.
+
+use moat_core::quote::{ident, literal, qualified};
+
+/// The migration history table, in every module schema.
+pub const MIGRATIONS: &str = "moat_migrations";
+/// The outbox (partitioned by time slot), in every module some other module depends on.
+pub const OUTBOX: &str = "moat_outbox";
+/// The outbox's id sequence.
+pub const OUTBOX_SEQUENCE: &str = "moat_outbox_id_seq";
+/// The relay's record of what each subscriber consumed, beside the outbox (for retention).
+pub const OUTBOX_PROGRESS: &str = "moat_outbox_progress";
+/// A subscriber's cursor per publisher, in every module that depends on another.
+pub const SUBSCRIPTIONS: &str = "moat_subscriptions";
+/// A subscriber's held events (retrying, waiting behind a failed event of the same key, dead).
+pub const INBOX: &str = "moat_inbox";
+/// The ledger of installed contracts, in the contracts schema.
+pub const CONTRACTS_LEDGER: &str = "moat_contracts";
+
+/// How many time slots the outbox rotates through; a slot is truncated once every subscriber
+/// has consumed it and it is neither the current slot nor the next one.
+pub const OUTBOX_SLOTS: u16 = 4;
+/// Seconds per outbox slot.
+pub const OUTBOX_SLOT_SECONDS: u32 = 60;
+
+/// The name of outbox partition `slot`.
+pub fn outbox_partition(slot: u16) -> String {
+    format!("{OUTBOX}_{slot}")
+}
+
+/// Whether `name` is one of the outbox partitions.
+pub fn is_outbox_partition(name: &str) -> bool {
+    name.strip_prefix(OUTBOX)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .and_then(|n| n.parse::<u16>().ok())
+        .is_some_and(|n| n < OUTBOX_SLOTS)
+}
+
+/// Statements that create the migration history table of `schema`, owned by `owner`.
+pub fn migrations_ddl(schema: &str, owner: &str) -> Vec<String> {
+    let table = qualified(schema, MIGRATIONS);
+    vec![
+        format!(
+            "CREATE TABLE {table} (version bigint PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now(), duration_ms bigint NOT NULL, success boolean NOT NULL)"
+        ),
+        format!("ALTER TABLE {table} OWNER TO {}", ident(owner)),
+    ]
+}
+
+/// Statements that create the outbox of a publishing module.
+pub fn outbox_ddl(schema: &str, owner: &str) -> Vec<String> {
+    let owner = ident(owner);
+    let sequence = qualified(schema, OUTBOX_SEQUENCE);
+    let table = qualified(schema, OUTBOX);
+    let mut ddl = vec![
+        format!("CREATE SEQUENCE {sequence} AS bigint"),
+        format!(
+            "CREATE TABLE {table} (\
+             id bigint NOT NULL DEFAULT nextval({}::regclass), \
+             tx xid8 NOT NULL DEFAULT pg_current_xact_id(), \
+             slot smallint NOT NULL DEFAULT ((floor(extract(epoch FROM now()) / {OUTBOX_SLOT_SECONDS})::bigint % {OUTBOX_SLOTS})::smallint), \
+             event_id uuid NOT NULL, event_type text NOT NULL, event_key text NOT NULL, payload jsonb NOT NULL, \
+             correlation_id uuid, causation_id uuid, published_at timestamptz NOT NULL DEFAULT clock_timestamp()\
+             ) PARTITION BY LIST (slot)",
+            literal(&sequence)
+        ),
+    ];
+    for slot in 0..OUTBOX_SLOTS {
+        ddl.push(format!(
+            "CREATE TABLE {} PARTITION OF {table} FOR VALUES IN ({slot})",
+            qualified(schema, &outbox_partition(slot))
+        ));
+    }
+    ddl.push(format!("CREATE INDEX {} ON {table} (tx)", ident("moat_outbox_tx")));
+    ddl.push(format!(
+        "CREATE TABLE {} (subscriber text PRIMARY KEY, consumed_below xid8 NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
+        qualified(schema, OUTBOX_PROGRESS)
+    ));
+    ddl.push(format!("ALTER SEQUENCE {sequence} OWNER TO {owner}"));
+    ddl.push(format!("ALTER TABLE {table} OWNER TO {owner}"));
+    for slot in 0..OUTBOX_SLOTS {
+        ddl.push(format!("ALTER TABLE {} OWNER TO {owner}", qualified(schema, &outbox_partition(slot))));
+    }
+    ddl.push(format!("ALTER TABLE {} OWNER TO {owner}", qualified(schema, OUTBOX_PROGRESS)));
+    ddl
+}
+
+/// Statements that create the subscription cursor and inbox of a subscribing module.
+pub fn inbox_ddl(schema: &str, owner: &str) -> Vec<String> {
+    let owner = ident(owner);
+    let subscriptions = qualified(schema, SUBSCRIPTIONS);
+    let inbox = qualified(schema, INBOX);
+    vec![
+        format!(
+            "CREATE TABLE {subscriptions} (publisher text PRIMARY KEY, lo pg_snapshot NOT NULL, hi pg_snapshot, \
+             last_id bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now())"
+        ),
+        format!(
+            "CREATE TABLE {inbox} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, publisher text NOT NULL, \
+             outbox_id bigint NOT NULL, event_id uuid NOT NULL, event_type text NOT NULL, event_key text NOT NULL, \
+             payload jsonb NOT NULL, correlation_id uuid, causation_id uuid, published_at timestamptz NOT NULL, \
+             state text NOT NULL CHECK (state IN ('waiting', 'retry', 'dead')), attempts integer NOT NULL DEFAULT 0, \
+             next_attempt_at timestamptz NOT NULL DEFAULT now(), last_error text, held_at timestamptz NOT NULL DEFAULT now(), \
+             UNIQUE (publisher, event_id))"
+        ),
+        format!("CREATE INDEX {} ON {inbox} (publisher, event_key, id)", ident("moat_inbox_key")),
+        format!("ALTER TABLE {subscriptions} OWNER TO {owner}"),
+        format!("ALTER TABLE {inbox} OWNER TO {owner}"),
+    ]
+}
+
+/// Statements that create the contracts ledger, owned by the contracts owner.
+pub fn contracts_ledger_ddl(owner: &str) -> Vec<String> {
+    let table = qualified(moat_core::names::CONTRACTS_SCHEMA, CONTRACTS_LEDGER);
+    vec![
+        format!(
+            "CREATE TABLE {table} (contract text PRIMARY KEY, checksum text NOT NULL, views text[] NOT NULL, \
+             installed_at timestamptz NOT NULL DEFAULT now())"
+        ),
+        format!("ALTER TABLE {table} OWNER TO {}", ident(owner)),
+    ]
+}

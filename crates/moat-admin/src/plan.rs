@@ -1,0 +1,854 @@
+//! The provisioning plan: what the manifest wants, compared with a catalog snapshot, as the list
+//! of statements that would make the database match. An empty plan means the database is in sync.
+//!
+//! moat manages every privilege held by the project's own roles and by PUBLIC on the objects it
+//! manages (the database, schema `public`, module schemas and everything in them, the contracts
+//! schema). Grants to roles that are not the project's are left alone here and reported by the
+//! audit. Nothing is ever dropped: a module removed from the manifest is reported as orphaned.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use moat_core::manifest::Manifest;
+use moat_core::names::CONTRACTS_SCHEMA;
+use moat_core::quote::{ident, literal, qualified};
+
+use crate::catalog::{AclItem, Grants, PUBLIC, RelationInfo, Snapshot, grants_by_grantee};
+use crate::internal;
+
+/// What a section of the plan is about (for grouping in output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Section {
+    /// Roles and their attributes, memberships and settings.
+    Roles,
+    /// Privileges on the database and on schema `public`.
+    Database,
+    /// Schemas and their privileges.
+    Schemas,
+    /// moat's own tables (migration history, outbox, inbox, contracts ledger).
+    InternalTables,
+    /// Ownership of and privileges on relations and routines.
+    Objects,
+    /// Default privileges for objects created later.
+    DefaultPrivileges,
+    /// Contract views.
+    Contracts,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A statement.
+    Sql {
+        /// Its section.
+        section: Section,
+        /// The statement as executed.
+        sql: String,
+        /// The statement as shown, when it differs (a password replaced by `***`).
+        display: Option<String>,
+    },
+    /// Installing (or re-installing) a contract's views.
+    InstallContract(ContractInstall),
+}
+
+/// A contract whose views must be (re)created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractInstall {
+    /// Contract name.
+    pub contract: String,
+    /// Its SQL file relative to the manifest.
+    pub file: String,
+    /// The file's text.
+    pub text: String,
+    /// Checksum of the text.
+    pub checksum: String,
+    /// Views the previous version created (dropped first).
+    pub previous_views: Vec<String>,
+    /// Roles granted SELECT on the views.
+    pub readers: Vec<String>,
+    /// The contracts owner role.
+    pub owner: String,
+}
+
+impl Step {
+    fn sql(section: Section, sql: String) -> Self {
+        Step::Sql { section, sql, display: None }
+    }
+
+    /// The step's SQL as shown to people (passwords redacted), ending with `;`.
+    pub fn display(&self) -> String {
+        match self {
+            Step::Sql { sql, display, .. } => format!("{};", display.as_deref().unwrap_or(sql)),
+            Step::InstallContract(c) => {
+                let mut out = format!("-- contract `{}` from {}\n", c.contract, c.file);
+                out.push_str("BEGIN;\n");
+                for view in &c.previous_views {
+                    out.push_str(&format!("DROP VIEW IF EXISTS {};\n", qualified(CONTRACTS_SCHEMA, view)));
+                }
+                out.push_str(&format!("SET LOCAL ROLE {};\n", ident(&c.owner)));
+                out.push_str(&format!("SET LOCAL search_path = {};\n", ident(CONTRACTS_SCHEMA)));
+                out.push_str(c.text.trim_end());
+                out.push('\n');
+                out.push_str("RESET ROLE;\n");
+                if c.readers.is_empty() {
+                    out.push_str("-- no consumer reads this contract");
+                } else {
+                    out.push_str(&format!(
+                        "-- then: GRANT SELECT ON each view created above TO {}",
+                        c.readers.iter().map(|r| ident(r)).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                out
+            }
+        }
+    }
+
+    /// The step's section.
+    pub fn section(&self) -> Section {
+        match self {
+            Step::Sql { section, .. } => *section,
+            Step::InstallContract(_) => Section::Contracts,
+        }
+    }
+}
+
+/// Something provisioning noticed and left alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// A role with the project's prefix that the manifest does not declare.
+    OrphanedRole(String),
+    /// A schema owned by such a role.
+    OrphanedSchema(String),
+    /// A contract whose read relations do not exist yet (installed after migrations).
+    ContractWaiting {
+        /// Contract name.
+        contract: String,
+        /// Relations that do not exist.
+        missing: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Note::OrphanedRole(role) => {
+                write!(f, "role `{role}` is not in the manifest (a removed module?); left alone")
+            }
+            Note::OrphanedSchema(schema) => {
+                write!(f, "schema `{schema}` belongs to no module in the manifest; left alone")
+            }
+            Note::ContractWaiting { contract, missing } => {
+                write!(f, "contract `{contract}` waits for {} (created by migrations)", missing.join(", "))
+            }
+        }
+    }
+}
+
+/// The plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Steps, in execution order.
+    pub steps: Vec<Step>,
+    /// What was noticed and left alone.
+    pub notes: Vec<Note>,
+}
+
+impl Plan {
+    /// Whether the database is in sync (nothing to run).
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The plan as SQL text, one statement per line (empty when in sync).
+    pub fn to_sql(&self) -> String {
+        let mut out = String::new();
+        let mut section = None;
+        for step in &self.steps {
+            if section != Some(step.section()) {
+                if section.is_some() {
+                    out.push('\n');
+                }
+                out.push_str(&format!("-- {}\n", section_title(step.section())));
+                section = Some(step.section());
+            }
+            out.push_str(&step.display());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn section_title(section: Section) -> &'static str {
+    match section {
+        Section::Roles => "roles",
+        Section::Database => "database and schema public",
+        Section::Schemas => "module schemas",
+        Section::InternalTables => "moat tables",
+        Section::Objects => "objects in module schemas",
+        Section::DefaultPrivileges => "default privileges",
+        Section::Contracts => "contracts",
+    }
+}
+
+/// An installed contract, from the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledContract {
+    /// Checksum of the SQL that was installed.
+    pub checksum: String,
+    /// Views it created.
+    pub views: Vec<String>,
+}
+
+/// Inputs of planning besides the manifest and the snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct PlanInputs {
+    /// Contract texts by contract name (read by the caller).
+    pub contract_texts: BTreeMap<String, String>,
+    /// The contracts ledger, by contract name.
+    pub installed_contracts: BTreeMap<String, InstalledContract>,
+    /// Passwords for login roles, by role (from the environment); used only when creating a role.
+    pub passwords: BTreeMap<String, String>,
+}
+
+/// A role the manifest wants.
+#[derive(Debug, Clone)]
+pub struct WantedRole {
+    /// Name.
+    pub name: String,
+    /// LOGIN or NOLOGIN.
+    pub login: bool,
+    /// `search_path` in this database.
+    pub search_path: Option<String>,
+    /// What the role is for (for messages).
+    pub kind: RoleKind,
+}
+
+/// The kinds of role moat creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleKind {
+    /// A module's owner role.
+    ModuleOwner(String),
+    /// A module's runtime role.
+    ModuleRuntime(String),
+    /// The contracts owner.
+    ContractsOwner,
+    /// A consumer.
+    Consumer(String),
+    /// The event relay.
+    Relay,
+}
+
+/// The roles the manifest wants, in creation order.
+pub fn wanted_roles(manifest: &Manifest) -> Vec<WantedRole> {
+    let roles = manifest.roles();
+    let mut wanted = Vec::new();
+    for module in &manifest.modules {
+        wanted.push(WantedRole {
+            name: roles.module_owner(&module.name),
+            login: false,
+            search_path: None,
+            kind: RoleKind::ModuleOwner(module.name.to_string()),
+        });
+        wanted.push(WantedRole {
+            name: roles.module_runtime(&module.name),
+            login: true,
+            search_path: Some(module.schema.to_string()),
+            kind: RoleKind::ModuleRuntime(module.name.to_string()),
+        });
+    }
+    if !manifest.contracts.is_empty() {
+        wanted.push(WantedRole {
+            name: roles.contracts_owner(),
+            login: false,
+            search_path: None,
+            kind: RoleKind::ContractsOwner,
+        });
+    }
+    for consumer in &manifest.consumers {
+        wanted.push(WantedRole {
+            name: roles.consumer(consumer),
+            login: true,
+            search_path: (!manifest.contracts.is_empty()).then(|| CONTRACTS_SCHEMA.to_owned()),
+            kind: RoleKind::Consumer(consumer.to_string()),
+        });
+    }
+    if manifest.uses_events() {
+        wanted.push(WantedRole { name: roles.relay(), login: true, search_path: None, kind: RoleKind::Relay });
+    }
+    wanted
+}
+
+/// The schemas whose contents moat manages or inspects (module schemas, contracts, public).
+pub fn schemas_of_interest(manifest: &Manifest) -> Vec<String> {
+    let mut schemas: Vec<String> = manifest.modules.iter().map(|m| m.schema.to_string()).collect();
+    schemas.push(CONTRACTS_SCHEMA.to_owned());
+    schemas.push("public".to_owned());
+    schemas
+}
+
+type Wanted = BTreeMap<String, BTreeSet<&'static str>>;
+
+const SIUD: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
+
+/// Privileges in PostgreSQL's canonical order, for stable statements.
+fn privilege_rank(privilege: &str) -> usize {
+    const ORDER: [&str; 13] = [
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "TRUNCATE",
+        "REFERENCES",
+        "TRIGGER",
+        "MAINTAIN",
+        "USAGE",
+        "CREATE",
+        "CONNECT",
+        "TEMPORARY",
+        "EXECUTE",
+    ];
+    ORDER.iter().position(|p| *p == privilege).unwrap_or(ORDER.len())
+}
+
+fn privilege_list<'a>(privileges: impl IntoIterator<Item = &'a str>) -> String {
+    let mut list: Vec<&str> = privileges.into_iter().collect();
+    list.sort_by_key(|p| (privilege_rank(p), *p));
+    list.dedup();
+    list.join(", ")
+}
+
+fn grantee_sql(grantee: &str) -> String {
+    if grantee == PUBLIC { PUBLIC.to_owned() } else { ident(grantee) }
+}
+
+/// Statements that make the privileges of `managed` grantees on one object equal to `wanted`.
+/// `object` is the SQL after `ON` (`TABLE "s"."t"`); `default_acl` switches to the
+/// `ALTER DEFAULT PRIVILEGES ... GRANT ... ON TABLES` form, with `object` being its prefix and kind.
+fn acl_statements(target: &AclTarget<'_>, actual: &Grants, wanted: &Wanted, managed: &BTreeSet<String>) -> Vec<String> {
+    let mut statements = Vec::new();
+    for grantee in managed {
+        let want: BTreeSet<&str> = wanted.get(grantee).cloned().unwrap_or_default();
+        let have: BTreeSet<(String, bool)> = actual.get(grantee).cloned().unwrap_or_default();
+        let have_privs: BTreeSet<&str> = have.iter().map(|(p, _)| p.as_str()).collect();
+        let missing: Vec<&str> = want.iter().copied().filter(|p| !have_privs.contains(p)).collect();
+        let extra: Vec<&str> = have_privs.iter().copied().filter(|p| !want.contains(p)).collect();
+        let grant_option: Vec<&str> =
+            have.iter().filter(|(p, g)| *g && want.contains(p.as_str())).map(|(p, _)| p.as_str()).collect();
+        if !missing.is_empty() {
+            statements.push(target.grant(&privilege_list(missing), grantee));
+        }
+        if !extra.is_empty() {
+            let list = if want.is_empty() && target.revoke_all_ok { "ALL".to_owned() } else { privilege_list(extra) };
+            statements.push(target.revoke(&list, grantee, false));
+        }
+        if !grant_option.is_empty() {
+            statements.push(target.revoke(&privilege_list(grant_option), grantee, true));
+        }
+    }
+    statements
+}
+
+/// The object a set of ACL statements is about.
+struct AclTarget<'a> {
+    /// `TABLE "s"."t"`, `SCHEMA "s"`, ... or, for default privileges, `TABLES`.
+    object: String,
+    /// For default privileges: `ALTER DEFAULT PRIVILEGES FOR ROLE "o" [IN SCHEMA "s"]`.
+    default_prefix: Option<&'a str>,
+    /// Whether `REVOKE ALL` may stand for "everything this grantee holds".
+    revoke_all_ok: bool,
+}
+
+impl AclTarget<'_> {
+    fn grant(&self, privileges: &str, grantee: &str) -> String {
+        let core = format!("GRANT {privileges} ON {} TO {}", self.object, grantee_sql(grantee));
+        match self.default_prefix {
+            Some(prefix) => format!("{prefix} {core}"),
+            None => core,
+        }
+    }
+
+    fn revoke(&self, privileges: &str, grantee: &str, grant_option: bool) -> String {
+        let option = if grant_option { "GRANT OPTION FOR " } else { "" };
+        let core = format!("REVOKE {option}{privileges} ON {} FROM {}", self.object, grantee_sql(grantee));
+        match self.default_prefix {
+            Some(prefix) => format!("{prefix} {core}"),
+            None => core,
+        }
+    }
+}
+
+fn plain(object: String) -> AclTarget<'static> {
+    AclTarget { object, default_prefix: None, revoke_all_ok: true }
+}
+
+/// Computes the plan. Pure: no I/O.
+pub fn plan(manifest: &Manifest, snapshot: &Snapshot, inputs: &PlanInputs) -> Plan {
+    Planner::new(manifest, snapshot, inputs).run()
+}
+
+struct Planner<'a> {
+    manifest: &'a Manifest,
+    snapshot: &'a Snapshot,
+    inputs: &'a PlanInputs,
+    wanted_roles: Vec<WantedRole>,
+    managed: BTreeSet<String>,
+    plan: Plan,
+}
+
+impl<'a> Planner<'a> {
+    fn new(manifest: &'a Manifest, snapshot: &'a Snapshot, inputs: &'a PlanInputs) -> Self {
+        let wanted_roles = wanted_roles(manifest);
+        let mut managed: BTreeSet<String> = wanted_roles.iter().map(|r| r.name.clone()).collect();
+        managed.insert(PUBLIC.to_owned());
+        Self { manifest, snapshot, inputs, wanted_roles, managed, plan: Plan::default() }
+    }
+
+    fn push(&mut self, section: Section, sql: String) {
+        self.plan.steps.push(Step::sql(section, sql));
+    }
+
+    fn run(mut self) -> Plan {
+        self.roles();
+        self.database();
+        self.schemas();
+        self.internal_tables();
+        self.objects();
+        self.default_privileges();
+        self.contracts();
+        self.orphans();
+        self.plan
+    }
+
+    fn roles(&mut self) {
+        let wanted = self.wanted_roles.clone();
+        for role in &wanted {
+            match self.snapshot.roles.get(&role.name) {
+                None => {
+                    let login = if role.login { "LOGIN" } else { "NOLOGIN" };
+                    let base = format!(
+                        "CREATE ROLE {} {login} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT",
+                        ident(&role.name)
+                    );
+                    match self.inputs.passwords.get(&role.name).filter(|_| role.login) {
+                        Some(password) => self.plan.steps.push(Step::Sql {
+                            section: Section::Roles,
+                            sql: format!("{base} PASSWORD {}", literal(password)),
+                            display: Some(format!("{base} PASSWORD '***'")),
+                        }),
+                        None => self.push(Section::Roles, base),
+                    }
+                }
+                Some(actual) => {
+                    let mut fixes = Vec::new();
+                    let checks = [
+                        (actual.login != role.login, if role.login { "LOGIN" } else { "NOLOGIN" }),
+                        (actual.superuser, "NOSUPERUSER"),
+                        (actual.createdb, "NOCREATEDB"),
+                        (actual.createrole, "NOCREATEROLE"),
+                        (actual.replication, "NOREPLICATION"),
+                        (actual.bypassrls, "NOBYPASSRLS"),
+                        (!actual.inherit, "INHERIT"),
+                    ];
+                    for (differs, attribute) in checks {
+                        if differs {
+                            fixes.push(attribute);
+                        }
+                    }
+                    if !fixes.is_empty() {
+                        self.push(Section::Roles, format!("ALTER ROLE {} WITH {}", ident(&role.name), fixes.join(" ")));
+                    }
+                }
+            }
+        }
+        // moat's roles are members of nothing (the admin's membership in owner roles aside).
+        for membership in &self.snapshot.memberships {
+            if self.managed.contains(&membership.member) {
+                self.plan.steps.push(Step::sql(
+                    Section::Roles,
+                    format!("REVOKE {} FROM {}", ident(&membership.role), ident(&membership.member)),
+                ));
+            }
+        }
+        if !self.snapshot.superuser {
+            for role in wanted.iter().filter(|r| matches!(r.kind, RoleKind::ModuleOwner(_) | RoleKind::ContractsOwner))
+            {
+                if !self.snapshot.is_member(&self.snapshot.user, &role.name) {
+                    self.push(Section::Roles, format!("GRANT {} TO {}", ident(&role.name), ident(&self.snapshot.user)));
+                }
+            }
+        }
+        let database = ident(&self.snapshot.database);
+        for role in &wanted {
+            let Some(path) = &role.search_path else { continue };
+            let current = self.snapshot.role_settings.get(&role.name).and_then(|settings| {
+                settings.iter().find_map(|s| s.strip_prefix("search_path=")).map(|v| v.replace(['"', ' '], ""))
+            });
+            if current.as_deref() != Some(path.as_str()) {
+                self.push(
+                    Section::Roles,
+                    format!(
+                        "ALTER ROLE {} IN DATABASE {database} SET search_path = {}",
+                        ident(&role.name),
+                        ident(path)
+                    ),
+                );
+            }
+        }
+    }
+
+    fn database(&mut self) {
+        let mut wanted = Wanted::new();
+        for role in self.wanted_roles.iter().filter(|r| r.login) {
+            wanted.insert(role.name.clone(), BTreeSet::from(["CONNECT"]));
+        }
+        let actual = grants_by_grantee(&self.snapshot.database_acl, Some(&self.snapshot.database_owner));
+        let target = plain(format!("DATABASE {}", ident(&self.snapshot.database)));
+        for sql in acl_statements(&target, &actual, &wanted, &self.managed) {
+            self.push(Section::Database, sql);
+        }
+        if let Some(public) = self.snapshot.schemas.get("public") {
+            let actual = grants_by_grantee(&public.acl, Some(&public.owner));
+            for sql in
+                acl_statements(&plain(format!("SCHEMA {}", ident("public"))), &actual, &Wanted::new(), &self.managed)
+            {
+                self.push(Section::Database, sql);
+            }
+        }
+    }
+
+    fn schemas(&mut self) {
+        let roles = self.manifest.roles();
+        let contract_reads: BTreeSet<&str> =
+            self.manifest.contracts.iter().flat_map(|c| c.reads.iter().map(|r| r.schema.as_str())).collect();
+        let mut schema_wants: Vec<(String, String, Wanted)> = Vec::new();
+        for module in &self.manifest.modules {
+            let mut wanted = Wanted::new();
+            wanted.insert(roles.module_runtime(&module.name), BTreeSet::from(["USAGE"]));
+            if contract_reads.contains(module.schema.as_str()) {
+                wanted.insert(roles.contracts_owner(), BTreeSet::from(["USAGE"]));
+            }
+            if self.manifest.is_depended_on(&module.name) {
+                wanted.insert(roles.relay(), BTreeSet::from(["USAGE"]));
+            }
+            schema_wants.push((module.schema.to_string(), roles.module_owner(&module.name), wanted));
+        }
+        if !self.manifest.contracts.is_empty() {
+            let mut wanted = Wanted::new();
+            for contract in &self.manifest.contracts {
+                for reader in &contract.readers {
+                    wanted.insert(roles.consumer(reader), BTreeSet::from(["USAGE"]));
+                }
+            }
+            schema_wants.push((CONTRACTS_SCHEMA.to_owned(), roles.contracts_owner(), wanted));
+        }
+        for (schema, owner, wanted) in schema_wants {
+            match self.snapshot.schemas.get(&schema) {
+                None => {
+                    self.push(
+                        Section::Schemas,
+                        format!("CREATE SCHEMA {} AUTHORIZATION {}", ident(&schema), ident(&owner)),
+                    );
+                    let empty = Grants::new();
+                    for sql in
+                        acl_statements(&plain(format!("SCHEMA {}", ident(&schema))), &empty, &wanted, &self.managed)
+                    {
+                        self.push(Section::Schemas, sql);
+                    }
+                }
+                Some(actual) => {
+                    if actual.owner != owner {
+                        self.push(
+                            Section::Schemas,
+                            format!("ALTER SCHEMA {} OWNER TO {}", ident(&schema), ident(&owner)),
+                        );
+                    }
+                    let grants = grants_by_grantee(&actual.acl, Some(&actual.owner));
+                    let mut grants = grants;
+                    // After an owner change, the old owner's implicit rights are not a grant to revoke.
+                    grants.remove(&owner);
+                    for sql in
+                        acl_statements(&plain(format!("SCHEMA {}", ident(&schema))), &grants, &wanted, &self.managed)
+                    {
+                        self.push(Section::Schemas, sql);
+                    }
+                }
+            }
+        }
+    }
+
+    fn internal_tables(&mut self) {
+        let roles = self.manifest.roles();
+        for module in &self.manifest.modules {
+            let schema = module.schema.as_str();
+            let owner = roles.module_owner(&module.name);
+            if self.snapshot.relation(schema, internal::MIGRATIONS).is_none() {
+                for sql in internal::migrations_ddl(schema, &owner) {
+                    self.push(Section::InternalTables, sql);
+                }
+            }
+            if self.manifest.is_depended_on(&module.name) && self.snapshot.relation(schema, internal::OUTBOX).is_none()
+            {
+                for sql in internal::outbox_ddl(schema, &owner) {
+                    self.push(Section::InternalTables, sql);
+                }
+                let mut created = vec![(internal::OUTBOX.to_owned(), "p"), (internal::OUTBOX_SEQUENCE.to_owned(), "S")];
+                created.extend((0..internal::OUTBOX_SLOTS).map(|slot| (internal::outbox_partition(slot), "r")));
+                created.push((internal::OUTBOX_PROGRESS.to_owned(), "r"));
+                self.grant_on_created(module, &created);
+            }
+            if !module.depends_on.is_empty() && self.snapshot.relation(schema, internal::SUBSCRIPTIONS).is_none() {
+                for sql in internal::inbox_ddl(schema, &owner) {
+                    self.push(Section::InternalTables, sql);
+                }
+                let created = [
+                    (internal::SUBSCRIPTIONS.to_owned(), "r"),
+                    (internal::INBOX.to_owned(), "r"),
+                    (format!("{}_id_seq", internal::INBOX), "S"),
+                ];
+                self.grant_on_created(module, &created);
+            }
+        }
+        if !self.manifest.contracts.is_empty()
+            && self.snapshot.relation(CONTRACTS_SCHEMA, internal::CONTRACTS_LEDGER).is_none()
+        {
+            for sql in internal::contracts_ledger_ddl(&roles.contracts_owner()) {
+                self.push(Section::InternalTables, sql);
+            }
+        }
+    }
+
+    /// Grants on relations this plan creates (the snapshot cannot list them yet).
+    fn grant_on_created(&mut self, module: &moat_core::manifest::Module, created: &[(String, &str)]) {
+        for (name, kind) in created {
+            let wanted = self.wanted_relation(module, name, kind);
+            let keyword = if *kind == "S" { "SEQUENCE" } else { "TABLE" };
+            let object = format!("{keyword} {}", qualified(module.schema.as_str(), name));
+            for sql in acl_statements(&plain(object), &Grants::new(), &wanted, &self.managed) {
+                self.push(Section::InternalTables, sql);
+            }
+        }
+    }
+
+    /// The privileges moat wants on a relation of a module schema, by grantee.
+    fn wanted_relation(&self, module: &moat_core::manifest::Module, relation: &str, kind: &str) -> Wanted {
+        let roles = self.manifest.roles();
+        let runtime = roles.module_runtime(&module.name);
+        let relay = roles.relay();
+        let mut wanted = Wanted::new();
+        match (relation, kind) {
+            (internal::MIGRATIONS, _) => {}
+            (internal::OUTBOX, _) => {
+                wanted.insert(runtime, BTreeSet::from(["INSERT"]));
+                wanted.insert(relay, BTreeSet::from(["SELECT"]));
+            }
+            (name, _) if internal::is_outbox_partition(name) => {
+                wanted.insert(relay, BTreeSet::from(["SELECT", "TRUNCATE"]));
+            }
+            (internal::OUTBOX_PROGRESS, _) => {
+                wanted.insert(relay, BTreeSet::from(["SELECT", "INSERT", "UPDATE"]));
+            }
+            (_, "S") => {
+                wanted.insert(runtime, BTreeSet::from(["USAGE"]));
+            }
+            (_, "m") => {
+                wanted.insert(runtime, BTreeSet::from(["SELECT"]));
+            }
+            _ => {
+                wanted.insert(runtime, BTreeSet::from(SIUD));
+            }
+        }
+        let declared_read = self
+            .manifest
+            .contracts
+            .iter()
+            .flat_map(|c| c.reads.iter())
+            .any(|r| r.schema == module.schema && r.relation.as_str() == relation);
+        if declared_read {
+            wanted.entry(roles.contracts_owner()).or_default().insert("SELECT");
+        }
+        wanted
+    }
+
+    fn objects(&mut self) {
+        let roles = self.manifest.roles();
+        let mut statements = Vec::new();
+        for relation in &self.snapshot.relations {
+            if relation.extension {
+                continue;
+            }
+            let (owner, wanted) = if let Some(module) = self.manifest.module_by_schema(&relation.schema) {
+                (roles.module_owner(&module.name), self.wanted_relation(module, &relation.name, &relation.kind))
+            } else if relation.schema == CONTRACTS_SCHEMA && !self.manifest.contracts.is_empty() {
+                (roles.contracts_owner(), self.wanted_contract_relation(&relation.name))
+            } else {
+                continue;
+            };
+            if relation.owner != owner && !relation.owned_by_table {
+                statements.push(format!(
+                    "ALTER {} {} OWNER TO {}",
+                    relation_keyword(relation),
+                    qualified(&relation.schema, &relation.name),
+                    ident(&owner)
+                ));
+            }
+            let mut actual = grants_by_grantee(&relation.acl, Some(&relation.owner));
+            actual.remove(&owner);
+            let object = format!(
+                "{} {}",
+                if relation.kind == "S" { "SEQUENCE" } else { "TABLE" },
+                qualified(&relation.schema, &relation.name)
+            );
+            statements.extend(acl_statements(&plain(object), &actual, &wanted, &self.managed));
+        }
+        for function in &self.snapshot.functions {
+            if function.extension {
+                continue;
+            }
+            let (owner, wanted) = if let Some(module) = self.manifest.module_by_schema(&function.schema) {
+                let mut wanted = Wanted::new();
+                wanted.insert(roles.module_runtime(&module.name), BTreeSet::from(["EXECUTE"]));
+                (roles.module_owner(&module.name), wanted)
+            } else if function.schema == CONTRACTS_SCHEMA && !self.manifest.contracts.is_empty() {
+                (roles.contracts_owner(), Wanted::new())
+            } else {
+                continue;
+            };
+            if function.owner != owner {
+                statements.push(format!("ALTER ROUTINE {} OWNER TO {}", function.signature, ident(&owner)));
+            }
+            let mut actual = grants_by_grantee(&function.acl, Some(&function.owner));
+            actual.remove(&owner);
+            statements.extend(acl_statements(
+                &plain(format!("ROUTINE {}", function.signature)),
+                &actual,
+                &wanted,
+                &self.managed,
+            ));
+        }
+        for sql in statements {
+            self.push(Section::Objects, sql);
+        }
+    }
+
+    fn wanted_contract_relation(&self, name: &str) -> Wanted {
+        let roles = self.manifest.roles();
+        let mut wanted = Wanted::new();
+        for contract in &self.manifest.contracts {
+            let installed = self.inputs.installed_contracts.get(contract.name.as_str());
+            if installed.is_some_and(|i| i.views.iter().any(|v| v == name)) {
+                for reader in &contract.readers {
+                    wanted.entry(roles.consumer(reader)).or_default().insert("SELECT");
+                }
+            }
+        }
+        wanted
+    }
+
+    fn default_privileges(&mut self) {
+        let roles = self.manifest.roles();
+        let mut statements = Vec::new();
+        for module in &self.manifest.modules {
+            let owner = roles.module_owner(&module.name);
+            let runtime = roles.module_runtime(&module.name);
+            let schema = module.schema.as_str();
+            let prefix = format!("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {}", ident(&owner), ident(schema));
+            for (objtype, keyword, privileges) in
+                [("r", "TABLES", &SIUD[..]), ("S", "SEQUENCES", &["USAGE"][..]), ("f", "FUNCTIONS", &["EXECUTE"][..])]
+            {
+                let actual = self.default_acl(&owner, Some(schema), objtype);
+                let mut wanted = Wanted::new();
+                wanted.insert(runtime.clone(), privileges.iter().copied().collect());
+                let target =
+                    AclTarget { object: keyword.to_owned(), default_prefix: Some(&prefix), revoke_all_ok: false };
+                statements.extend(acl_statements(&target, &actual, &wanted, &self.managed));
+            }
+            // Functions are executable by PUBLIC unless the owner's global defaults say otherwise.
+            let global =
+                self.snapshot.default_acls.iter().find(|d| d.role == owner && d.schema.is_none() && d.objtype == "f");
+            let public_executes = match global {
+                None => true,
+                Some(entry) => entry.acl.iter().any(|a| a.grantee == PUBLIC && a.privilege == "EXECUTE"),
+            };
+            if public_executes {
+                statements.push(format!(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC",
+                    ident(&owner)
+                ));
+            }
+        }
+        for sql in statements {
+            self.push(Section::DefaultPrivileges, sql);
+        }
+    }
+
+    fn default_acl(&self, role: &str, schema: Option<&str>, objtype: &str) -> Grants {
+        self.snapshot
+            .default_acls
+            .iter()
+            .find(|d| d.role == role && d.schema.as_deref() == schema && d.objtype == objtype)
+            .map(|d| grants_by_grantee(&d.acl, Some(role)))
+            .unwrap_or_default()
+    }
+
+    fn contracts(&mut self) {
+        let roles = self.manifest.roles();
+        for contract in &self.manifest.contracts {
+            let missing: Vec<String> = contract
+                .reads
+                .iter()
+                .filter(|r| self.snapshot.relation(r.schema.as_str(), r.relation.as_str()).is_none())
+                .map(ToString::to_string)
+                .collect();
+            if !missing.is_empty() {
+                // Grants on relations that do not exist yet cannot be planned either.
+                self.plan.notes.push(Note::ContractWaiting { contract: contract.name.to_string(), missing });
+                continue;
+            }
+            let Some(text) = self.inputs.contract_texts.get(contract.name.as_str()) else { continue };
+            let checksum = moat_core::checksum(text);
+            let installed = self.inputs.installed_contracts.get(contract.name.as_str());
+            if installed.is_some_and(|i| i.checksum == checksum) {
+                continue;
+            }
+            self.plan.steps.push(Step::InstallContract(ContractInstall {
+                contract: contract.name.to_string(),
+                file: self.manifest.relative(&contract.sql),
+                text: text.clone(),
+                checksum,
+                previous_views: installed.map(|i| i.views.clone()).unwrap_or_default(),
+                readers: contract.readers.iter().map(|r| roles.consumer(r)).collect(),
+                owner: roles.contracts_owner(),
+            }));
+        }
+    }
+
+    fn orphans(&mut self) {
+        let wanted: BTreeSet<&str> = self.wanted_roles.iter().map(|r| r.name.as_str()).collect();
+        for role in self.snapshot.roles.keys() {
+            if !wanted.contains(role.as_str()) {
+                self.plan.notes.push(Note::OrphanedRole(role.clone()));
+            }
+        }
+        for (name, schema) in &self.snapshot.schemas {
+            let declared =
+                self.manifest.module_by_schema(name).is_some() || name == CONTRACTS_SCHEMA || name == "public";
+            if !declared && self.snapshot.roles.contains_key(&schema.owner) {
+                self.plan.notes.push(Note::OrphanedSchema(name.clone()));
+            }
+        }
+    }
+}
+
+fn relation_keyword(relation: &RelationInfo) -> &'static str {
+    match relation.kind.as_str() {
+        "v" => "VIEW",
+        "m" => "MATERIALIZED VIEW",
+        "f" => "FOREIGN TABLE",
+        "S" => "SEQUENCE",
+        _ => "TABLE",
+    }
+}
+
+/// The ACL items of `acl` held by `grantee` (a helper for the audit).
+pub fn held_by<'a>(acl: &'a [AclItem], grantee: &'a str) -> impl Iterator<Item = &'a AclItem> + 'a {
+    acl.iter().filter(move |a| a.grantee == grantee)
+}

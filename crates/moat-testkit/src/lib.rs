@@ -1,0 +1,189 @@
+//! Test harness: every database test gets its own database and a unique project name (roles are
+//! cluster-wide, so their names carry the project prefix), and both are dropped afterwards.
+//!
+//! The server is `DATABASE_URL` when it is set; otherwise an embedded cluster under
+//! `target/moat-test-pg`, started on first use and shared by all tests. A test never skips when
+//! no server is reachable: it fails with a message that says how to start one.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use moat_admin::DatabaseUrl;
+use moat_admin::embedded::{EmbeddedOptions, ensure_running};
+use moat_core::manifest::Manifest;
+use moat_core::quote::ident;
+use sqlx::{Connection, PgConnection};
+
+/// The server URL (of its `postgres` database) that tests use.
+pub fn server_url() -> DatabaseUrl {
+    static SERVER: OnceLock<DatabaseUrl> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            if let Ok(url) = std::env::var("DATABASE_URL")
+                && !url.is_empty() {
+                    return DatabaseUrl::parse(&url).expect("DATABASE_URL is not a valid postgres:// URL").with_database("postgres");
+                }
+            let dir = target_dir().join("moat-test-pg");
+            match ensure_running(&EmbeddedOptions { dir: dir.clone(), durable: false }) {
+                Ok(cluster) => cluster.url("postgres"),
+                Err(e) => panic!(
+                    "no PostgreSQL for the tests: DATABASE_URL is not set and the embedded cluster in `{}` did not start:\n{e}\n\
+                     Start a server and set DATABASE_URL (for example `pg_ctlcluster 15 main start` and \
+                     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres), or install the PostgreSQL server binaries \
+                     (`scripts/setup` does it).",
+                    dir.display()
+                ),
+            }
+        })
+        .clone()
+}
+
+/// The workspace's `target` folder.
+pub fn target_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
+}
+
+/// A fresh database and project name for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    /// The admin URL of the test database.
+    pub url: DatabaseUrl,
+    /// The project name (prefix of every role of this test).
+    pub project: String,
+    /// The database name.
+    pub database: String,
+    server: DatabaseUrl,
+}
+
+impl TestDb {
+    /// Creates the database. Panics with instructions when no server is reachable.
+    pub async fn new() -> Self {
+        let server = tokio::task::spawn_blocking(server_url).await.unwrap();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let project = format!("t{}", &id[..12]);
+        let database = format!("moat_test_{}", &id[..16]);
+        let mut conn = match moat_admin::connect(&server).await {
+            Ok(conn) => conn,
+            Err(e) => panic!("cannot reach the test PostgreSQL: {e}"),
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", ident(&database))))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let _ = conn.close().await;
+        Self { url: server.with_database(&database), project, database, server }
+    }
+
+    /// An admin connection to the test database.
+    pub async fn connect(&self) -> PgConnection {
+        moat_admin::connect(&self.url).await.unwrap()
+    }
+
+    /// A connection that logs in as `role` (trust authentication on the test server).
+    pub async fn connect_as(&self, role: &str) -> PgConnection {
+        moat_admin::connect(&self.url.with_login(role, None)).await.unwrap()
+    }
+
+    /// A role name of this test's project: `<project>_<suffix>`.
+    pub fn role(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.project)
+    }
+
+    /// Runs SQL as the admin.
+    pub async fn exec(&self, sql: &str) {
+        let mut conn = self.connect().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let _ = conn.close().await;
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        let database = self.database.clone();
+        let prefix = format!("{}_", self.project);
+        // Drop runs inside the test's runtime; clean up on a thread with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let Ok(mut conn) = moat_admin::connect(&server).await else { return };
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    ident(&database)
+                )))
+                .execute(&mut conn)
+                .await;
+                let roles: Vec<String> =
+                    sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1)")
+                        .bind(&prefix)
+                        .fetch_all(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                for role in roles {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {}", ident(&role))))
+                        .execute(&mut conn)
+                        .await;
+                }
+                let _ = conn.close().await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A project on disk: a temporary folder with `moat.toml`, module migration folders and files.
+#[derive(Debug)]
+pub struct TestProject {
+    /// The folder.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestProject {
+    /// Writes `moat.toml` (with `{project}` replaced by the project name) and the given files.
+    pub fn new(project: &str, manifest: &str, files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("moat.toml"), manifest.replace("{project}", project)).unwrap();
+        let project = Self { dir };
+        for (path, text) in files {
+            project.write(path, text);
+        }
+        project
+    }
+
+    /// Writes a file (creating folders).
+    pub fn write(&self, path: &str, text: &str) {
+        let path = self.dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// Creates an empty folder.
+    pub fn mkdir(&self, path: &str) {
+        std::fs::create_dir_all(self.dir.path().join(path)).unwrap();
+    }
+
+    /// The manifest path.
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.path().join("moat.toml")
+    }
+
+    /// Loads the manifest.
+    pub fn manifest(&self) -> Manifest {
+        Manifest::load(&self.manifest_path()).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// The SQLSTATE of a failed statement, or `None` when it succeeded.
+pub async fn sqlstate_of(conn: &mut PgConnection, sql: &str) -> Option<String> {
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut *conn).await {
+        Ok(_) => None,
+        Err(e) => Some(moat_admin::error::sqlstate(&e).unwrap_or_else(|| format!("not a server error: {e}"))),
+    }
+}
