@@ -186,6 +186,11 @@ fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -
 pub fn ensure_running(options: &EmbeddedOptions) -> Result<RunningCluster, AdminError> {
     let dir = absolute(&options.dir)?;
     fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    if let Some(state) = dir.parent() {
+        // `.moat` itself must let the cluster's user through when that user is not us.
+        let _ = fs::set_permissions(state, fs::Permissions::from_mode(0o755));
+    }
+    let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o755));
     let lock_path = dir.join("lock");
     let lock = fs::OpenOptions::new()
         .create(true)
@@ -210,6 +215,9 @@ fn absolute(path: &Path) -> Result<PathBuf, AdminError> {
 fn ensure_running_locked(dir: &Path, options: &EmbeddedOptions) -> Result<RunningCluster, AdminError> {
     let binaries = find_binaries()?;
     let user = run_as()?;
+    if user.switch {
+        check_traversable(dir)?;
+    }
     let data = dir.join("data");
     let run = dir.join("run");
     let log = dir.join("postgres.log");
@@ -278,6 +286,29 @@ fn ensure_running_locked(dir: &Path, options: &EmbeddedOptions) -> Result<Runnin
         message: "the embedded PostgreSQL could not find a free port on 127.0.0.1".into(),
         help: "free a port, or pass --database-url".into(),
     })
+}
+
+/// When the cluster runs as the `postgres` user, every folder above its own must let others in.
+fn check_traversable(dir: &Path) -> Result<(), AdminError> {
+    let mut current = dir.parent();
+    while let Some(folder) = current {
+        if let Ok(meta) = fs::metadata(folder) {
+            if meta.permissions().mode() & 0o001 == 0 {
+                return Err(AdminError::Embedded {
+                    message: format!(
+                        "moat runs as root, so the embedded PostgreSQL runs as the `postgres` user, which cannot enter `{}`",
+                        folder.display()
+                    ),
+                    help: format!(
+                        "allow it (`chmod o+x {}`), run moat as an unprivileged user, or pass --database-url",
+                        folder.display()
+                    ),
+                });
+            }
+        }
+        current = folder.parent();
+    }
+    Ok(())
 }
 
 fn on_off(value: bool) -> &'static str {

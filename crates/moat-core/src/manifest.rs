@@ -259,6 +259,9 @@ struct Parser<'a> {
     errors: Vec<ManifestError>,
     /// Every declared module with its known dependencies, valid or not, for cycle detection.
     dependency_graph: Vec<(String, Vec<String>, Range<usize>)>,
+    /// Schemas of every module with a valid name, even one with other errors, so that one
+    /// error does not cascade into "belongs to no module" errors elsewhere.
+    declared_schemas: Vec<SchemaName>,
 }
 
 type Table<'i> = DeTable<'i>;
@@ -266,7 +269,16 @@ type Table<'i> = DeTable<'i>;
 impl<'a> Parser<'a> {
     fn new(path: &'a Path, text: &'a str, fs: &'a dyn PathCheck) -> Self {
         let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self { path, root, text, lines: LineIndex::new(text), fs, errors: Vec::new(), dependency_graph: Vec::new() }
+        Self {
+            path,
+            root,
+            text,
+            lines: LineIndex::new(text),
+            fs,
+            errors: Vec::new(),
+            dependency_graph: Vec::new(),
+            declared_schemas: Vec::new(),
+        }
     }
 
     fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>, help: Option<String>) {
@@ -547,6 +559,7 @@ impl<'a> Parser<'a> {
                 }
             }
             self.dependency_graph.push((name.to_string(), graph_deps, key.span()));
+            self.declared_schemas.push(schema.0.clone());
             if !schema.0.as_str().is_empty() && reserved_schema(schema.0.as_str()) && schema.0.as_str() == name.as_str()
             {
                 self.error(
@@ -717,7 +730,7 @@ impl<'a> Parser<'a> {
         };
         let schema = self.name(SchemaName::parse, schema, span.clone(), key)?;
         let relation = self.name(RelationName::parse, relation, span.clone(), key)?;
-        if !modules.iter().any(|(m, _)| m.schema == schema) {
+        if !modules.iter().any(|(m, _)| m.schema == schema) && !self.declared_schemas.contains(&schema) {
             let known: Vec<String> = modules.iter().map(|(m, _)| m.schema.to_string()).collect();
             let help = closest(schema.as_str(), &known).map(|c| format!("did you mean `{c}`?"));
             self.error(span, key, format!("`{value}` names schema `{schema}`, which belongs to no module"), help);

@@ -24,7 +24,7 @@ pub fn server_url() -> DatabaseUrl {
                 && !url.is_empty() {
                     return DatabaseUrl::parse(&url).expect("DATABASE_URL is not a valid postgres:// URL").with_database("postgres");
                 }
-            let dir = target_dir().join("moat-test-pg");
+            let dir = test_cluster_dir();
             match ensure_running(&EmbeddedOptions { dir: dir.clone(), durable: false }) {
                 Ok(cluster) => cluster.url("postgres"),
                 Err(e) => panic!(
@@ -37,6 +37,23 @@ pub fn server_url() -> DatabaseUrl {
             }
         })
         .clone()
+}
+
+/// Where the tests' embedded cluster lives: `target/moat-test-pg`, or, when the tests run as root
+/// (the cluster then runs as the `postgres` user, who may not enter a private checkout), a folder
+/// under the system's temporary directory named after the workspace.
+pub fn test_cluster_dir() -> PathBuf {
+    let in_target = target_dir().join("moat-test-pg");
+    if !running_as_root() {
+        return in_target;
+    }
+    let workspace = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")).unwrap_or_default();
+    let digest = moat_core::checksum(&workspace.to_string_lossy());
+    std::env::temp_dir().join(format!("moat-test-pg-{}", &digest[..12]))
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
 }
 
 /// The workspace's `target` folder.

@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, dead_code)]
 
 use moat_admin::up::{UpReport, up};
 use moat_core::manifest::Manifest;

@@ -1,0 +1,75 @@
+//! `moat up`: the main job.
+
+use std::time::Instant;
+
+use moat_admin::up::{UpEvent, up as run_up};
+
+use super::migrate::print_migrate_event;
+use super::provision::print_plan_summary;
+use crate::output::{self, Format, style};
+use crate::{Cli, load_manifest};
+
+/// Provisions, migrates every module in dependency order, installs contracts, audits.
+pub async fn up(cli: &Cli) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let manifest = load_manifest(cli)?;
+    let target = super::target(cli, &manifest).await?;
+    let human = cli.format == Format::Human;
+    if human {
+        output::status(
+            "Checking",
+            style::INFO,
+            format!(
+                "{} ({} module{}, {} contract{}) on {}",
+                manifest.project,
+                manifest.modules.len(),
+                if manifest.modules.len() == 1 { "" } else { "s" },
+                manifest.contracts.len(),
+                if manifest.contracts.len() == 1 { "" } else { "s" },
+                target.url
+            ),
+        )?;
+    }
+    let report = run_up(&target.url, &manifest, &|event| {
+        if !human {
+            return;
+        }
+        match event {
+            UpEvent::Provisioned(outcome) if !outcome.plan.is_empty() => {
+                let _ = print_plan_summary(&outcome.plan);
+            }
+            UpEvent::Provisioned(_) => {}
+            UpEvent::Migrate(event) => print_migrate_event(&event),
+        }
+    })
+    .await?;
+    if human {
+        for note in report.notes() {
+            output::note(note);
+        }
+    }
+    let audit_code = super::audit::audit_after_up(cli, &manifest, &target).await?;
+    match cli.format {
+        Format::Json => output::json(&serde_json::json!({
+            "version": 1,
+            "changed": report.changed(),
+            "statements": report.plans().flat_map(|p| p.steps.iter().map(|s| s.display())).collect::<Vec<_>>(),
+            "applied": report.migrate.applied.iter().map(|(m, f)| serde_json::json!({"module": m, "file": f})).collect::<Vec<_>>(),
+            "notes": report.notes().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "audit": if audit_code == 0 { "clean" } else { "failed" },
+        }))?,
+        _ => {
+            let elapsed = format!("{:.2}s", started.elapsed().as_secs_f64());
+            if report.changed() {
+                output::status("Finished", style::GOOD, format!("{} is up in {elapsed}", manifest.project))?;
+            } else {
+                output::status(
+                    "Up to date",
+                    style::GOOD,
+                    format!("nothing changed: schemas, roles and grants in sync, no pending migrations ({elapsed})"),
+                )?;
+            }
+        }
+    }
+    Ok(audit_code)
+}
