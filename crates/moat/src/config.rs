@@ -1,0 +1,48 @@
+//! How an application starts moat.
+
+use std::path::Path;
+
+use moat_core::manifest::Manifest;
+
+use crate::Error;
+
+/// Start-up configuration: the manifest and where the database is.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) manifest: Manifest,
+    pub(crate) database_url: Option<String>,
+    pub(crate) migrate: bool,
+    pub(crate) pool_size: u32,
+}
+
+impl Config {
+    /// Loads the manifest. The admin URL then comes from `MOAT_DATABASE_URL` or `DATABASE_URL`,
+    /// or the embedded cluster next to the manifest is used.
+    pub fn from_manifest(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let manifest = Manifest::load(path.as_ref())?;
+        Ok(Self::new(manifest))
+    }
+
+    /// A configuration for an already loaded manifest.
+    pub fn new(manifest: Manifest) -> Self {
+        Self { manifest, database_url: None, migrate: true, pool_size: 10 }
+    }
+
+    /// The admin connection (a role that can create roles and schemas); overrides the environment.
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.database_url = Some(url.into());
+        self
+    }
+
+    /// Whether [`crate::Moat::start`] provisions and migrates (default: yes).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Connections per module pool (default 10).
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+}

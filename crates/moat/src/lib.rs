@@ -1,0 +1,147 @@
+//! moat's runtime library: what an application of a modular monolith links.
+//!
+//! Each module gets a connection pool that logs in as the module's own runtime role, so the
+//! database itself refuses any read of another module's tables. [`Moat::start`] provisions the
+//! database, applies every module's migrations (each module's own, in dependency order), installs
+//! the contract views and audits the result before the application serves anything.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), moat::Error> {
+//! let app = moat::Moat::start(moat::Config::from_manifest("moat.toml")?).await?;
+//! let patients = app.pool("patients")?; // logs in as `<project>_patients`
+//! let count: i64 = sqlx::query_scalar("SELECT count(*) FROM patients").fetch_one(patients).await?;
+//! # let _ = count; Ok(()) }
+//! ```
+//!
+//! This crate does not depend on the SQL parser (`moat-analysis`): applications build no C code
+//! for moat.
+
+mod config;
+mod error;
+
+pub use config::Config;
+pub use error::Error;
+pub use moat_admin as admin;
+pub use moat_core::manifest::Manifest;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use moat_admin::DatabaseUrl;
+use moat_admin::target::password_from_env;
+use moat_admin::up::{Target, UpReport};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// A running moat application: the manifest, the admin target and one pool per module.
+#[derive(Debug, Clone)]
+pub struct Moat {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    manifest: Manifest,
+    target: Target,
+    pools: BTreeMap<String, PgPool>,
+    consumer_pools: BTreeMap<String, PgPool>,
+    startup: Option<UpReport>,
+}
+
+impl Moat {
+    /// Provisions and migrates (unless the config says otherwise), then opens the pools.
+    pub async fn start(config: Config) -> Result<Self, Error> {
+        let target = moat_admin::up::resolve_target(&config.manifest, config.database_url.as_deref()).await?;
+        let startup = if config.migrate {
+            let report = moat_admin::up::up(&target.url, &config.manifest, &|event| {
+                if let moat_admin::up::UpEvent::Migrate(moat_admin::migrate::MigrateEvent::Applied {
+                    module,
+                    file,
+                    duration_ms,
+                }) = event
+                {
+                    tracing::info!(module, file, duration_ms, "migration applied");
+                }
+            })
+            .await?;
+            Some(report)
+        } else {
+            None
+        };
+        Self::open(config, target, startup).await
+    }
+
+    /// Opens the pools without provisioning or migrating (migrations ran elsewhere).
+    pub async fn connect(config: Config) -> Result<Self, Error> {
+        let target = moat_admin::up::resolve_target(&config.manifest, config.database_url.as_deref()).await?;
+        Self::open(config, target, None).await
+    }
+
+    async fn open(config: Config, target: Target, startup: Option<UpReport>) -> Result<Self, Error> {
+        let roles = config.manifest.roles();
+        let mut pools = BTreeMap::new();
+        for module in &config.manifest.modules {
+            let role = roles.module_runtime(&module.name);
+            let pool = login_pool(&target.url, &role, config.pool_size).await?;
+            pools.insert(module.name.to_string(), pool);
+        }
+        let mut consumer_pools = BTreeMap::new();
+        for consumer in &config.manifest.consumers {
+            let role = roles.consumer(consumer);
+            let pool = login_pool(&target.url, &role, config.pool_size).await?;
+            consumer_pools.insert(consumer.to_string(), pool);
+        }
+        Ok(Self { inner: Arc::new(Inner { manifest: config.manifest, target, pools, consumer_pools, startup }) })
+    }
+
+    /// The pool of a module: every connection logs in as the module's runtime role.
+    pub fn pool(&self, module: &str) -> Result<&PgPool, Error> {
+        self.inner.pools.get(module).ok_or_else(|| Error::UnknownModule {
+            name: module.to_owned(),
+            known: self.inner.pools.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// The pool of a consumer (a reporting or support role that reads contract views).
+    pub fn consumer_pool(&self, consumer: &str) -> Result<&PgPool, Error> {
+        self.inner.consumer_pools.get(consumer).ok_or_else(|| Error::UnknownConsumer {
+            name: consumer.to_owned(),
+            known: self.inner.consumer_pools.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    /// The admin URL (never log it: it may hold a password; its `Display` hides it).
+    pub fn admin_url(&self) -> &DatabaseUrl {
+        &self.inner.target.url
+    }
+
+    /// What start-up did (provisioning and migrations), when [`Moat::start`] ran it.
+    pub fn startup_report(&self) -> Option<&UpReport> {
+        self.inner.startup.as_ref()
+    }
+
+    /// Closes every pool.
+    pub async fn close(&self) {
+        for pool in self.inner.pools.values().chain(self.inner.consumer_pools.values()) {
+            pool.close().await;
+        }
+    }
+}
+
+/// A pool that logs in as `role` next to the admin URL, with `MOAT_PASSWORD_<ROLE>` if set.
+/// One connection is opened right away, so that a role that cannot log in fails at start-up.
+pub async fn login_pool(admin: &DatabaseUrl, role: &str, size: u32) -> Result<PgPool, Error> {
+    let url = admin.with_login(role, password_from_env(role).as_deref());
+    let options = url.connect_options()?;
+    PgPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .connect_with(options)
+        .await
+        .map_err(|source| Error::Login { role: role.to_owned(), target: url.to_string(), source })
+}
