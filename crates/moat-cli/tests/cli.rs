@@ -1,0 +1,264 @@
+//! The `moat` binary against a real PostgreSQL: exit codes, output, concurrency, the embedded default.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+
+use moat_testkit::{TestDb, TestProject};
+
+fn moat(project: &TestProject, url: Option<&str>, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_moat"));
+    command
+        .current_dir(project.dir.path())
+        .env("NO_COLOR", "1")
+        .env_remove("DATABASE_URL")
+        .env_remove("MOAT_DATABASE_URL")
+        .env_remove("MOAT_LOG")
+        .env_remove("RUST_LOG");
+    if let Some(url) = url {
+        command.arg("--database-url").arg(url);
+    }
+    command.args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+}
+
+const TWO_MODULES: &str =
+    "[project]\nname = \"{project}\"\n[modules.customers]\n[modules.orders]\ndepends_on = [\"customers\"]\n";
+
+fn two_modules(db: &TestDb) -> TestProject {
+    TestProject::new(
+        &db.project,
+        TWO_MODULES,
+        &[
+            (
+                "modules/customers/migrations/0001_customers.sql",
+                "CREATE TABLE customers (id bigserial PRIMARY KEY, name text NOT NULL);\n",
+            ),
+            (
+                "modules/orders/migrations/0001_orders.sql",
+                "CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id bigint NOT NULL);\n",
+            ),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn up_twice_then_plan_prints_nothing() {
+    let db = TestDb::new().await;
+    let project = two_modules(&db);
+    let url = db.url.expose().to_owned();
+    let first = moat(&project, Some(&url), &["up"]);
+    assert_exit(&first, 0);
+    assert!(text(&first.stdout).contains("Migrated customers: 0001_customers.sql"), "{}", text(&first.stdout));
+    let second = moat(&project, Some(&url), &["up"]);
+    assert_exit(&second, 0);
+    assert!(text(&second.stdout).contains("nothing changed"), "{}", text(&second.stdout));
+    assert!(!text(&second.stdout).contains("Provisioned"), "{}", text(&second.stdout));
+    let plan = moat(&project, Some(&url), &["plan"]);
+    assert_exit(&plan, 0);
+    assert_eq!(text(&plan.stdout), "");
+    let json = moat(&project, Some(&url), &["--format", "json", "up"]);
+    assert_exit(&json, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["changed"], false);
+    assert_eq!(doc["statements"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn plan_shows_the_sql_and_provision_runs_it() {
+    let db = TestDb::new().await;
+    let project = two_modules(&db);
+    let url = db.url.expose().to_owned();
+    let plan = moat(&project, Some(&url), &["plan"]);
+    assert_exit(&plan, 0);
+    let sql = text(&plan.stdout);
+    let owner = format!("CREATE ROLE \"{}_customers_owner\" NOLOGIN", db.project);
+    assert!(sql.contains(&owner), "{sql}");
+    assert!(
+        sql.contains(&format!("CREATE SCHEMA \"customers\" AUTHORIZATION \"{}_customers_owner\";", db.project)),
+        "{sql}"
+    );
+    assert!(sql.contains("REVOKE ALL ON SCHEMA \"public\" FROM PUBLIC;"), "{sql}");
+    assert!(sql.contains(&format!("ALTER ROLE \"{}_orders\" IN DATABASE", db.project)), "{sql}");
+    // plan changed nothing
+    let mut conn = db.connect().await;
+    let schemas: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname IN ('customers', 'orders')")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(schemas, 0);
+    assert_exit(&moat(&project, Some(&url), &["provision"]), 0);
+    assert_exit(&moat(&project, Some(&url), &["provision"]), 0);
+    assert_eq!(text(&moat(&project, Some(&url), &["plan"]).stdout), "");
+}
+
+#[tokio::test]
+async fn two_processes_migrating_at_once_apply_each_migration_once() {
+    let db = TestDb::new().await;
+    let mut files: Vec<(String, String)> = Vec::new();
+    for i in 1..=10 {
+        files.push((
+            format!("modules/ledger/migrations/{i:04}_step_{i}.sql"),
+            format!("CREATE TABLE step_{i} (id int);\nSELECT pg_sleep(0.02);\n"),
+        ));
+    }
+    let refs: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+    let project =
+        TestProject::new(&db.project, "[project]\nname = \"{project}\"\n[modules.ledger]\n[modules.other]\n", &refs);
+    project.mkdir("modules/other/migrations");
+    let url = db.url.expose().to_owned();
+    assert_exit(&moat(&project, Some(&url), &["provision"]), 0);
+
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_moat"))
+            .current_dir(project.dir.path())
+            .env("NO_COLOR", "1")
+            .args(["--database-url", &url, "migrate"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_exit(&a, 0);
+    assert_exit(&b, 0);
+    let applied_a = text(&a.stdout).matches("Migrated ledger").count();
+    let applied_b = text(&b.stdout).matches("Migrated ledger").count();
+    assert_eq!(applied_a + applied_b, 10, "a:\n{}\nb:\n{}", text(&a.stdout), text(&b.stdout));
+
+    let mut conn = db.connect().await;
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM ledger.moat_migrations ORDER BY version")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(versions, (1..=10).collect::<Vec<i64>>());
+    let status = moat(&project, Some(&url), &["--format", "json", "status"]);
+    assert_exit(&status, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let states: Vec<&str> =
+        doc["modules"][0]["migrations"].as_array().unwrap().iter().map(|m| m["state"].as_str().unwrap()).collect();
+    assert_eq!(states, vec!["applied"; 10]);
+}
+
+#[tokio::test]
+async fn names_that_smuggle_sql_are_rejected_and_nothing_is_created() {
+    let db = TestDb::new().await;
+    let project = TestProject::new(
+        &db.project,
+        "[project]\nname = \"{project}\"\n\n[modules.'patients\"; DROP SCHEMA x; --']\n",
+        &[],
+    );
+    let url = db.url.expose().to_owned();
+    for command in ["up", "provision", "plan", "migrate"] {
+        let output = moat(&project, Some(&url), &[command]);
+        assert_exit(&output, 2);
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains("moat.toml:4:10: `modules.patients\"; DROP SCHEMA x; --`"), "{stderr}");
+        assert!(stderr.contains("is not a valid module name"), "{stderr}");
+    }
+    let mut conn = db.connect().await;
+    let roles: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)")
+        .bind(&db.project)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(roles, 0);
+    let public_connect: bool =
+        sqlx::query_scalar("SELECT has_database_privilege('public', current_database(), 'CONNECT')")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(public_connect, "an invalid manifest must change nothing");
+}
+
+#[tokio::test]
+async fn an_edited_migration_fails_migrate_and_shows_in_status() {
+    let db = TestDb::new().await;
+    let project = two_modules(&db);
+    let url = db.url.expose().to_owned();
+    assert_exit(&moat(&project, Some(&url), &["up"]), 0);
+    project.write("modules/orders/migrations/0001_orders.sql", "CREATE TABLE orders (id bigserial PRIMARY KEY);\n");
+    let migrate = moat(&project, Some(&url), &["migrate"]);
+    assert_exit(&migrate, 2);
+    assert!(text(&migrate.stderr).contains("`modules/orders/migrations/0001_orders.sql`"), "{}", text(&migrate.stderr));
+    let status = moat(&project, Some(&url), &["status"]);
+    assert_exit(&status, 1);
+    let out = text(&status.stdout);
+    assert!(out.contains("orders (schema orders)  1 modified"), "{out}");
+    assert!(out.lines().any(|l| l.contains("0001_orders") && l.contains("modified")), "{out}");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let db = TestDb::new().await;
+    let project = two_modules(&db);
+    let url = db.url.expose().to_owned();
+    let unknown = moat(&project, Some(&url), &["migrate", "billing"]);
+    assert_exit(&unknown, 2);
+    assert!(text(&unknown.stderr).contains("unknown module `billing`"), "{}", text(&unknown.stderr));
+    assert_exit(&moat(&project, Some(&url), &["frobnicate"]), 2);
+    let bad_url = moat(&project, Some("mysql://nope"), &["plan"]);
+    assert_exit(&bad_url, 2);
+    let new = moat(&project, None, &["new", "orders", "Add status column"]);
+    assert_exit(&new, 0);
+    assert!(
+        text(&new.stdout).contains("modules/orders/migrations/0002_add_status_column.sql"),
+        "{}",
+        text(&new.stdout)
+    );
+    assert!(project.dir.path().join("modules/orders/migrations/0002_add_status_column.sql").is_file());
+}
+
+#[test]
+fn the_embedded_default_starts_migrates_and_stops() {
+    let project = TestProject::new(
+        &format!("e{}", &uuid_like()[..10]),
+        TWO_MODULES,
+        &[
+            ("modules/customers/migrations/0001_customers.sql", "CREATE TABLE customers (id bigserial PRIMARY KEY);\n"),
+            ("modules/orders/migrations/0001_orders.sql", "CREATE TABLE orders (id bigserial PRIMARY KEY);\n"),
+        ],
+    );
+    // When the tests run as root the cluster runs as `postgres`, who must be able to enter the folder.
+    std::fs::set_permissions(project.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let up = moat(&project, None, &["up"]);
+    assert_exit(&up, 0);
+    let out = text(&up.stdout);
+    assert!(out.contains("Started embedded PostgreSQL"), "{out}");
+    assert!(out.contains("Migrated orders: 0001_orders.sql"), "{out}");
+    assert!(project.dir.path().join(".moat/pg/data/PG_VERSION").is_file());
+    let again = moat(&project, None, &["up"]);
+    assert_exit(&again, 0);
+    assert!(text(&again.stdout).contains("Using embedded PostgreSQL"), "{}", text(&again.stdout));
+    let dev = moat(&project, None, &["dev"]);
+    assert_exit(&dev, 0);
+    assert!(
+        text(&dev.stdout).lines().last().unwrap().starts_with("postgres://postgres@127.0.0.1:"),
+        "{}",
+        text(&dev.stdout)
+    );
+    assert_exit(&moat(&project, None, &["dev", "stop"]), 0);
+    let stopped = moat(&project, None, &["dev", "stop"]);
+    assert!(text(&stopped.stdout).contains("Not running"), "{}", text(&stopped.stdout));
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    )
+}
