@@ -292,19 +292,19 @@ fn ensure_running_locked(dir: &Path, options: &EmbeddedOptions) -> Result<Runnin
 fn check_traversable(dir: &Path) -> Result<(), AdminError> {
     let mut current = dir.parent();
     while let Some(folder) = current {
-        if let Ok(meta) = fs::metadata(folder) {
-            if meta.permissions().mode() & 0o001 == 0 {
-                return Err(AdminError::Embedded {
-                    message: format!(
-                        "moat runs as root, so the embedded PostgreSQL runs as the `postgres` user, which cannot enter `{}`",
-                        folder.display()
-                    ),
-                    help: format!(
-                        "allow it (`chmod o+x {}`), run moat as an unprivileged user, or pass --database-url",
-                        folder.display()
-                    ),
-                });
-            }
+        if let Ok(meta) = fs::metadata(folder)
+            && meta.permissions().mode() & 0o001 == 0
+        {
+            return Err(AdminError::Embedded {
+                message: format!(
+                    "moat runs as root, so the embedded PostgreSQL runs as the `postgres` user, which cannot enter `{}`",
+                    folder.display()
+                ),
+                help: format!(
+                    "allow it (`chmod o+x {}`), run moat as an unprivileged user, or pass --database-url",
+                    folder.display()
+                ),
+            });
         }
         current = folder.parent();
     }

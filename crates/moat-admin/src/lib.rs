@@ -4,12 +4,14 @@
 //! Everything here talks to PostgreSQL through sqlx; nothing here parses SQL (the runtime library
 //! re-exports this crate, and applications must not build the SQL parser).
 
+pub mod audit;
 pub mod catalog;
 pub mod embedded;
 pub mod error;
 pub mod internal;
 pub mod migrate;
 pub mod plan;
+pub mod policy;
 pub mod provision;
 pub mod target;
 pub mod up;

@@ -285,9 +285,7 @@ pub fn schemas_of_interest(manifest: &Manifest) -> Vec<String> {
     schemas
 }
 
-type Wanted = BTreeMap<String, BTreeSet<&'static str>>;
-
-const SIUD: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
+use crate::policy::{Policy, Wanted};
 
 /// Privileges in PostgreSQL's canonical order, for stable statements.
 fn privilege_rank(privilege: &str) -> usize {
@@ -496,10 +494,7 @@ impl<'a> Planner<'a> {
     }
 
     fn database(&mut self) {
-        let mut wanted = Wanted::new();
-        for role in self.wanted_roles.iter().filter(|r| r.login) {
-            wanted.insert(role.name.clone(), BTreeSet::from(["CONNECT"]));
-        }
+        let wanted = self.policy().database();
         let actual = grants_by_grantee(&self.snapshot.database_acl, Some(&self.snapshot.database_owner));
         let target = plain(format!("DATABASE {}", ident(&self.snapshot.database)));
         for sql in acl_statements(&target, &actual, &wanted, &self.managed) {
@@ -516,30 +511,13 @@ impl<'a> Planner<'a> {
     }
 
     fn schemas(&mut self) {
-        let roles = self.manifest.roles();
-        let contract_reads: BTreeSet<&str> =
-            self.manifest.contracts.iter().flat_map(|c| c.reads.iter().map(|r| r.schema.as_str())).collect();
-        let mut schema_wants: Vec<(String, String, Wanted)> = Vec::new();
-        for module in &self.manifest.modules {
-            let mut wanted = Wanted::new();
-            wanted.insert(roles.module_runtime(&module.name), BTreeSet::from(["USAGE"]));
-            if contract_reads.contains(module.schema.as_str()) {
-                wanted.insert(roles.contracts_owner(), BTreeSet::from(["USAGE"]));
-            }
-            if self.manifest.is_depended_on(&module.name) {
-                wanted.insert(roles.relay(), BTreeSet::from(["USAGE"]));
-            }
-            schema_wants.push((module.schema.to_string(), roles.module_owner(&module.name), wanted));
-        }
-        if !self.manifest.contracts.is_empty() {
-            let mut wanted = Wanted::new();
-            for contract in &self.manifest.contracts {
-                for reader in &contract.readers {
-                    wanted.insert(roles.consumer(reader), BTreeSet::from(["USAGE"]));
-                }
-            }
-            schema_wants.push((CONTRACTS_SCHEMA.to_owned(), roles.contracts_owner(), wanted));
-        }
+        let policy = self.policy();
+        let mut names: Vec<String> = self.manifest.modules.iter().map(|m| m.schema.to_string()).collect();
+        names.push(CONTRACTS_SCHEMA.to_owned());
+        let schema_wants: Vec<(String, String, Wanted)> = names
+            .into_iter()
+            .filter_map(|name| policy.schema(&name).map(|(owner, wanted)| (name, owner, wanted)))
+            .collect();
         for (schema, owner, wanted) in schema_wants {
             match self.snapshot.schemas.get(&schema) {
                 None => {
@@ -619,7 +597,7 @@ impl<'a> Planner<'a> {
     /// Grants on relations this plan creates (the snapshot cannot list them yet).
     fn grant_on_created(&mut self, module: &moat_core::manifest::Module, created: &[(String, &str)]) {
         for (name, kind) in created {
-            let wanted = self.wanted_relation(module, name, kind);
+            let wanted = self.policy().relation(module.schema.as_str(), name, kind).map(|(_, w)| w).unwrap_or_default();
             let keyword = if *kind == "S" { "SEQUENCE" } else { "TABLE" };
             let object = format!("{keyword} {}", qualified(module.schema.as_str(), name));
             for sql in acl_statements(&plain(object), &Grants::new(), &wanted, &self.managed) {
@@ -628,58 +606,14 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// The privileges moat wants on a relation of a module schema, by grantee.
-    fn wanted_relation(&self, module: &moat_core::manifest::Module, relation: &str, kind: &str) -> Wanted {
-        let roles = self.manifest.roles();
-        let runtime = roles.module_runtime(&module.name);
-        let relay = roles.relay();
-        let mut wanted = Wanted::new();
-        match (relation, kind) {
-            (internal::MIGRATIONS, _) => {}
-            (internal::OUTBOX, _) => {
-                wanted.insert(runtime, BTreeSet::from(["INSERT"]));
-                wanted.insert(relay, BTreeSet::from(["SELECT"]));
-            }
-            (name, _) if internal::is_outbox_partition(name) => {
-                wanted.insert(relay, BTreeSet::from(["SELECT", "TRUNCATE"]));
-            }
-            (internal::OUTBOX_PROGRESS, _) => {
-                wanted.insert(relay, BTreeSet::from(["SELECT", "INSERT", "UPDATE"]));
-            }
-            (_, "S") => {
-                wanted.insert(runtime, BTreeSet::from(["USAGE"]));
-            }
-            (_, "m") => {
-                wanted.insert(runtime, BTreeSet::from(["SELECT"]));
-            }
-            _ => {
-                wanted.insert(runtime, BTreeSet::from(SIUD));
-            }
-        }
-        let declared_read = self
-            .manifest
-            .contracts
-            .iter()
-            .flat_map(|c| c.reads.iter())
-            .any(|r| r.schema == module.schema && r.relation.as_str() == relation);
-        if declared_read {
-            wanted.entry(roles.contracts_owner()).or_default().insert("SELECT");
-        }
-        wanted
-    }
-
     fn objects(&mut self) {
-        let roles = self.manifest.roles();
+        let policy = self.policy();
         let mut statements = Vec::new();
         for relation in &self.snapshot.relations {
             if relation.extension {
                 continue;
             }
-            let (owner, wanted) = if let Some(module) = self.manifest.module_by_schema(&relation.schema) {
-                (roles.module_owner(&module.name), self.wanted_relation(module, &relation.name, &relation.kind))
-            } else if relation.schema == CONTRACTS_SCHEMA && !self.manifest.contracts.is_empty() {
-                (roles.contracts_owner(), self.wanted_contract_relation(&relation.name))
-            } else {
+            let Some((owner, wanted)) = policy.relation(&relation.schema, &relation.name, &relation.kind) else {
                 continue;
             };
             if relation.owner != owner && !relation.owned_by_table {
@@ -703,15 +637,7 @@ impl<'a> Planner<'a> {
             if function.extension {
                 continue;
             }
-            let (owner, wanted) = if let Some(module) = self.manifest.module_by_schema(&function.schema) {
-                let mut wanted = Wanted::new();
-                wanted.insert(roles.module_runtime(&module.name), BTreeSet::from(["EXECUTE"]));
-                (roles.module_owner(&module.name), wanted)
-            } else if function.schema == CONTRACTS_SCHEMA && !self.manifest.contracts.is_empty() {
-                (roles.contracts_owner(), Wanted::new())
-            } else {
-                continue;
-            };
+            let Some((owner, wanted)) = policy.function(&function.schema) else { continue };
             if function.owner != owner {
                 statements.push(format!("ALTER ROUTINE {} OWNER TO {}", function.signature, ident(&owner)));
             }
@@ -729,18 +655,8 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn wanted_contract_relation(&self, name: &str) -> Wanted {
-        let roles = self.manifest.roles();
-        let mut wanted = Wanted::new();
-        for contract in &self.manifest.contracts {
-            let installed = self.inputs.installed_contracts.get(contract.name.as_str());
-            if installed.is_some_and(|i| i.views.iter().any(|v| v == name)) {
-                for reader in &contract.readers {
-                    wanted.entry(roles.consumer(reader)).or_default().insert("SELECT");
-                }
-            }
-        }
-        wanted
+    fn policy(&self) -> Policy<'a> {
+        Policy::new(self.manifest, &self.inputs.installed_contracts)
     }
 
     fn default_privileges(&mut self) {
@@ -748,15 +664,10 @@ impl<'a> Planner<'a> {
         let mut statements = Vec::new();
         for module in &self.manifest.modules {
             let owner = roles.module_owner(&module.name);
-            let runtime = roles.module_runtime(&module.name);
             let schema = module.schema.as_str();
             let prefix = format!("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {}", ident(&owner), ident(schema));
-            for (objtype, keyword, privileges) in
-                [("r", "TABLES", &SIUD[..]), ("S", "SEQUENCES", &["USAGE"][..]), ("f", "FUNCTIONS", &["EXECUTE"][..])]
-            {
+            for (objtype, keyword, wanted) in self.policy().module_defaults(module) {
                 let actual = self.default_acl(&owner, Some(schema), objtype);
-                let mut wanted = Wanted::new();
-                wanted.insert(runtime.clone(), privileges.iter().copied().collect());
                 let target =
                     AclTarget { object: keyword.to_owned(), default_prefix: Some(&prefix), revoke_all_ok: false };
                 statements.extend(acl_statements(&target, &actual, &wanted, &self.managed));

@@ -1,0 +1,151 @@
+//! Who may hold which privilege on what: the access policy the manifest implies. Provisioning
+//! makes the database match it; the audit reports every privilege outside it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use moat_core::manifest::{Manifest, Module};
+use moat_core::names::CONTRACTS_SCHEMA;
+
+use crate::internal;
+use crate::plan::InstalledContract;
+
+/// Privileges per grantee.
+pub type Wanted = BTreeMap<String, BTreeSet<&'static str>>;
+
+/// SELECT, INSERT, UPDATE, DELETE.
+pub const SIUD: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
+
+/// The policy of one manifest (and the views its installed contracts created).
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    manifest: &'a Manifest,
+    installed: &'a BTreeMap<String, InstalledContract>,
+}
+
+impl<'a> Policy<'a> {
+    /// The policy of `manifest`; `installed` maps contracts to the views they created.
+    pub fn new(manifest: &'a Manifest, installed: &'a BTreeMap<String, InstalledContract>) -> Self {
+        Self { manifest, installed }
+    }
+
+    /// The database: CONNECT for every login role moat creates, nothing for anyone else.
+    pub fn database(&self) -> Wanted {
+        crate::plan::wanted_roles(self.manifest)
+            .into_iter()
+            .filter(|r| r.login)
+            .map(|r| (r.name, BTreeSet::from(["CONNECT"])))
+            .collect()
+    }
+
+    /// A module schema or the contracts schema: its owner role and who may use it.
+    pub fn schema(&self, schema: &str) -> Option<(String, Wanted)> {
+        let roles = self.manifest.roles();
+        if let Some(module) = self.manifest.module_by_schema(schema) {
+            let mut wanted = Wanted::new();
+            wanted.insert(roles.module_runtime(&module.name), BTreeSet::from(["USAGE"]));
+            let read_by_contract =
+                self.manifest.contracts.iter().flat_map(|c| c.reads.iter()).any(|r| r.schema == module.schema);
+            if read_by_contract {
+                wanted.insert(roles.contracts_owner(), BTreeSet::from(["USAGE"]));
+            }
+            if self.manifest.is_depended_on(&module.name) {
+                wanted.insert(roles.relay(), BTreeSet::from(["USAGE"]));
+            }
+            return Some((roles.module_owner(&module.name), wanted));
+        }
+        if schema == CONTRACTS_SCHEMA && !self.manifest.contracts.is_empty() {
+            let mut wanted = Wanted::new();
+            for contract in &self.manifest.contracts {
+                for reader in &contract.readers {
+                    wanted.insert(roles.consumer(reader), BTreeSet::from(["USAGE"]));
+                }
+            }
+            return Some((roles.contracts_owner(), wanted));
+        }
+        None
+    }
+
+    /// A relation in a managed schema: its owner role and who may do what with it.
+    pub fn relation(&self, schema: &str, name: &str, kind: &str) -> Option<(String, Wanted)> {
+        let roles = self.manifest.roles();
+        if let Some(module) = self.manifest.module_by_schema(schema) {
+            return Some((roles.module_owner(&module.name), self.module_relation(module, name, kind)));
+        }
+        if schema == CONTRACTS_SCHEMA && !self.manifest.contracts.is_empty() {
+            let mut wanted = Wanted::new();
+            for contract in &self.manifest.contracts {
+                let installed = self.installed.get(contract.name.as_str());
+                if installed.is_some_and(|i| i.views.iter().any(|v| v == name)) {
+                    for reader in &contract.readers {
+                        wanted.entry(roles.consumer(reader)).or_default().insert("SELECT");
+                    }
+                }
+            }
+            return Some((roles.contracts_owner(), wanted));
+        }
+        None
+    }
+
+    fn module_relation(&self, module: &Module, relation: &str, kind: &str) -> Wanted {
+        let roles = self.manifest.roles();
+        let runtime = roles.module_runtime(&module.name);
+        let relay = roles.relay();
+        let mut wanted = Wanted::new();
+        match (relation, kind) {
+            (internal::MIGRATIONS, _) => {}
+            (internal::OUTBOX, _) => {
+                wanted.insert(runtime, BTreeSet::from(["INSERT"]));
+                wanted.insert(relay, BTreeSet::from(["SELECT"]));
+            }
+            (name, _) if internal::is_outbox_partition(name) => {
+                wanted.insert(relay, BTreeSet::from(["SELECT", "TRUNCATE"]));
+            }
+            (internal::OUTBOX_PROGRESS, _) => {
+                wanted.insert(relay, BTreeSet::from(["SELECT", "INSERT", "UPDATE"]));
+            }
+            (_, "S") => {
+                wanted.insert(runtime, BTreeSet::from(["USAGE"]));
+            }
+            (_, "m") => {
+                wanted.insert(runtime, BTreeSet::from(["SELECT"]));
+            }
+            _ => {
+                wanted.insert(runtime, BTreeSet::from(SIUD));
+            }
+        }
+        let declared_read = self
+            .manifest
+            .contracts
+            .iter()
+            .flat_map(|c| c.reads.iter())
+            .any(|r| r.schema == module.schema && r.relation.as_str() == relation);
+        if declared_read {
+            wanted.entry(roles.contracts_owner()).or_default().insert("SELECT");
+        }
+        wanted
+    }
+
+    /// A routine in a managed schema: its owner role and who may execute it.
+    pub fn function(&self, schema: &str) -> Option<(String, Wanted)> {
+        let roles = self.manifest.roles();
+        if let Some(module) = self.manifest.module_by_schema(schema) {
+            let mut wanted = Wanted::new();
+            wanted.insert(roles.module_runtime(&module.name), BTreeSet::from(["EXECUTE"]));
+            return Some((roles.module_owner(&module.name), wanted));
+        }
+        if schema == CONTRACTS_SCHEMA && !self.manifest.contracts.is_empty() {
+            return Some((roles.contracts_owner(), Wanted::new()));
+        }
+        None
+    }
+
+    /// Default privileges of a module's owner in its schema: `(objtype, keyword, wanted)` for
+    /// tables, sequences and functions.
+    pub fn module_defaults(&self, module: &Module) -> [(&'static str, &'static str, Wanted); 3] {
+        let runtime = self.manifest.roles().module_runtime(&module.name);
+        let one = |privileges: &[&'static str]| -> Wanted {
+            BTreeMap::from([(runtime.clone(), privileges.iter().copied().collect())])
+        };
+        [("r", "TABLES", one(&SIUD)), ("S", "SEQUENCES", one(&["USAGE"])), ("f", "FUNCTIONS", one(&["EXECUTE"]))]
+    }
+}
