@@ -262,3 +262,72 @@ fn uuid_like() -> String {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
     )
 }
+
+#[tokio::test]
+async fn audit_prints_the_matrix_fails_on_a_leak_and_honours_the_baseline() {
+    let db = TestDb::new().await;
+    let project = two_modules(&db);
+    let url = db.url.expose().to_owned();
+    assert_exit(&moat(&project, Some(&url), &["up"]), 0);
+    let clean = moat(&project, Some(&url), &["audit"]);
+    assert_exit(&clean, 0);
+    let out = text(&clean.stdout);
+    let orders_row = out.lines().find(|l| l.starts_with(&db.role("orders"))).unwrap();
+    assert_eq!(orders_row.split_whitespace().collect::<Vec<_>>(), [db.role("orders").as_str(), "denied", "own"]);
+
+    let json = moat(&project, Some(&url), &["--format", "json", "audit"]);
+    assert_exit(&json, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["version"], 1);
+    assert_eq!(doc["summary"]["errors"], 0);
+    let row = doc["access"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["role"] == db.role("orders") && r["relation"] == "customers.customers")
+        .unwrap();
+    assert_eq!(
+        (row["select"].as_bool(), row["insert"].as_bool(), row["update"].as_bool(), row["delete"].as_bool()),
+        (Some(false), Some(false), Some(false), Some(false))
+    );
+
+    db.exec(&format!("GRANT pg_read_all_data TO \"{}\"", db.role("orders"))).await;
+    let leak = moat(&project, Some(&url), &["audit"]);
+    assert_exit(&leak, 1);
+    let out = text(&leak.stdout);
+    assert!(out.contains("error[access-leak]"), "{out}");
+    let orders_row = out.lines().find(|l| l.starts_with(&db.role("orders"))).unwrap();
+    assert!(orders_row.contains("LEAK"), "{out}");
+    // `moat up` repairs what moat manages: the membership is revoked, the audit is clean.
+    assert_exit(&moat(&project, Some(&url), &["up"]), 0);
+    assert_exit(&moat(&project, Some(&url), &["audit"]), 0);
+    // A grant to a role moat does not manage is left alone, and `up` fails on it.
+    let outsider = db.role("outsider");
+    db.exec(&format!("CREATE ROLE \"{outsider}\" NOLOGIN; GRANT USAGE ON SCHEMA customers TO \"{outsider}\"")).await;
+    let up = moat(&project, Some(&url), &["up"]);
+    assert_exit(&up, 1);
+    assert!(
+        text(&up.stdout).contains(&format!("`{outsider}` holds USAGE on schema `customers`")),
+        "{}",
+        text(&up.stdout)
+    );
+    db.exec(&format!("REVOKE USAGE ON SCHEMA customers FROM \"{outsider}\"; DROP ROLE \"{outsider}\"")).await;
+    db.exec(&format!("GRANT pg_read_all_data TO \"{}\"", db.role("orders"))).await;
+
+    // Adopt: the baseline accepts today's findings; a new one fails; a fixed one is stale.
+    assert_exit(&moat(&project, Some(&url), &["audit", "--write-baseline"]), 0);
+    assert!(project.dir.path().join("moat-baseline.toml").is_file());
+    assert_exit(&moat(&project, Some(&url), &["audit"]), 0);
+    db.exec("CREATE TABLE public.stray (id int)").await;
+    db.exec("GRANT SELECT ON customers.customers TO PUBLIC").await;
+    let new = moat(&project, Some(&url), &["audit"]);
+    assert_exit(&new, 1);
+    let out = text(&new.stdout);
+    assert!(out.contains("PUBLIC holds SELECT on table `customers.customers`"), "{out}");
+    assert!(!out.contains("pg_read_all_data"), "old findings must not be shown again:\n{out}");
+    db.exec("REVOKE SELECT ON customers.customers FROM PUBLIC").await;
+    db.exec(&format!("REVOKE pg_read_all_data FROM \"{}\"", db.role("orders"))).await;
+    let fixed = moat(&project, Some(&url), &["audit"]);
+    assert_exit(&fixed, 0);
+    assert!(text(&fixed.stderr).contains("no longer occurs; rewrite moat-baseline.toml"), "{}", text(&fixed.stderr));
+}

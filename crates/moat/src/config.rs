@@ -13,6 +13,7 @@ pub struct Config {
     pub(crate) database_url: Option<String>,
     pub(crate) migrate: bool,
     pub(crate) pool_size: u32,
+    pub(crate) audit: bool,
 }
 
 impl Config {
@@ -25,7 +26,7 @@ impl Config {
 
     /// A configuration for an already loaded manifest.
     pub fn new(manifest: Manifest) -> Self {
-        Self { manifest, database_url: None, migrate: true, pool_size: 10 }
+        Self { manifest, database_url: None, migrate: true, pool_size: 10, audit: true }
     }
 
     /// The admin connection (a role that can create roles and schemas); overrides the environment.
@@ -37,6 +38,13 @@ impl Config {
     /// Whether [`crate::Moat::start`] provisions and migrates (default: yes).
     pub fn migrate(mut self, migrate: bool) -> Self {
         self.migrate = migrate;
+        self
+    }
+
+    /// Whether [`crate::Moat::start`] audits the database and refuses to start on an error
+    /// finding (default: yes).
+    pub fn audit(mut self, audit: bool) -> Self {
+        self.audit = audit;
         self
     }
 

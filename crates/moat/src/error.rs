@@ -36,6 +36,12 @@ pub enum Error {
         /// The consumers that exist.
         known: String,
     },
+    /// The start-up audit found errors: the boundary does not hold, so the application must not serve.
+    #[error("the audit found {} error{}; refusing to start:\n{}\n  help: run `moat audit` for the access matrix; `moat provision` restores moat's own grants", .findings.len(), if .findings.len() == 1 { "" } else { "s" }, .findings.iter().map(|f| format!("  - [{}] {}", f.rule, f.message)).collect::<Vec<_>>().join("\n"))]
+    AuditFailed {
+        /// The error findings.
+        findings: Vec<moat_core::findings::Finding>,
+    },
     /// A database error in the application's own use of a pool.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

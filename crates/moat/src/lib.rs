@@ -3,7 +3,8 @@
 //! Each module gets a connection pool that logs in as the module's own runtime role, so the
 //! database itself refuses any read of another module's tables. [`Moat::start`] provisions the
 //! database, applies every module's migrations (each module's own, in dependency order), installs
-//! the contract views and audits the result before the application serves anything.
+//! the contract views and audits the result before the application serves anything: it refuses to
+//! start when the audit finds an error.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), moat::Error> {
@@ -68,6 +69,25 @@ impl Moat {
         } else {
             None
         };
+        if config.audit {
+            let audit =
+                moat_admin::audit::audit(&target.url, &config.manifest, moat_admin::audit::AuditOptions::default())
+                    .await?;
+            let baseline =
+                moat_core::baseline::Baseline::load(&config.manifest.root.join(moat_core::baseline::FILE_NAME))
+                    .map_err(|e| {
+                        Error::Admin(moat_admin::AdminError::Refused {
+                            message: e.to_string(),
+                            help: "fix or remove the baseline file".into(),
+                        })
+                    })?;
+            let outcome = baseline.apply("audit", audit.findings);
+            let errors: Vec<_> =
+                outcome.new.into_iter().filter(|f| f.severity == moat_core::findings::Severity::Error).collect();
+            if !errors.is_empty() {
+                return Err(Error::AuditFailed { findings: errors });
+            }
+        }
         Self::open(config, target, startup).await
     }
 

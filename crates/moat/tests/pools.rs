@@ -41,3 +41,25 @@ async fn start_migrates_and_gives_each_module_its_own_role() {
     assert!(!again.startup_report().unwrap().changed());
     again.close().await;
 }
+
+#[tokio::test]
+async fn start_refuses_when_the_audit_finds_a_leak() {
+    let db = TestDb::new().await;
+    let project = TestProject::new(
+        &db.project,
+        "[project]\nname = \"{project}\"\n[modules.customers]\n[modules.orders]\n",
+        &[
+            ("modules/customers/migrations/0001_customers.sql", "CREATE TABLE customers (id bigserial PRIMARY KEY);\n"),
+            ("modules/orders/migrations/0001_orders.sql", "CREATE TABLE orders (id bigserial PRIMARY KEY);\n"),
+        ],
+    );
+    let app = Moat::start(Config::new(project.manifest()).database_url(db.url.expose())).await.unwrap();
+    app.close().await;
+    db.exec(&format!("GRANT pg_read_all_data TO \"{}\"", db.role("orders"))).await;
+    let error =
+        Moat::start(Config::new(project.manifest()).database_url(db.url.expose()).migrate(false)).await.unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("refusing to start"), "{message}");
+    assert!(message.contains("[access-leak]"), "{message}");
+    assert!(message.contains("[role-membership]"), "{message}");
+}

@@ -1,9 +1,13 @@
-//! `moat audit` (not built yet in this revision).
+//! `moat audit`: the live database against the manifest, and the access matrix.
 
+use moat_admin::audit::{AuditOptions, AuditReport, Cell, audit as run_audit};
 use moat_admin::up::Target;
+use moat_core::baseline::{Baseline, BaselineOutcome, FILE_NAME};
+use moat_core::findings::{Finding, Severity, Summary};
 use moat_core::manifest::Manifest;
 
-use crate::Cli;
+use crate::output::{self, Format, paint, style};
+use crate::{Cli, load_manifest};
 
 /// Arguments of `moat audit`.
 #[derive(Debug, clap::Args)]
@@ -11,14 +15,196 @@ pub struct AuditArgs {
     /// Record today's findings in `moat-baseline.toml`; later runs fail only on new ones.
     #[arg(long)]
     pub write_baseline: bool,
+    /// Skip the access probe (catalog findings only).
+    #[arg(long)]
+    pub no_probe: bool,
 }
 
 /// `moat audit`.
-pub async fn audit(_cli: &Cli, _args: &AuditArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("`moat audit` is not available in this build yet")
+pub async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
+    let manifest = load_manifest(cli)?;
+    let target = super::target_quiet(cli, &manifest).await?;
+    let options = AuditOptions { probe: !args.no_probe, ..AuditOptions::default() };
+    let report = run_audit(&target.url, &manifest, options).await?;
+    let baseline_path = manifest.root.join(FILE_NAME);
+    let mut baseline = Baseline::load(&baseline_path)?;
+    if args.write_baseline {
+        baseline.record("audit", &report.findings);
+        std::fs::write(&baseline_path, baseline.to_toml())?;
+        if cli.format == Format::Human {
+            output::status(
+                "Wrote",
+                style::GOOD,
+                format!(
+                    "{} with {} audit finding{}",
+                    manifest.relative(&baseline_path),
+                    report.findings.len(),
+                    plural(report.findings.len())
+                ),
+            )?;
+        }
+    }
+    let outcome = baseline.apply("audit", report.findings.clone());
+    print_report(cli, &manifest, &report, &outcome)?;
+    Ok(exit_code(&outcome))
 }
 
-/// The audit that ends `moat up`; returns the exit code it implies.
-pub async fn audit_after_up(_cli: &Cli, _manifest: &Manifest, _target: &Target) -> anyhow::Result<u8> {
-    Ok(0)
+/// The audit that ends `moat up`; prints a one-line verdict when clean, everything otherwise.
+pub async fn audit_after_up(
+    cli: &Cli,
+    manifest: &Manifest,
+    target: &Target,
+) -> anyhow::Result<(u8, AuditReport, BaselineOutcome)> {
+    let report = run_audit(&target.url, manifest, AuditOptions::default()).await?;
+    let baseline = Baseline::load(&manifest.root.join(FILE_NAME))?;
+    let outcome = baseline.apply("audit", report.findings.clone());
+    if cli.format == Format::Human {
+        if outcome.new.is_empty() {
+            output::status("Audited", style::GOOD, clean_line(&report, &outcome))?;
+        } else {
+            print_findings(&outcome.new)?;
+            print_matrix(&report)?;
+            print_summary(&outcome)?;
+        }
+    }
+    Ok((exit_code(&outcome), report, outcome))
+}
+
+fn clean_line(report: &AuditReport, outcome: &BaselineOutcome) -> String {
+    let mut line = format!(
+        "no finding; {} role{} probed with {} attempts, every cross-module access denied",
+        report.probed.len(),
+        plural(report.probed.len()),
+        report.attempts
+    );
+    if outcome.accepted > 0 {
+        line.push_str(&format!(" ({} accepted by the baseline)", outcome.accepted));
+    }
+    line
+}
+
+fn exit_code(outcome: &BaselineOutcome) -> u8 {
+    u8::from(outcome.new.iter().any(|f| f.severity == Severity::Error))
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// The JSON document of an audit (PRODUCT.md's findings contract plus `access`).
+pub fn audit_json(report: &AuditReport, outcome: &BaselineOutcome) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1,
+        "findings": outcome.new,
+        "summary": Summary::of(&outcome.new, 0),
+        "access": report.access,
+        "probed": report.probed,
+        "matrix": {"columns": report.matrix.columns, "rows": report.matrix.rows.iter().map(|(role, cells)| serde_json::json!({"role": role, "cells": cells})).collect::<Vec<_>>()},
+        "baseline": {"accepted": outcome.accepted, "stale": outcome.stale.len()},
+    })
+}
+
+fn print_report(cli: &Cli, manifest: &Manifest, report: &AuditReport, outcome: &BaselineOutcome) -> anyhow::Result<()> {
+    match cli.format {
+        Format::Json => output::json(&audit_json(report, outcome))?,
+        Format::Human => {
+            print_findings(&outcome.new)?;
+            if !report.matrix.rows.is_empty() {
+                print_matrix(report)?;
+            }
+            print_stale(manifest, outcome);
+            print_summary(outcome)?;
+        }
+        Format::Sarif | Format::Github => {
+            crate::commands::check::print_machine(cli.format, &outcome.new, &Default::default())?
+        }
+    }
+    Ok(())
+}
+
+fn print_stale(manifest: &Manifest, outcome: &BaselineOutcome) {
+    for entry in &outcome.stale {
+        output::warn(format!(
+            "baseline entry `{}`{} no longer occurs; rewrite {} with `moat audit --write-baseline`",
+            entry.key.rule,
+            entry.key.object.as_deref().map(|o| format!(" on `{o}`")).unwrap_or_default(),
+            manifest.relative(&manifest.root.join(FILE_NAME)),
+        ));
+    }
+}
+
+/// Findings without a file: `error[rule]: message`, the object, and the help line.
+pub fn print_findings(findings: &[Finding]) -> std::io::Result<()> {
+    for finding in findings {
+        let (label, label_style) = match finding.severity {
+            Severity::Error => ("error", style::BAD),
+            Severity::Warning => ("warning", style::WARN),
+        };
+        output::line(format!(
+            "{}: {}",
+            paint(label_style, format!("{label}[{}]", finding.rule)),
+            paint(style::BOLD, &finding.message)
+        ))?;
+        if let Some(object) = &finding.object {
+            let module = finding.module.as_deref().map(|m| format!(" (module {m})")).unwrap_or_default();
+            output::line(format!("  {} {object}{module}", paint(style::INFO, "-->")))?;
+        }
+        if let Some(help) = &finding.help {
+            output::line(format!("  {} {help}", paint(style::INFO, "= help:")))?;
+        }
+        output::line("")?;
+    }
+    Ok(())
+}
+
+/// The access matrix as a table: rows are roles, columns modules and contracts.
+pub fn print_matrix(report: &AuditReport) -> std::io::Result<()> {
+    let label_width = report.matrix.rows.iter().map(|(r, _)| r.len()).max().unwrap_or(4).max(4);
+    let widths: Vec<usize> = report.matrix.columns.iter().map(|c| c.len().max(6)).collect();
+    let mut header = format!("{:label_width$}", "role");
+    for (column, width) in report.matrix.columns.iter().zip(&widths) {
+        header.push_str(&format!("  {column:>width$}"));
+    }
+    output::line(paint(style::BOLD, header))?;
+    for (role, cells) in &report.matrix.rows {
+        let mut line = format!("{role:label_width$}");
+        for (cell, width) in cells.iter().zip(&widths) {
+            let (text, cell_style) = match cell {
+                Cell::Own => ("own", style::DIM),
+                Cell::Allowed => ("allowed", style::INFO),
+                Cell::Denied => ("denied", style::GOOD),
+                Cell::Leak => ("LEAK", style::BAD),
+                Cell::Broken => ("BROKEN", style::WARN),
+            };
+            line.push_str(&format!("  {}", paint(cell_style, format!("{text:>width$}"))));
+        }
+        output::line(line)?;
+    }
+    Ok(())
+}
+
+fn print_summary(outcome: &BaselineOutcome) -> std::io::Result<()> {
+    let summary = Summary::of(&outcome.new, 0);
+    let accepted =
+        if outcome.accepted > 0 { format!(", {} accepted by the baseline", outcome.accepted) } else { String::new() };
+    output::line("")?;
+    if summary.errors > 0 {
+        output::status(
+            "Failed",
+            style::BAD,
+            format!(
+                "audit: {} error{}, {} warning{}{accepted}",
+                summary.errors,
+                plural(summary.errors),
+                summary.warnings,
+                plural(summary.warnings)
+            ),
+        )
+    } else {
+        output::status(
+            "Passed",
+            style::GOOD,
+            format!("audit: no error, {} warning{}{accepted}", summary.warnings, plural(summary.warnings)),
+        )
+    }
 }

@@ -19,3 +19,12 @@ pub fn check(_cli: &Cli, _args: &CheckArgs) -> anyhow::Result<u8> {
 pub fn explain(_cli: &Cli, _rule: Option<&str>) -> anyhow::Result<u8> {
     anyhow::bail!("`moat explain` is not available in this build yet")
 }
+
+/// Prints findings as SARIF or GitHub annotations (filled in with the check renderer).
+pub fn print_machine(
+    _format: crate::output::Format,
+    _findings: &[moat_core::findings::Finding],
+    _texts: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    anyhow::bail!("this output format is not available in this build yet")
+}

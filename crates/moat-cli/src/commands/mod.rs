@@ -17,8 +17,10 @@ use crate::output::{self, Format, style};
 /// Resolves the admin target, telling the user when the embedded cluster is used.
 pub async fn target(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Target> {
     let target = resolve_target(manifest, cli.database_url.as_deref()).await?;
-    if cli.format == Format::Human {
-        if let Some(cluster) = &target.embedded {
+    if cli.format == Format::Human
+        && let Some(cluster) = &target.embedded
+    {
+        {
             let verb = if cluster.started { "Started" } else { "Using" };
             output::status(
                 verb,

@@ -48,7 +48,7 @@ pub async fn up(cli: &Cli) -> anyhow::Result<u8> {
             output::note(note);
         }
     }
-    let audit_code = super::audit::audit_after_up(cli, &manifest, &target).await?;
+    let (audit_code, audit, outcome) = super::audit::audit_after_up(cli, &manifest, &target).await?;
     match cli.format {
         Format::Json => output::json(&serde_json::json!({
             "version": 1,
@@ -56,11 +56,17 @@ pub async fn up(cli: &Cli) -> anyhow::Result<u8> {
             "statements": report.plans().flat_map(|p| p.steps.iter().map(|s| s.display())).collect::<Vec<_>>(),
             "applied": report.migrate.applied.iter().map(|(m, f)| serde_json::json!({"module": m, "file": f})).collect::<Vec<_>>(),
             "notes": report.notes().iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "audit": if audit_code == 0 { "clean" } else { "failed" },
+            "audit": super::audit::audit_json(&audit, &outcome),
         }))?,
         _ => {
             let elapsed = format!("{:.2}s", started.elapsed().as_secs_f64());
-            if report.changed() {
+            if audit_code != 0 {
+                output::status(
+                    "Failed",
+                    style::BAD,
+                    format!("{} is provisioned and migrated, but the audit found errors ({elapsed})", manifest.project),
+                )?;
+            } else if report.changed() {
                 output::status("Finished", style::GOOD, format!("{} is up in {elapsed}", manifest.project))?;
             } else {
                 output::status(
