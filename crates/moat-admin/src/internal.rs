@@ -73,7 +73,9 @@ pub fn outbox_ddl(schema: &str, owner: &str) -> Vec<String> {
             qualified(schema, &outbox_partition(slot))
         ));
     }
+    // `tx` bounds the batch of a subscriber that keeps up; `id` orders a backlog.
     ddl.push(format!("CREATE INDEX {} ON {table} (tx)", ident("moat_outbox_tx")));
+    ddl.push(format!("CREATE INDEX {} ON {table} (id)", ident("moat_outbox_id")));
     ddl.push(format!(
         "CREATE TABLE {} (subscriber text PRIMARY KEY, consumed_below xid8 NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
         qualified(schema, OUTBOX_PROGRESS)

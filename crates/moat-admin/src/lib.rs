@@ -8,6 +8,7 @@ pub mod audit;
 pub mod catalog;
 pub mod embedded;
 pub mod error;
+pub mod events;
 pub mod internal;
 pub mod migrate;
 pub mod plan;

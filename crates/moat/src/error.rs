@@ -42,6 +42,81 @@ pub enum Error {
         /// The error findings.
         findings: Vec<moat_core::findings::Finding>,
     },
+    /// The manifest declares no dependency between modules, so there is no event relay.
+    #[error("module events need the event relay role, which exists only when some module declares `depends_on`")]
+    NoRelay,
+    /// A handler was registered for an event of a module the subscriber does not depend on.
+    #[error(
+        "module `{subscriber}` subscribes to `{publisher}.{event_type}` but does not depend on module `{publisher}`\n  help: add \"{publisher}\" to `depends_on` of `[modules.{subscriber}]` in moat.toml"
+    )]
+    UndeclaredDependency {
+        /// Subscriber module.
+        subscriber: String,
+        /// Publishing module.
+        publisher: &'static str,
+        /// Event type.
+        event_type: &'static str,
+    },
+    /// A handler was registered for an event of a module that is not in the manifest.
+    #[error(
+        "module `{subscriber}` subscribes to `{publisher}.{event_type}`, but module `{publisher}` is not in the manifest"
+    )]
+    UnknownPublisher {
+        /// Subscriber module.
+        subscriber: String,
+        /// Publishing module.
+        publisher: &'static str,
+        /// Event type.
+        event_type: &'static str,
+    },
+    /// Two handlers of one subscriber for one event type.
+    #[error("module `{subscriber}` has two handlers for `{event_type}`")]
+    DuplicateHandler {
+        /// Subscriber module.
+        subscriber: String,
+        /// Event type.
+        event_type: &'static str,
+    },
+    /// An event was published in another module's transaction.
+    #[error("module `{module}` cannot publish `{publisher}.{event_type}`: only module `{publisher}` publishes it")]
+    WrongPublisher {
+        /// The module of the transaction.
+        module: String,
+        /// Event type.
+        event_type: &'static str,
+        /// The event's module.
+        publisher: &'static str,
+    },
+    /// The module has no outbox: no module depends on it, so nobody could subscribe.
+    #[error(
+        "module `{module}` cannot publish `{event_type}`: no module depends on it, so it has no outbox\n  help: declare the subscriber's `depends_on = [\"{module}\"]` in moat.toml and run `moat up`"
+    )]
+    NoOutbox {
+        /// The module.
+        module: String,
+        /// Event type.
+        event_type: &'static str,
+    },
+    /// An event could not be serialized.
+    #[error("event `{event_type}` cannot be serialized: {source}")]
+    Serialize {
+        /// Event type.
+        event_type: &'static str,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An event (or snapshot value) cannot be stored.
+    #[error("`{event_type}` cannot be stored: {reason}")]
+    InvalidEvent {
+        /// Event type.
+        event_type: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A finished transaction was used.
+    #[error("the transaction is already finished")]
+    TransactionFinished,
     /// A database error in the application's own use of a pool.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

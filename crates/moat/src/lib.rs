@@ -19,6 +19,8 @@
 
 mod config;
 mod error;
+pub mod events;
+mod notify;
 
 pub use config::Config;
 pub use error::Error;
@@ -46,7 +48,18 @@ struct Inner {
     target: Target,
     pools: BTreeMap<String, PgPool>,
     consumer_pools: BTreeMap<String, PgPool>,
+    relay: Option<PgPool>,
+    notifier: Arc<notify::Notifier>,
+    _senders: Vec<tokio::task::JoinHandle<()>>,
     startup: Option<UpReport>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for sender in &self._senders {
+            sender.abort();
+        }
+    }
 }
 
 impl Moat {
@@ -111,7 +124,42 @@ impl Moat {
             let pool = login_pool(&target.url, &role, config.pool_size).await?;
             consumer_pools.insert(consumer.to_string(), pool);
         }
-        Ok(Self { inner: Arc::new(Inner { manifest: config.manifest, target, pools, consumer_pools, startup }) })
+        let relay = if config.manifest.uses_events() {
+            Some(login_pool(&target.url, &roles.relay(), config.pool_size.min(4)).await?)
+        } else {
+            None
+        };
+        let publishers: Vec<String> = config
+            .manifest
+            .modules
+            .iter()
+            .filter(|m| config.manifest.is_depended_on(&m.name))
+            .map(|m| m.name.to_string())
+            .collect();
+        let notifier = Arc::new(notify::Notifier::new(publishers.iter().cloned()));
+        let senders = match &relay {
+            Some(relay) => notifier.spawn_senders(
+                relay.clone(),
+                publishers
+                    .iter()
+                    .map(|p| (p.clone(), notify::channel_name(config.manifest.project.as_str(), p)))
+                    .collect(),
+                events::DispatcherConfig::default().notify_debounce,
+            ),
+            None => Vec::new(),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                manifest: config.manifest,
+                target,
+                pools,
+                consumer_pools,
+                relay,
+                notifier,
+                _senders: senders,
+                startup,
+            }),
+        })
     }
 
     /// The pool of a module: every connection logs in as the module's runtime role.
@@ -128,6 +176,34 @@ impl Moat {
             name: consumer.to_owned(),
             known: self.inner.consumer_pools.keys().cloned().collect::<Vec<_>>().join(", "),
         })
+    }
+
+    /// Begins a transaction of `module` on its own runtime-role connection. Events published in
+    /// it are written to the module's outbox with its commit.
+    pub async fn begin(&self, module: &str) -> Result<events::ModuleTx, Error> {
+        let pool = self.pool(module)?;
+        let conn = pool.acquire().await?;
+        let outbox = self
+            .inner
+            .manifest
+            .module(module)
+            .filter(|m| self.inner.manifest.is_depended_on(&m.name))
+            .map(|m| events::publish_outbox(m.schema.as_str()));
+        events::ModuleTx::begin(conn, module, outbox, self.inner.notifier.clone()).await
+    }
+
+    /// The event bus: register handlers with [`events::EventBus::subscribe`], then start it.
+    pub fn events(&self) -> events::EventBus {
+        events::EventBus::new(self.clone())
+    }
+
+    /// The relay's pool (logs in as `<project>_relay`).
+    pub fn relay_pool(&self) -> Result<&PgPool, Error> {
+        self.inner.relay.as_ref().ok_or(Error::NoRelay)
+    }
+
+    pub(crate) fn notifier(&self) -> Arc<notify::Notifier> {
+        self.inner.notifier.clone()
     }
 
     /// The manifest.
@@ -147,7 +223,7 @@ impl Moat {
 
     /// Closes every pool.
     pub async fn close(&self) {
-        for pool in self.inner.pools.values().chain(self.inner.consumer_pools.values()) {
+        for pool in self.inner.pools.values().chain(self.inner.consumer_pools.values()).chain(self.inner.relay.iter()) {
             pool.close().await;
         }
     }

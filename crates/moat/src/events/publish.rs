@@ -1,0 +1,209 @@
+//! Publishing: a module transaction that carries its events to the outbox with its commit.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use moat_core::quote::{literal_checked, qualified};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres};
+use uuid::Uuid;
+
+use super::Event;
+use crate::Error;
+use crate::notify::Notifier;
+
+/// Correlation and causation ids of a published event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventMeta {
+    /// The request or workflow the event belongs to.
+    pub correlation_id: Option<Uuid>,
+    /// The event that caused it.
+    pub causation_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct PendingEvent {
+    pub(crate) id: Uuid,
+    pub(crate) event_type: &'static str,
+    pub(crate) key: String,
+    pub(crate) payload: String,
+    pub(crate) meta: EventMeta,
+}
+
+/// A transaction of one module on its own runtime-role connection.
+///
+/// Dereferences to the connection, like sqlx's `Transaction`: `query.execute(&mut *tx)`.
+/// Events published in it are written to the module's outbox by [`ModuleTx::commit`] in the same
+/// round trip as the `COMMIT`. Dropping it without committing rolls it back.
+#[derive(Debug)]
+pub struct ModuleTx {
+    conn: Option<PoolConnection<Postgres>>,
+    module: String,
+    outbox: Option<String>,
+    events: Vec<PendingEvent>,
+    notifier: Arc<Notifier>,
+}
+
+impl ModuleTx {
+    pub(crate) async fn begin(
+        mut conn: PoolConnection<Postgres>,
+        module: &str,
+        outbox: Option<String>,
+        notifier: Arc<Notifier>,
+    ) -> Result<Self, Error> {
+        sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+        Ok(Self { conn: Some(conn), module: module.to_owned(), outbox, events: Vec::new(), notifier })
+    }
+
+    /// The module this transaction belongs to.
+    pub fn module(&self) -> &str {
+        &self.module
+    }
+
+    /// Publishes an event of this module; it is stored when the transaction commits.
+    pub fn publish<E: Event>(&mut self, event: &E) -> Result<Uuid, Error> {
+        self.publish_with(event, EventMeta::default())
+    }
+
+    /// Publishes an event with correlation and causation ids.
+    pub fn publish_with<E: Event>(&mut self, event: &E, meta: EventMeta) -> Result<Uuid, Error> {
+        let pending = pending_event(&self.module, self.outbox.is_some(), event, meta)?;
+        let id = pending.id;
+        self.events.push(pending);
+        Ok(id)
+    }
+
+    /// Writes the published events to the outbox and commits, in one round trip.
+    pub async fn commit(mut self) -> Result<(), Error> {
+        let mut conn = self.conn.take().ok_or(Error::TransactionFinished)?;
+        let sql = match (&self.outbox, self.events.is_empty()) {
+            (_, true) => "COMMIT".to_owned(),
+            (Some(outbox), false) => format!("{}; COMMIT", outbox_insert(outbox, &self.events)?),
+            (None, false) => unreachable_no_outbox(),
+        };
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await {
+            // The INSERT failed and aborted the transaction (or the COMMIT failed): end it.
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            return Err(e.into());
+        }
+        if !self.events.is_empty() {
+            self.notifier.published(&self.module);
+        }
+        Ok(())
+    }
+
+    /// Rolls back; the published events are discarded.
+    pub async fn rollback(mut self) -> Result<(), Error> {
+        if let Some(mut conn) = self.conn.take() {
+            sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+}
+
+fn unreachable_no_outbox() -> String {
+    // publish() refuses events when the module has no outbox, so there is nothing to write.
+    "COMMIT".to_owned()
+}
+
+/// Validates and serializes an event published by `module`.
+pub(crate) fn pending_event<E: Event>(
+    module: &str,
+    has_outbox: bool,
+    event: &E,
+    meta: EventMeta,
+) -> Result<PendingEvent, Error> {
+    if E::MODULE != module {
+        return Err(Error::WrongPublisher { module: module.to_owned(), event_type: E::TYPE, publisher: E::MODULE });
+    }
+    if !has_outbox {
+        return Err(Error::NoOutbox { module: module.to_owned(), event_type: E::TYPE });
+    }
+    let payload = serde_json::to_string(event).map_err(|source| Error::Serialize { event_type: E::TYPE, source })?;
+    // jsonb cannot hold \u0000; refuse it here rather than fail the commit.
+    if payload.contains("\\u0000") {
+        return Err(Error::InvalidEvent {
+            event_type: E::TYPE,
+            reason: "it contains a NUL character, which PostgreSQL's jsonb cannot store".into(),
+        });
+    }
+    Ok(PendingEvent { id: Uuid::now_v7(), event_type: E::TYPE, key: event.key(), payload, meta })
+}
+
+/// `INSERT INTO <outbox> (...) VALUES (...), ...` with every value quoted by `moat_core::quote`.
+pub(crate) fn outbox_insert(outbox: &str, events: &[PendingEvent]) -> Result<String, Error> {
+    let mut sql = format!(
+        "INSERT INTO {outbox} (event_id, event_type, event_key, payload, correlation_id, causation_id) VALUES "
+    );
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let quote = |value: &str| {
+            literal_checked(value).map_err(|_| Error::InvalidEvent {
+                event_type: event.event_type,
+                reason: "its key holds a NUL character".into(),
+            })
+        };
+        let uuid = |value: Option<Uuid>| value.map_or_else(|| "NULL".to_owned(), |u| format!("'{u}'"));
+        sql.push_str(&format!(
+            "('{}', {}, {}, {}::jsonb, {}, {})",
+            event.id,
+            quote(event.event_type)?,
+            quote(&event.key)?,
+            quote(&event.payload)?,
+            uuid(event.meta.correlation_id),
+            uuid(event.meta.causation_id)
+        ));
+    }
+    Ok(sql)
+}
+
+/// The qualified outbox table of a schema.
+pub(crate) fn outbox_table(schema: &str) -> String {
+    qualified(schema, moat_admin::internal::OUTBOX)
+}
+
+impl Deref for ModuleTx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        match &self.conn {
+            Some(conn) => conn,
+            None => finished(),
+        }
+    }
+}
+
+impl DerefMut for ModuleTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match &mut self.conn {
+            Some(conn) => conn,
+            None => finished(),
+        }
+    }
+}
+
+#[allow(clippy::panic)]
+fn finished() -> ! {
+    // commit() and rollback() consume the transaction, so no reference can outlive them.
+    panic!("BUG: a finished ModuleTx was used")
+}
+
+impl Drop for ModuleTx {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        // Roll back in the background; without a runtime, close the connection instead (the
+        // server rolls back when it goes).
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+                        conn.close_on_drop();
+                    }
+                });
+            }
+            Err(_) => conn.close_on_drop(),
+        }
+    }
+}
