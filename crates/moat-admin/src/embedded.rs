@@ -383,6 +383,7 @@ fn running_port(binaries: &Binaries, user: RunAs, data: &Path) -> Option<u16> {
 
 /// Stops the cluster if it runs; returns whether it was running.
 pub fn stop(dir: &Path) -> Result<bool, AdminError> {
+    let dir = absolute(dir)?;
     let data = dir.join("data");
     if !data.join("PG_VERSION").is_file() {
         return Ok(false);

@@ -162,7 +162,11 @@ impl Manifest {
     /// Reads and validates a manifest file, checking the paths it names on disk.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
-        Self::parse(path, &text, &FsCheck).map_err(LoadError::Invalid)
+        // Relative paths in the manifest resolve against its folder, wherever moat runs from; the
+        // path stays as given for messages, the root is absolute.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let root = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_owned());
+        Parser::new(path, &text, &FsCheck).with_root(root).parse().map_err(LoadError::Invalid)
     }
 
     /// Validates manifest text; `fs` answers whether the paths it names exist.
@@ -279,6 +283,11 @@ impl<'a> Parser<'a> {
             dependency_graph: Vec::new(),
             declared_schemas: Vec::new(),
         }
+    }
+
+    fn with_root(mut self, root: PathBuf) -> Self {
+        self.root = root;
+        self
     }
 
     fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>, help: Option<String>) {
