@@ -52,7 +52,7 @@ async fn a_burst_of_renames_out_of_order_and_replayed_converges_to_the_last_name
     for event in delivery {
         applied += usize::from(orders::apply_rename(&mut conn, event).await.unwrap());
     }
-    assert!(applied >= 10 && applied <= 200, "{applied}");
+    assert!((10..=200).contains(&applied), "{applied}");
     let names: Vec<(i64, String, i64)> =
         sqlx::query_as("SELECT customer_id, name, version FROM customer_snapshots ORDER BY 1")
             .fetch_all(&mut *conn)
