@@ -331,3 +331,52 @@ async fn audit_prints_the_matrix_fails_on_a_leak_and_honours_the_baseline() {
     assert_exit(&fixed, 0);
     assert!(text(&fixed.stderr).contains("no longer occurs; rewrite moat-baseline.toml"), "{}", text(&fixed.stderr));
 }
+
+#[tokio::test]
+async fn events_status_dead_and_retry() {
+    let db = TestDb::new().await;
+    let project = two_modules(&db);
+    let url = db.url.expose().to_owned();
+    assert_exit(&moat(&project, Some(&url), &["up"]), 0);
+    // What a dispatcher leaves behind: a cursor at the start, two outbox events, one dead letter.
+    db.exec(
+        "INSERT INTO orders.moat_subscriptions (publisher, lo) VALUES ('customers', '1:1:');
+         INSERT INTO customers.moat_outbox (event_id, event_type, event_key, payload)
+           VALUES (gen_random_uuid(), 'CustomerRenamed', '1', '{}'), (gen_random_uuid(), 'CustomerRenamed', '2', '{}');
+         INSERT INTO orders.moat_inbox (publisher, outbox_id, event_id, event_type, event_key, payload, published_at, state, attempts, last_error)
+           VALUES ('customers', 1, '0190d2a8-0000-7000-8000-000000000001', 'CustomerRenamed', '1', '{}', now(), 'dead', 8, 'boom');",
+    )
+    .await;
+    let status = moat(&project, Some(&url), &["--format", "json", "events", "status"]);
+    assert_exit(&status, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let s = &doc["subscriptions"][0];
+    assert_eq!((s["subscriber"].as_str(), s["publisher"].as_str()), (Some("orders"), Some("customers")));
+    assert_eq!((s["lag_events"].as_i64(), s["dead"].as_i64()), (Some(2), Some(1)));
+    let human = moat(&project, Some(&url), &["events", "status"]);
+    assert!(
+        text(&human.stdout).lines().any(|l| l.starts_with("orders") && l.contains("customers")),
+        "{}",
+        text(&human.stdout)
+    );
+
+    let dead = moat(&project, Some(&url), &["events", "dead"]);
+    assert_exit(&dead, 0);
+    let out = text(&dead.stdout);
+    assert!(
+        out.contains("0190d2a8-0000-7000-8000-000000000001")
+            && out.contains("customers.CustomerRenamed")
+            && out.contains("boom"),
+        "{out}"
+    );
+
+    assert_exit(&moat(&project, Some(&url), &["events", "retry", "not-a-uuid"]), 2);
+    let retried = moat(&project, Some(&url), &["events", "retry", "0190d2a8-0000-7000-8000-000000000001"]);
+    assert_exit(&retried, 0);
+    assert!(text(&retried.stdout).contains("1 dead letter for retry"), "{}", text(&retried.stdout));
+    let mut conn = db.connect().await;
+    let state: (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM orders.moat_inbox").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(state, ("retry".to_owned(), 0));
+    assert_exit(&moat(&project, Some(&url), &["events", "retry", "--all"]), 0);
+}

@@ -1,15 +1,110 @@
-//! `moat events` (not built yet in this revision).
+//! `moat events status | dead | retry`.
 
-use crate::Cli;
+use moat_admin::events::{RetryTarget, dead, retry, status};
+
+use crate::output::{self, Format, paint, style};
+use crate::{Cli, load_manifest};
 
 /// `moat events` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum EventsCommand {
-    /// Per subscriber: lag in events and seconds, dead letters.
+    /// Per subscriber: lag in events and seconds, held and dead events.
     Status,
+    /// List dead letters (events whose handler kept failing).
+    Dead,
+    /// Put dead letters back in the retry queue (the running dispatcher applies them in key order).
+    Retry {
+        /// The event id of a dead letter (as `moat events dead` shows it).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// `moat events ...`.
-pub async fn events(_cli: &Cli, _command: &EventsCommand) -> anyhow::Result<u8> {
-    anyhow::bail!("`moat events` is not available in this build yet")
+pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
+    let manifest = load_manifest(cli)?;
+    let target = super::target_quiet(cli, &manifest).await?;
+    match command {
+        EventsCommand::Status => {
+            let statuses = status(&target.url, &manifest).await?;
+            if cli.format == Format::Json {
+                output::json(&serde_json::json!({"version": 1, "subscriptions": statuses}))?;
+            } else if statuses.is_empty() {
+                output::line("no subscriptions: no module declares `depends_on`, or `moat up` has not run")?;
+            } else {
+                let header = format!(
+                    "{:<20} {:<20} {:>10} {:>10} {:>8} {:>8} {:>6}",
+                    "subscriber", "publisher", "lag", "lag (s)", "waiting", "retrying", "dead"
+                );
+                output::line(paint(style::BOLD, header))?;
+                for s in &statuses {
+                    let dead =
+                        if s.dead > 0 { paint(style::BAD, format!("{:>6}", s.dead)) } else { format!("{:>6}", s.dead) };
+                    let lag =
+                        if s.started { format!("{:>10}", s.lag_events) } else { format!("{:>10}", "not started") };
+                    output::line(format!(
+                        "{:<20} {:<20} {lag} {:>10.1} {:>8} {:>8} {dead}",
+                        s.subscriber, s.publisher, s.lag_seconds, s.waiting, s.retrying
+                    ))?;
+                }
+            }
+            Ok(0)
+        }
+        EventsCommand::Dead => {
+            let letters = dead(&target.url, &manifest).await?;
+            if cli.format == Format::Json {
+                output::json(&serde_json::json!({"version": 1, "dead": letters}))?;
+            } else if letters.is_empty() {
+                output::status("No dead", style::GOOD, "letters")?;
+            } else {
+                for letter in &letters {
+                    output::line(format!(
+                        "{} {} {} {}",
+                        paint(style::BOLD, letter.event_id),
+                        paint(style::INFO, format!("{}.{}", letter.publisher, letter.event_type)),
+                        format_args!("key {} -> {}", letter.key, letter.subscriber),
+                        paint(
+                            style::DIM,
+                            format!(
+                                "({} attempts, published {})",
+                                letter.attempts,
+                                letter.published_at.format("%Y-%m-%d %H:%M:%S UTC")
+                            )
+                        )
+                    ))?;
+                    if let Some(error) = &letter.last_error {
+                        output::line(format!("    {} {error}", paint(style::BAD, "last error:")))?;
+                    }
+                }
+            }
+            Ok(0)
+        }
+        EventsCommand::Retry { id, all } => {
+            let target_events = if *all {
+                RetryTarget::All
+            } else {
+                let raw = id.as_deref().unwrap_or_default();
+                let id = raw.parse().map_err(|_| {
+                    anyhow::anyhow!("`{raw}` is not an event id (a UUID as `moat events dead` shows it)")
+                })?;
+                RetryTarget::Event(id)
+            };
+            let count = retry(&target.url, &manifest, target_events).await?;
+            if cli.format == Format::Json {
+                output::json(&serde_json::json!({"version": 1, "retried": count}))?;
+            } else if count == 0 {
+                output::status("Nothing", style::WARN, "matched: no such dead letter")?;
+            } else {
+                output::status(
+                    "Queued",
+                    style::GOOD,
+                    format!("{count} dead letter{} for retry", if count == 1 { "" } else { "s" }),
+                )?;
+            }
+            Ok(if count == 0 && !*all { 2 } else { 0 })
+        }
+    }
 }
