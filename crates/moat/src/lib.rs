@@ -49,6 +49,8 @@ struct Inner {
     pools: BTreeMap<String, PgPool>,
     consumer_pools: BTreeMap<String, PgPool>,
     relay: Option<PgPool>,
+    /// Modules whose pooled connections hold the prepared outbox INSERT.
+    prepared: BTreeMap<String, bool>,
     notifier: Arc<notify::Notifier>,
     _senders: Vec<tokio::task::JoinHandle<()>>,
     startup: Option<UpReport>,
@@ -113,9 +115,20 @@ impl Moat {
     async fn open(config: Config, target: Target, startup: Option<UpReport>) -> Result<Self, Error> {
         let roles = config.manifest.roles();
         let mut pools = BTreeMap::new();
+        let mut prepared = BTreeMap::new();
         for module in &config.manifest.modules {
             let role = roles.module_runtime(&module.name);
-            let pool = login_pool(&target.url, &role, config.pool_size).await?;
+            // A publishing module's connections prepare the outbox INSERT once, if the outbox
+            // exists when the pool opens; transactions then send `EXECUTE ...; COMMIT`.
+            let outbox =
+                config.manifest.is_depended_on(&module.name).then(|| events::publish_outbox(module.schema.as_str()));
+            let pool = match &outbox {
+                Some(outbox) if outbox_exists(&target.url, outbox).await? => {
+                    prepared.insert(module.name.to_string(), true);
+                    prepared_pool(&target.url, &role, config.pool_size, outbox.clone()).await?
+                }
+                _ => login_pool(&target.url, &role, config.pool_size).await?,
+            };
             pools.insert(module.name.to_string(), pool);
         }
         let mut consumer_pools = BTreeMap::new();
@@ -155,6 +168,7 @@ impl Moat {
                 pools,
                 consumer_pools,
                 relay,
+                prepared,
                 notifier,
                 _senders: senders,
                 startup,
@@ -189,7 +203,8 @@ impl Moat {
             .module(module)
             .filter(|m| self.inner.manifest.is_depended_on(&m.name))
             .map(|m| events::publish_outbox(m.schema.as_str()));
-        events::ModuleTx::begin(conn, module, outbox, self.inner.notifier.clone()).await
+        let prepared = self.inner.prepared.get(module).copied().unwrap_or(false);
+        events::ModuleTx::begin(conn, module, outbox, prepared, self.inner.notifier.clone()).await
     }
 
     /// The event bus: register handlers with [`events::EventBus::subscribe`], then start it.
@@ -227,6 +242,34 @@ impl Moat {
             pool.close().await;
         }
     }
+}
+
+async fn outbox_exists(admin: &DatabaseUrl, outbox: &str) -> Result<bool, Error> {
+    let mut conn = moat_admin::connect(admin).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(outbox).fetch_one(&mut conn).await?;
+    let _ = sqlx::Connection::close(conn).await;
+    Ok(exists)
+}
+
+/// Like [`login_pool`], with `PREPARE moat_publish` on every new connection.
+async fn prepared_pool(admin: &DatabaseUrl, role: &str, size: u32, outbox: String) -> Result<PgPool, Error> {
+    let url = admin.with_login(role, password_from_env(role).as_deref());
+    let options = url.connect_options()?;
+    let prepare = events::prepare_publish_sql(&outbox);
+    PgPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .after_connect(move |conn, _| {
+            let prepare = prepare.clone();
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(conn).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(|source| Error::Login { role: role.to_owned(), target: url.to_string(), source })
 }
 
 /// A pool that logs in as `role` next to the admin URL, with `MOAT_PASSWORD_<ROLE>` if set.

@@ -62,6 +62,24 @@ pub trait Handler<E: Event>: Send + Sync + 'static {
         ctx: &mut HandlerContext<'_>,
         event: &Envelope<E>,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Applies consecutive events of this type in one go (they share the batch's transaction).
+    /// The default calls [`Handler::handle`] for each; override it to write a batch with one
+    /// statement (a snapshot keeps the newest event per key). When it fails, the batch is rolled
+    /// back and redone event by event with [`Handler::handle`], so that only the failing event is
+    /// held back.
+    fn handle_batch(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        events: &[Envelope<E>],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async move {
+            for event in events {
+                self.handle(ctx, event).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The subscriber's transaction while a handler runs: its connection, and a way to publish
@@ -128,11 +146,32 @@ trait ErasedHandler: Send + Sync {
         raw: &'a RawEvent,
         publisher: &'a str,
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn handle_batch<'a>(
+        &'a self,
+        ctx: &'a mut HandlerContext<'_>,
+        raws: &'a [RawEvent],
+        publisher: &'a str,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 struct Typed<E, H> {
     handler: H,
     _event: PhantomData<fn() -> E>,
+}
+
+fn envelope<E: Event>(raw: &RawEvent, publisher: &str) -> Result<Envelope<E>, HandlerError> {
+    let payload: E = serde_json::from_str(&raw.payload)
+        .map_err(|e| format!("the payload of `{}` does not deserialize: {e}", raw.event_type))?;
+    Ok(Envelope {
+        id: raw.id,
+        position: raw.position,
+        publisher: publisher.to_owned(),
+        key: raw.key.clone(),
+        correlation_id: raw.correlation_id,
+        causation_id: raw.causation_id,
+        published_at: raw.published_at,
+        payload,
+    })
 }
 
 impl<E: Event, H: Handler<E>> ErasedHandler for Typed<E, H> {
@@ -143,19 +182,26 @@ impl<E: Event, H: Handler<E>> ErasedHandler for Typed<E, H> {
         publisher: &'a str,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let payload: E = serde_json::from_str(&raw.payload)
-                .map_err(|e| format!("the payload of `{}` does not deserialize: {e}", raw.event_type))?;
-            let envelope = Envelope {
-                id: raw.id,
-                position: raw.position,
-                publisher: publisher.to_owned(),
-                key: raw.key.clone(),
-                correlation_id: raw.correlation_id,
-                causation_id: raw.causation_id,
-                published_at: raw.published_at,
-                payload,
-            };
+            let envelope = envelope::<E>(raw, publisher)?;
+            ctx.event_id = raw.id;
+            ctx.correlation_id = raw.correlation_id;
             self.handler.handle(ctx, &envelope).await
+        })
+    }
+
+    fn handle_batch<'a>(
+        &'a self,
+        ctx: &'a mut HandlerContext<'_>,
+        raws: &'a [RawEvent],
+        publisher: &'a str,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let envelopes = raws.iter().map(|raw| envelope::<E>(raw, publisher)).collect::<Result<Vec<_>, _>>()?;
+            if let Some(last) = raws.last() {
+                ctx.event_id = last.id;
+                ctx.correlation_id = last.correlation_id;
+            }
+            self.handler.handle_batch(ctx, &envelopes).await
         })
     }
 }
@@ -293,6 +339,7 @@ impl EventBus {
                 relay: relay.clone(),
                 config: self.config.clone(),
                 notifier: self.app.notifier(),
+                state: std::sync::Mutex::new(LocalState::default()),
             });
             subscription.register().await?;
             channels.insert(channel_name(manifest.project.as_str(), &spec.publisher), spec.publisher.clone());
@@ -355,6 +402,19 @@ struct Subscription {
     relay: PgPool,
     config: DispatcherConfig,
     notifier: Arc<Notifier>,
+    state: std::sync::Mutex<LocalState>,
+}
+
+/// What this process remembers of its subscription between rounds (an optimization only: the
+/// database row is the truth).
+#[derive(Debug, Default)]
+struct LocalState {
+    /// The cursor's `lo` as this process last saw or wrote it (the real one is never older).
+    lo: Option<String>,
+    /// Whether the inbox may hold events to retry.
+    held: bool,
+    /// When `lo` was last moved forward without events (so that retention can progress).
+    last_advance: Option<Instant>,
 }
 
 /// The cursor as stored.
@@ -382,7 +442,16 @@ impl Subscription {
             self.progress
         );
         sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.subscriber).execute(&self.relay).await?;
+        let sql = format!("SELECT count(*) > 0 FROM {} WHERE publisher = $1", self.inbox);
+        let held: bool =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).fetch_one(&self.pool).await?;
+        self.local().held = held;
         Ok(())
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, LocalState> {
+        // The state is a cache; a poisoned lock only means a panic elsewhere mid-update.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -427,7 +496,7 @@ impl Subscription {
                 break;
             }
         }
-        let next_retry = self.retry_due().await?;
+        let next_retry = if self.local().held { self.retry_due().await? } else { None };
         if last_report.elapsed() >= self.config.progress_interval {
             self.report_progress().await?;
             *last_report = Instant::now();
@@ -435,10 +504,31 @@ impl Subscription {
         Ok(next_retry)
     }
 
+    /// Whether the outbox may hold something for us beyond the cursor we know. A `false` is
+    /// exact: the real cursor is never older than the one remembered.
+    async fn anything_new(&self) -> Result<bool, Error> {
+        let (lo, idle_for) = {
+            let local = self.local();
+            (local.lo.clone(), local.last_advance.map(|t| t.elapsed()))
+        };
+        let Some(lo) = lo else { return Ok(true) };
+        // Move the cursor now and then even without events, so that retention can progress.
+        if idle_for.is_none_or(|d| d >= self.config.progress_interval) {
+            return Ok(true);
+        }
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE tx >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(tx, $1::pg_snapshot) AND event_type = ANY($2))",
+            self.outbox
+        );
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&lo).bind(&self.types).fetch_one(&self.relay).await?)
+    }
+
     /// One batch. Returns how many outbox rows it consumed.
     async fn drain_once(&self, mode: Mode) -> Result<usize, Error> {
+        if matches!(mode, Mode::Fast) && !self.anything_new().await? {
+            return Ok(0);
+        }
         let mut conn = self.pool.acquire().await?;
-        sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
         let result = self.drain_in(&mut conn, mode).await;
         match result {
             Ok(Some(n)) => Ok(n),
@@ -457,33 +547,54 @@ impl Subscription {
 
     /// The body of a batch inside the subscriber's transaction. `Ok(None)` asks for a careful redo.
     async fn drain_in(&self, conn: &mut PgConnection, mode: Mode) -> Result<Option<usize>, Error> {
+        // BEGIN and the cursor lock in one round trip.
         let lock = format!(
-            "SELECT lo::text, hi::text, last_id, (SELECT coalesce(array_agg(DISTINCT event_key), '{{}}') FROM {} WHERE publisher = $1) \
-             FROM {} WHERE publisher = $1 FOR UPDATE SKIP LOCKED",
-            self.inbox, self.subscriptions
+            "BEGIN; SELECT lo::text, hi::text, last_id, (SELECT coalesce(array_agg(DISTINCT event_key), '{{}}') FROM {inbox} WHERE publisher = {publisher}) AS blocked \
+             FROM {subscriptions} WHERE publisher = {publisher} FOR UPDATE SKIP LOCKED",
+            inbox = self.inbox,
+            subscriptions = self.subscriptions,
+            publisher = literal(&self.publisher)
         );
-        let row: Option<(String, Option<String>, i64, Vec<String>)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(lock)).bind(&self.publisher).fetch_optional(&mut *conn).await?;
-        let Some((lo, hi, last_id, blocked)) = row else {
+        let row = sqlx::raw_sql(sqlx::AssertSqlSafe(lock)).fetch_optional(&mut *conn).await?;
+        let Some(row) = row else {
             // Another dispatcher holds this subscription right now.
             sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
             return Ok(Some(0));
         };
-        let cursor = Cursor { lo, hi, last_id };
+        let cursor = Cursor { lo: row.try_get("lo")?, hi: row.try_get("hi")?, last_id: row.try_get("last_id")? };
+        let blocked: Vec<String> = row.try_get("blocked")?;
         let (hi, events) = self.fetch(&cursor).await?;
         let mut blocked: BTreeSet<String> = blocked.into_iter().collect();
+        if !blocked.is_empty() {
+            self.local().held = true;
+        }
         let mut published = Vec::new();
-        for event in &events {
-            if blocked.contains(&event.key) {
-                self.hold(conn, event, "waiting", 0, None).await?;
-                continue;
+        match mode {
+            Mode::Fast => {
+                let mut run: Vec<RawEvent> = Vec::new();
+                for event in &events {
+                    if blocked.contains(&event.key) {
+                        self.hold(conn, event, "waiting", 0, None).await?;
+                        continue;
+                    }
+                    if run.first().is_some_and(|first| first.event_type != event.event_type) {
+                        if self.apply_run(conn, &run, &mut published).await.is_err() {
+                            return Ok(None);
+                        }
+                        run.clear();
+                    }
+                    run.push(event.clone());
+                }
+                if !run.is_empty() && self.apply_run(conn, &run, &mut published).await.is_err() {
+                    return Ok(None);
+                }
             }
-            match mode {
-                Mode::Fast => match self.apply(conn, event, &mut published).await {
-                    Ok(()) => {}
-                    Err(_) => return Ok(None),
-                },
-                Mode::Careful => {
+            Mode::Careful => {
+                for event in &events {
+                    if blocked.contains(&event.key) {
+                        self.hold(conn, event, "waiting", 0, None).await?;
+                        continue;
+                    }
                     sqlx::raw_sql("SAVEPOINT moat_event").execute(&mut *conn).await?;
                     let mut event_published = Vec::new();
                     match self.apply(conn, event, &mut event_published).await {
@@ -498,6 +609,7 @@ impl Subscription {
                             tracing::warn!(subscriber = %self.subscriber, event = %event.id, key = %event.key, %error, "event handler failed; retrying later");
                             self.hold(conn, event, "retry", 1, Some(&error.to_string())).await?;
                             blocked.insert(event.key.clone());
+                            self.local().held = true;
                         }
                     }
                 }
@@ -515,6 +627,9 @@ impl Subscription {
         };
         if events.is_empty() && next.lo == cursor.lo && cursor.hi.is_none() {
             sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+            let mut local = self.local();
+            local.lo = Some(cursor.lo);
+            local.last_advance = Some(Instant::now());
             return Ok(Some(0));
         }
         let mut finish = String::new();
@@ -541,6 +656,11 @@ impl Subscription {
             literal(&self.publisher)
         ));
         sqlx::raw_sql(sqlx::AssertSqlSafe(finish)).execute(&mut *conn).await?;
+        {
+            let mut local = self.local();
+            local.lo = if next.hi.is_none() { Some(next.lo.clone()) } else { None };
+            local.last_advance = Some(Instant::now());
+        }
         if !published.is_empty() {
             self.notifier.published(&self.subscriber);
         }
@@ -550,40 +670,41 @@ impl Subscription {
     /// Reads the next batch as the relay: the snapshot that bounds it and its rows.
     async fn fetch(&self, cursor: &Cursor) -> Result<(String, Vec<RawEvent>), Error> {
         const COLUMNS: &str = "o.id, o.event_id, o.event_type, o.event_key, o.payload::text, o.correlation_id, o.causation_id, o.published_at";
-        let rows = match &cursor.hi {
-            None => {
-                // The rows visible to this statement are exactly those visible in the snapshot it returns.
-                let sql = format!(
-                    "WITH s AS (SELECT pg_current_snapshot() AS snap) \
-                     SELECT s.snap::text AS hi, {COLUMNS} FROM s LEFT JOIN LATERAL (\
-                       SELECT * FROM {} WHERE tx >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(tx, $1::pg_snapshot) \
-                       AND event_type = ANY($2) ORDER BY id LIMIT $3) o ON true",
-                    self.outbox
-                );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(&cursor.lo)
-                    .bind(&self.types)
-                    .bind(self.config.batch_size)
-                    .fetch_all(&self.relay)
-                    .await?
-            }
+        // One simple-query round trip: planner settings for this implicit transaction, then the
+        // query with its values quoted by moat_core::quote. Freshly filled outbox slots have no
+        // statistics yet, and a plan chosen on guesses could sort the whole backlog per batch.
+        let types = format!("ARRAY[{}]::text[]", self.types.iter().map(|t| literal(t)).collect::<Vec<_>>().join(", "));
+        let lo = format!("{}::pg_snapshot", literal(&cursor.lo));
+        let sql = match &cursor.hi {
+            // The rows visible to this statement are exactly those visible in the snapshot it
+            // returns. The tx index bounds the search (consumed rows wait in the outbox until
+            // their slot is truncated); `id + 0` keeps the planner from walking the id index.
+            None => format!(
+                "SET LOCAL enable_seqscan = off; \
+                 WITH s AS (SELECT pg_current_snapshot() AS snap) \
+                 SELECT s.snap::text AS hi, {COLUMNS} FROM s LEFT JOIN LATERAL (\
+                   SELECT * FROM {outbox} WHERE tx >= pg_snapshot_xmin({lo}) AND NOT pg_visible_in_snapshot(tx, {lo}) \
+                   AND event_type = ANY({types}) ORDER BY id + 0 LIMIT {limit}) o ON true",
+                outbox = self.outbox,
+                limit = self.config.batch_size
+            ),
+            // A batch that did not fit continues in id order from where it stopped.
             Some(hi) => {
-                let sql = format!(
-                    "SELECT $2::text AS hi, {COLUMNS} FROM {} o WHERE tx >= pg_snapshot_xmin($1::pg_snapshot) AND tx < pg_snapshot_xmax($2::pg_snapshot) \
-                     AND pg_visible_in_snapshot(tx, $2::pg_snapshot) AND NOT pg_visible_in_snapshot(tx, $1::pg_snapshot) \
-                     AND id > $3 AND event_type = ANY($4) ORDER BY id LIMIT $5",
-                    self.outbox
-                );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(&cursor.lo)
-                    .bind(hi)
-                    .bind(cursor.last_id)
-                    .bind(&self.types)
-                    .bind(self.config.batch_size)
-                    .fetch_all(&self.relay)
-                    .await?
+                let hi_snapshot = format!("{}::pg_snapshot", literal(hi));
+                format!(
+                    "SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off; \
+                 SELECT {hi_text} AS hi, {COLUMNS} FROM {outbox} o WHERE id > {last_id} \
+                 AND pg_visible_in_snapshot(tx, {hi}) AND NOT pg_visible_in_snapshot(tx, {lo}) \
+                 AND event_type = ANY({types}) ORDER BY id LIMIT {limit}",
+                    hi_text = literal(hi),
+                    hi = hi_snapshot,
+                    outbox = self.outbox,
+                    last_id = cursor.last_id,
+                    limit = self.config.batch_size
+                )
             }
         };
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_all(&self.relay).await?;
         let mut hi = cursor.hi.clone().unwrap_or_else(|| cursor.lo.clone());
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
@@ -603,6 +724,23 @@ impl Subscription {
         Ok((hi, events))
     }
 
+    fn context<'c>(&'c self, conn: &'c mut PgConnection, event: &RawEvent) -> HandlerContext<'c> {
+        HandlerContext {
+            conn,
+            subscriber: &self.subscriber,
+            has_outbox: self.sub_outbox.is_some(),
+            event_id: event.id,
+            correlation_id: event.correlation_id,
+            published: Vec::new(),
+        }
+    }
+
+    fn handler(&self, event_type: &str) -> Result<&Arc<dyn ErasedHandler>, HandlerError> {
+        self.handlers
+            .get(event_type)
+            .ok_or_else(|| format!("module `{}` has no handler for `{event_type}` any more", self.subscriber).into())
+    }
+
     /// Runs the handler of one event; a panic counts as a failure.
     async fn apply(
         &self,
@@ -610,26 +748,24 @@ impl Subscription {
         event: &RawEvent,
         published: &mut Vec<PendingEvent>,
     ) -> Result<(), HandlerError> {
-        let handler = self.handlers.get(event.event_type.as_str()).ok_or_else(|| {
-            format!("module `{}` has no handler for `{}` any more", self.subscriber, event.event_type)
-        })?;
-        let mut ctx = HandlerContext {
-            conn,
-            subscriber: &self.subscriber,
-            has_outbox: self.sub_outbox.is_some(),
-            event_id: event.id,
-            correlation_id: event.correlation_id,
-            published: Vec::new(),
-        };
+        let handler = self.handler(&event.event_type)?;
+        let mut ctx = self.context(conn, event);
         let outcome = AssertUnwindSafe(handler.handle(&mut ctx, event, &self.publisher)).catch_unwind().await;
-        match outcome {
-            Ok(Ok(())) => {
-                published.append(&mut ctx.published);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("the handler of `{}` panicked", event.event_type).into()),
-        }
+        finish(outcome, &mut ctx, published, &event.event_type)
+    }
+
+    /// Runs the batch handler on consecutive events of one type.
+    async fn apply_run(
+        &self,
+        conn: &mut PgConnection,
+        run: &[RawEvent],
+        published: &mut Vec<PendingEvent>,
+    ) -> Result<(), HandlerError> {
+        let Some(first) = run.first() else { return Ok(()) };
+        let handler = self.handler(&first.event_type)?;
+        let mut ctx = self.context(conn, first);
+        let outcome = AssertUnwindSafe(handler.handle_batch(&mut ctx, run, &self.publisher)).catch_unwind().await;
+        finish(outcome, &mut ctx, published, &first.event_type)
     }
 
     /// Copies an event into the subscriber's inbox (it no longer needs the publisher's outbox).
@@ -664,6 +800,7 @@ impl Subscription {
             .bind(error)
             .execute(&mut *conn)
             .await?;
+        self.local().held = true;
         Ok(())
     }
 
@@ -741,11 +878,15 @@ impl Subscription {
             }
         }
         let sql = format!(
-            "SELECT greatest(extract(epoch FROM min(next_attempt_at) - now()), 0)::float8 FROM {} WHERE publisher = $1 AND state = 'retry'",
+            "SELECT count(*) > 0 AS held, greatest(extract(epoch FROM min(next_attempt_at) FILTER (WHERE state = 'retry') - now()), 0)::float8 AS next \
+             FROM {} WHERE publisher = $1",
             self.inbox
         );
-        let next: Option<f64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).fetch_one(&self.pool).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).fetch_one(&self.pool).await?;
+        let held: bool = row.try_get("held")?;
+        let next: Option<f64> = row.try_get("next")?;
+        // Dead letters keep `held` set: `moat events retry` may revive them at any time.
+        self.local().held = held;
         Ok(next.map(Duration::from_secs_f64))
     }
 
@@ -764,6 +905,22 @@ impl Subscription {
         );
         sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.subscriber).bind(&lo).execute(&self.relay).await?;
         Ok(())
+    }
+}
+
+fn finish(
+    outcome: std::thread::Result<Result<(), HandlerError>>,
+    ctx: &mut HandlerContext<'_>,
+    published: &mut Vec<PendingEvent>,
+    event_type: &str,
+) -> Result<(), HandlerError> {
+    match outcome {
+        Ok(Ok(())) => {
+            published.append(&mut ctx.published);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("the handler of `{event_type}` panicked").into()),
     }
 }
 

@@ -25,7 +25,7 @@ pub use publish::{EventMeta, ModuleTx};
 pub use snapshot::SnapshotUpsert;
 
 pub use dispatch::truncate_consumed;
-pub(crate) use publish::outbox_table as publish_outbox;
+pub(crate) use publish::{outbox_table as publish_outbox, prepare_publish_sql};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -40,6 +40,7 @@ pub struct ModuleTx {
     conn: Option<PoolConnection<Postgres>>,
     module: String,
     outbox: Option<String>,
+    prepared: bool,
     events: Vec<PendingEvent>,
     notifier: Arc<Notifier>,
 }
@@ -49,10 +50,11 @@ impl ModuleTx {
         mut conn: PoolConnection<Postgres>,
         module: &str,
         outbox: Option<String>,
+        prepared: bool,
         notifier: Arc<Notifier>,
     ) -> Result<Self, Error> {
         sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
-        Ok(Self { conn: Some(conn), module: module.to_owned(), outbox, events: Vec::new(), notifier })
+        Ok(Self { conn: Some(conn), module: module.to_owned(), outbox, prepared, events: Vec::new(), notifier })
     }
 
     /// The module this transaction belongs to.
@@ -78,6 +80,7 @@ impl ModuleTx {
         let mut conn = self.conn.take().ok_or(Error::TransactionFinished)?;
         let sql = match (&self.outbox, self.events.is_empty()) {
             (_, true) => "COMMIT".to_owned(),
+            (Some(_), false) if self.prepared => format!("{}COMMIT", execute_publish(&self.events)?),
             (Some(outbox), false) => format!("{}; COMMIT", outbox_insert(outbox, &self.events)?),
             (None, false) => unreachable_no_outbox(),
         };
@@ -148,6 +151,38 @@ pub(crate) fn outbox_insert(outbox: &str, events: &[PendingEvent]) -> Result<Str
         let uuid = |value: Option<Uuid>| value.map_or_else(|| "NULL".to_owned(), |u| format!("'{u}'"));
         sql.push_str(&format!(
             "('{}', {}, {}, {}::jsonb, {}, {})",
+            event.id,
+            quote(event.event_type)?,
+            quote(&event.key)?,
+            quote(&event.payload)?,
+            uuid(event.meta.correlation_id),
+            uuid(event.meta.causation_id)
+        ));
+    }
+    Ok(sql)
+}
+
+/// The statement every connection of a publishing module prepares once.
+pub(crate) fn prepare_publish_sql(outbox: &str) -> String {
+    format!(
+        "PREPARE moat_publish (uuid, text, text, text, uuid, uuid) AS \
+         INSERT INTO {outbox} (event_id, event_type, event_key, payload, correlation_id, causation_id) VALUES ($1, $2, $3, $4::jsonb, $5, $6)"
+    )
+}
+
+/// `EXECUTE moat_publish(...); ` for each event, values quoted by `moat_core::quote`.
+pub(crate) fn execute_publish(events: &[PendingEvent]) -> Result<String, Error> {
+    let mut sql = String::new();
+    for event in events {
+        let quote = |value: &str| {
+            literal_checked(value).map_err(|_| Error::InvalidEvent {
+                event_type: event.event_type,
+                reason: "its key holds a NUL character".into(),
+            })
+        };
+        let uuid = |value: Option<Uuid>| value.map_or_else(|| "NULL".to_owned(), |u| format!("'{u}'"));
+        sql.push_str(&format!(
+            "EXECUTE moat_publish('{}', {}, {}, {}, {}, {}); ",
             event.id,
             quote(event.event_type)?,
             quote(&event.key)?,
