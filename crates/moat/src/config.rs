@@ -14,6 +14,7 @@ pub struct Config {
     pub(crate) migrate: bool,
     pub(crate) pool_size: u32,
     pub(crate) audit: bool,
+    pub(crate) isolation: bool,
 }
 
 impl Config {
@@ -26,7 +27,7 @@ impl Config {
 
     /// A configuration for an already loaded manifest.
     pub fn new(manifest: Manifest) -> Self {
-        Self { manifest, database_url: None, migrate: true, pool_size: 10, audit: true }
+        Self { manifest, database_url: None, migrate: true, pool_size: 10, audit: true, isolation: true }
     }
 
     /// The admin connection (a role that can create roles and schemas); overrides the environment.
@@ -45,6 +46,14 @@ impl Config {
     /// finding (default: yes).
     pub fn audit(mut self, audit: bool) -> Self {
         self.audit = audit;
+        self
+    }
+
+    /// With `false`, every module's pool logs in as the admin role (with `search_path` set to the
+    /// module's schema) instead of the module's runtime role: no isolation at all. For measuring
+    /// what isolation costs, never for production.
+    pub fn isolation(mut self, isolation: bool) -> Self {
+        self.isolation = isolation;
         self
     }
 

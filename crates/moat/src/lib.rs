@@ -123,6 +123,9 @@ impl Moat {
             let outbox =
                 config.manifest.is_depended_on(&module.name).then(|| events::publish_outbox(module.schema.as_str()));
             let pool = match &outbox {
+                _ if !config.isolation => {
+                    unisolated_pool(&target.url, module.schema.as_str(), config.pool_size).await?
+                }
                 Some(outbox) if outbox_exists(&target.url, outbox).await? => {
                     prepared.insert(module.name.to_string(), true);
                     prepared_pool(&target.url, &role, config.pool_size, outbox.clone()).await?
@@ -242,6 +245,17 @@ impl Moat {
             pool.close().await;
         }
     }
+}
+
+/// A pool that logs in as the admin with the module's `search_path`: what [`Config::isolation`]
+/// `false` measures against.
+async fn unisolated_pool(admin: &DatabaseUrl, schema: &str, size: u32) -> Result<PgPool, Error> {
+    let options = admin.connect_options()?.options([("search_path", schema)]);
+    PgPoolOptions::new().max_connections(size).connect_with(options).await.map_err(|source| Error::Login {
+        role: admin.user(),
+        target: admin.to_string(),
+        source,
+    })
 }
 
 async fn outbox_exists(admin: &DatabaseUrl, outbox: &str) -> Result<bool, Error> {
