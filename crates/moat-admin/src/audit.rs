@@ -7,7 +7,8 @@
 //! really attempts SELECT, INSERT, UPDATE and DELETE on every relation of every other module and
 //! on every contract view, inside a transaction that is rolled back. The attempts touch no row:
 //! `SELECT ... LIMIT 0`, `INSERT ... SELECT ... WHERE false`, `UPDATE ... WHERE false`,
-//! `DELETE ... WHERE false`.
+//! `DELETE ... WHERE false`. An attempt refused at the schema (no USAGE) stands for every
+//! relation of that schema: name lookup refuses them all alike.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -97,7 +98,7 @@ pub struct AuditOptions<'a> {
 
 impl Default for AuditOptions<'_> {
     fn default() -> Self {
-        Self { probe: true, concurrency: 4, body_analyzer: None }
+        Self { probe: true, concurrency: 8, body_analyzer: None }
     }
 }
 
@@ -240,8 +241,11 @@ pub async fn audit(
     manifest: &Manifest,
     options: AuditOptions<'_>,
 ) -> Result<AuditReport, AdminError> {
+    let started = std::time::Instant::now();
+    let phase = |name: &str| tracing::debug!(phase = name, elapsed_ms = started.elapsed().as_millis() as u64, "audit");
     let mut conn = crate::connect(url).await?;
     let (snapshot, inputs) = read_state(&mut conn, manifest).await?;
+    phase("catalog snapshot");
     let plan = plan(manifest, &snapshot, &inputs);
     let policy = Policy::new(manifest, &inputs.installed_contracts);
     let mut findings = Vec::new();
@@ -250,20 +254,25 @@ pub async fn audit(
     role_findings(manifest, &snapshot, &mut findings);
     routine_findings(manifest, &snapshot, &mut findings);
     public_findings(&snapshot, &mut findings);
+    phase("catalog findings");
     dependency_findings(&mut conn, manifest, &mut findings).await?;
+    phase("dependencies");
     if let Some(analyzer) = options.body_analyzer {
         body_findings(&mut conn, manifest, analyzer, &mut findings).await?;
+        phase("routine bodies");
     }
     let (access, probed, attempts) = if options.probe {
         probe(&mut conn, url, manifest, &snapshot, &policy, &inputs.installed_contracts, options.concurrency).await?
     } else {
         (Vec::new(), Vec::new(), 0)
     };
+    phase("probe");
     crate::provision::close(conn).await;
     access_findings(manifest, &access, &probed, &mut findings);
     let matrix = matrix(manifest, &inputs.installed_contracts, &access, &probed);
     moat_core::findings::sort(&mut findings);
     findings.dedup_by(|a, b| a.rule == b.rule && a.object == b.object && a.message == b.message);
+    phase("matrix");
     Ok(AuditReport { findings, access, probed, matrix, attempts })
 }
 
@@ -708,6 +717,11 @@ located AS (
   SELECT refs.*, m.nspname AS ref_schema,
          coalesce((SELECT relnamespace FROM pg_class WHERE oid = refs.onrel AND refs.onrel <> 0), refs.ownns) AS depns
   FROM refs JOIN managed m ON m.oid = refs.refns
+),
+-- Only dependencies that cross schemas are described (pg_identify_object is not cheap).
+crossing AS MATERIALIZED (
+  SELECT l.* FROM located l JOIN pg_namespace dn ON dn.oid = l.depns
+  WHERE dn.nspname <> l.ref_schema AND dn.nspname = ANY($1)
 )
 SELECT coalesce(json_agg(DISTINCT jsonb_build_object(
     'kind', CASE WHEN a.type = 'rule' THEN (SELECT CASE relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END FROM pg_class WHERE oid = l.onrel) ELSE a.type END,
@@ -719,11 +733,10 @@ SELECT coalesce(json_agg(DISTINCT jsonb_build_object(
     'ref_relation', CASE WHEN l.refclassid = 'pg_class'::regclass
                          THEN (SELECT relname FROM pg_class WHERE oid = l.refobjid) END
   )), '[]')::text
-FROM located l
+FROM crossing l
 JOIN pg_namespace dn ON dn.oid = l.depns
 CROSS JOIN LATERAL pg_identify_object(l.classid, l.objid, 0) a
 CROSS JOIN LATERAL pg_identify_object(l.refclassid, l.refobjid, 0) b
-WHERE dn.nspname <> l.ref_schema AND dn.nspname = ANY($1)
 "#;
 
 async fn dependency_findings(
@@ -842,15 +855,24 @@ struct Target {
 }
 
 /// The probe's DO block: attempts every operation on every target inside a subtransaction and
-/// leaves one character per attempt in `moat.probe_output` (Y succeeded, N 42501, ? other error).
+/// leaves one character per attempt in `moat.probe_output` (Y succeeded, N 42501, ? other error,
+/// n refused by the schema's refusal of an earlier attempt).
 const PROBE_DO: &str = r#"DO $moat_probe$
 DECLARE
   t json;
   out text := '';
   op text;
   stmt text;
+  message text;
+  denied_schema text;
 BEGIN
   FOR t IN SELECT * FROM json_array_elements(current_setting('moat.probe_input')::json) LOOP
+    -- A schema whose name lookup was refused refuses every statement on every object in it:
+    -- the first refused attempt stands for the schema's other relations.
+    IF t->>0 = denied_schema THEN
+      out := out || 'nnnn';
+      CONTINUE;
+    END IF;
     FOREACH op IN ARRAY ARRAY['S', 'I', 'U', 'D'] LOOP
       stmt := CASE
         WHEN op = 'S' THEN format('SELECT 1 FROM %I.%I LIMIT 0', t->>0, t->>1)
@@ -866,7 +888,14 @@ BEGIN
         EXECUTE stmt;
         out := out || 'Y';
       EXCEPTION
-        WHEN insufficient_privilege THEN out := out || 'N';
+        WHEN insufficient_privilege THEN
+          GET STACKED DIAGNOSTICS message = MESSAGE_TEXT;
+          IF message = format('permission denied for schema %s', t->>0) THEN
+            denied_schema := t->>0;
+            out := out || 'N' || repeat('n', 3 - (length(out) % 4));
+            EXIT;
+          END IF;
+          out := out || 'N';
         WHEN OTHERS THEN out := out || '?';
       END;
     END LOOP;
@@ -941,19 +970,9 @@ async fn probe(
 
     let names: Vec<String> = who.iter().map(|(r, _, _)| r.clone()).collect();
     type PrivilegeRow = (String, String, String, bool, bool, bool, bool, bool);
-    let privilege_rows: Vec<PrivilegeRow> = sqlx::query_as(PRIVILEGES_SQL)
-        .bind(&names)
-        .bind(&schemas)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db("reading the privilege matrix"))?;
-    let privileges: BTreeMap<(String, String, String), Privileges> = privilege_rows
-        .into_iter()
-        .map(|(role, schema, name, usage, select, insert, update, delete)| {
-            ((role, schema, name), Privileges { usage, select, insert, update, delete })
-        })
-        .collect();
-
+    // The privilege matrix (catalog) and the attempts (one session per role) run side by side.
+    let privileges_query =
+        sqlx::query_as::<_, PrivilegeRow>(PRIVILEGES_SQL).bind(&names).bind(&schemas).fetch_all(&mut *conn);
     let jobs = who.iter().map(|(role, kind, own_schema)| {
         let targets: Vec<Target> = all.iter().filter(|t| Some(&t.schema) != own_schema.as_ref()).cloned().collect();
         async move {
@@ -961,14 +980,22 @@ async fn probe(
             (role.clone(), kind.clone(), targets, outcome)
         }
     });
-    let results: Vec<_> = futures::stream::iter(jobs).buffer_unordered(concurrency.max(1)).collect().await;
+    let attempts_stream = futures::stream::iter(jobs).buffer_unordered(concurrency.max(1)).collect::<Vec<_>>();
+    let (privilege_rows, results) = tokio::join!(privileges_query, attempts_stream);
+    let privileges: BTreeMap<(String, String, String), Privileges> = privilege_rows
+        .map_err(db("reading the privilege matrix"))?
+        .into_iter()
+        .map(|(role, schema, name, usage, select, insert, update, delete)| {
+            ((role, schema, name), Privileges { usage, select, insert, update, delete })
+        })
+        .collect();
 
     let mut access = Vec::new();
     let mut probed = Vec::new();
     let mut attempts = 0;
     for (role, kind, targets, outcome) in results {
         let (method, login_error, codes) = outcome?;
-        attempts += codes.len();
+        attempts += codes.bytes().filter(|c| *c != b'n').count();
         probed.push(ProbedRole { role: role.clone(), kind, method, login_error });
         for (i, target) in targets.iter().enumerate() {
             let catalog = privileges
@@ -977,7 +1004,7 @@ async fn probe(
                 .unwrap_or_default();
             let code = |op: usize, by_catalog: bool| match codes.as_bytes().get(i * 4 + op) {
                 Some(b'Y') => true,
-                Some(b'N') => false,
+                Some(b'N' | b'n') => false,
                 // The attempt failed before its privilege check (a view that cannot take an
                 // INSERT, a table with no column to name): the catalog answers instead.
                 _ => catalog.usage && by_catalog,
@@ -1125,36 +1152,44 @@ fn matrix(
             .unwrap_or_default();
         columns.push((format!("contract {}", contract.name), views));
     }
+    // One pass over the access rows: the worst verdict per (role, column).
+    let mut column_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, (_, scope)) in columns.iter().enumerate() {
+        for item in scope {
+            column_of.insert(item.as_str(), i);
+        }
+    }
+    let rank = |v: Verdict| match v {
+        Verdict::Denied => 0,
+        Verdict::Allowed => 1,
+        Verdict::Broken => 2,
+        Verdict::Leak => 3,
+    };
+    let mut worst: BTreeMap<(&str, usize), Verdict> = BTreeMap::new();
+    for row in access {
+        let schema = row.relation.split_once('.').map_or(row.relation.as_str(), |(s, _)| s);
+        let Some(&column) = column_of.get(row.relation.as_str()).or_else(|| column_of.get(schema)) else { continue };
+        let entry = worst.entry((row.role.as_str(), column)).or_insert(Verdict::Denied);
+        if rank(row.verdict) > rank(*entry) {
+            *entry = row.verdict;
+        }
+    }
     let rows = probed
         .iter()
         .map(|p| {
             let own = p.kind.strip_prefix("module:");
             let cells = columns
                 .iter()
-                .map(|(name, scope)| {
+                .enumerate()
+                .map(|(i, (name, _))| {
                     if own == Some(name.as_str()) {
                         return Cell::Own;
                     }
-                    let is_module = !name.starts_with("contract ");
-                    let rows: Vec<&AccessRow> = access
-                        .iter()
-                        .filter(|a| a.role == p.role)
-                        .filter(|a| {
-                            if is_module {
-                                a.relation.split_once('.').is_some_and(|(s, _)| scope.iter().any(|x| x == s))
-                            } else {
-                                scope.contains(&a.relation)
-                            }
-                        })
-                        .collect();
-                    if rows.iter().any(|a| a.verdict == Verdict::Leak) {
-                        Cell::Leak
-                    } else if rows.iter().any(|a| a.verdict == Verdict::Broken) {
-                        Cell::Broken
-                    } else if rows.iter().any(|a| a.verdict == Verdict::Allowed) {
-                        Cell::Allowed
-                    } else {
-                        Cell::Denied
+                    match worst.get(&(p.role.as_str(), i)).copied().unwrap_or(Verdict::Denied) {
+                        Verdict::Leak => Cell::Leak,
+                        Verdict::Broken => Cell::Broken,
+                        Verdict::Allowed => Cell::Allowed,
+                        Verdict::Denied => Cell::Denied,
                     }
                 })
                 .collect();

@@ -83,8 +83,10 @@ pub fn note(message: impl Display) {
     let _ = writeln!(err, "{}note{}: {message}", style::INFO.render(), style::INFO.render_reset());
 }
 
-/// Writes one JSON document to stdout.
+/// Writes one JSON document to stdout (compact: audits of large databases run to megabytes).
 pub fn json(value: &impl serde::Serialize) -> std::io::Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
-    line(text)
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    serde_json::to_writer(&mut out, value).map_err(std::io::Error::other)?;
+    writeln!(out)?;
+    out.flush()
 }
