@@ -380,3 +380,38 @@ async fn events_status_dead_and_retry() {
     assert_eq!(state, ("retry".to_owned(), 0));
     assert_exit(&moat(&project, Some(&url), &["events", "retry", "--all"]), 0);
 }
+
+#[test]
+fn two_processes_starting_the_embedded_cluster_at_once_share_it() {
+    let project = TestProject::new(
+        &format!("d{}", &uuid_like()[..10]),
+        "[project]\nname = \"{project}\"\n[modules.customers]\n",
+        &[("modules/customers/migrations/0001_customers.sql", "CREATE TABLE customers (id bigserial PRIMARY KEY);\n")],
+    );
+    std::fs::set_permissions(project.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_moat"))
+            .current_dir(project.dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("DATABASE_URL")
+            .env_remove("MOAT_DATABASE_URL")
+            .args(["--format", "json", "dev"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_exit(&a, 0);
+    assert_exit(&b, 0);
+    let url = |o: &Output| {
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["url"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(url(&a), url(&b));
+    let started =
+        |o: &Output| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["started"].as_bool().unwrap();
+    assert!(started(&a) ^ started(&b), "exactly one of them starts it");
+    assert_exit(&moat(&project, None, &["up"]), 0);
+    assert_exit(&moat(&project, None, &["dev", "stop"]), 0);
+}
