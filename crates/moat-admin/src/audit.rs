@@ -77,6 +77,8 @@ pub struct RoutineBody {
     pub language: String,
     /// `prosrc`.
     pub body: String,
+    /// `pg_get_functiondef`: the complete `CREATE OR REPLACE FUNCTION` statement.
+    pub definition: String,
 }
 
 /// Analyzes routine bodies found in module schemas (the CLI plugs the SQL analysis in here).
@@ -827,19 +829,23 @@ async fn body_findings(
     findings: &mut Vec<Finding>,
 ) -> Result<(), AdminError> {
     let schemas: Vec<String> = manifest.modules.iter().map(|m| m.schema.to_string()).collect();
-    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-        "SELECT n.nspname::text, p.oid::regprocedure::text, l.lanname::text, p.prosrc \
+    let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, p.oid::regprocedure::text, l.lanname::text, p.prosrc, pg_get_functiondef(p.oid) \
          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang \
-         WHERE n.nspname = ANY($1) AND l.lanname IN ('plpgsql', 'sql') \
+         WHERE n.nspname = ANY($1) AND l.lanname IN ('plpgsql', 'sql') AND p.prokind IN ('f', 'p') \
            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')",
     )
     .bind(&schemas)
     .fetch_all(&mut *conn)
     .await
     .map_err(db("reading routine bodies"))?;
-    for (schema, signature, language, body) in rows {
+    for (schema, signature, language, body, definition) in rows {
         let Some(module) = module_of(manifest, &schema) else { continue };
-        findings.extend(analyzer.analyze(manifest, module, &RoutineBody { schema, signature, language, body }));
+        findings.extend(analyzer.analyze(
+            manifest,
+            module,
+            &RoutineBody { schema, signature, language, body, definition },
+        ));
     }
     Ok(())
 }
