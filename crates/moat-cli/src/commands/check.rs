@@ -1,6 +1,23 @@
-//! `moat check` and `moat explain` (static analysis; not built yet in this revision).
+//! `moat check`: static analysis of every module's migrations, every contract file and the SQL
+//! embedded in each module's `sources`, with no database; and `moat explain`, the rules' docs.
+//!
+//! This is the I/O edge: it reads the files the manifest names and hands their text to
+//! `moat_analysis`, which does no I/O, then applies the baseline and renders the findings.
 
-use crate::Cli;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use moat_analysis::{Analysis, AnalysisInput, Source, SourceKind};
+use moat_core::baseline::{Baseline, BaselineOutcome, FILE_NAME};
+use moat_core::findings::{Finding, Severity, Summary};
+use moat_core::manifest::Manifest;
+
+use crate::output::{self, Format, paint, style};
+use crate::render::{self, RuleDescription, Sources};
+use crate::{Cli, load_manifest};
+
+/// The baseline entries `moat check` owns.
+const BASELINE_SOURCE: &str = "check";
 
 /// Arguments of `moat check`.
 #[derive(Debug, clap::Args)]
@@ -8,23 +25,237 @@ pub struct CheckArgs {
     /// Record today's findings in `moat-baseline.toml`; later runs fail only on new ones.
     #[arg(long)]
     pub write_baseline: bool,
+    /// Report every finding, ignoring `moat-baseline.toml`.
+    #[arg(long, conflicts_with = "write_baseline")]
+    pub no_baseline: bool,
 }
 
 /// `moat check`.
-pub fn check(_cli: &Cli, _args: &CheckArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("`moat check` is not available in this build yet")
+pub fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
+    let manifest = load_manifest(cli)?;
+    let files = read_sources(&manifest)?;
+    let input = AnalysisInput {
+        manifest: &manifest,
+        sources: files
+            .iter()
+            .map(|file| Source { file: file.name.clone(), text: &file.text, kind: file.kind.clone() })
+            .collect(),
+    };
+    let analysis = moat_analysis::analyze(&input);
+    let sources: Sources = files.iter().map(|f| (f.name.clone(), f.text.clone())).collect();
+
+    let baseline_path = manifest.root.join(FILE_NAME);
+    let mut baseline = if args.no_baseline { Baseline::default() } else { Baseline::load(&baseline_path)? };
+    if args.write_baseline {
+        baseline.record(BASELINE_SOURCE, &analysis.findings);
+        std::fs::write(&baseline_path, baseline.to_toml())
+            .with_context(|| format!("cannot write `{}`", baseline_path.display()))?;
+        if cli.format == Format::Human {
+            let n = analysis.findings.len();
+            output::status(
+                "Wrote",
+                style::GOOD,
+                format!("{} with {n} finding{} of `moat check`", manifest.relative(&baseline_path), plural(n)),
+            )?;
+        }
+    }
+    let outcome = baseline.apply(BASELINE_SOURCE, analysis.findings.clone());
+    print_stale(&manifest, &outcome);
+    match cli.format {
+        Format::Human => print_human(&analysis, &outcome, &sources)?,
+        Format::Json => output::json(&render::json(&outcome.new, analysis.stats.files))?,
+        Format::Sarif | Format::Github => print_machine(cli.format, &outcome.new, &sources)?,
+    }
+    Ok(u8::from(outcome.new.iter().any(|f| f.severity == Severity::Error)))
 }
 
-/// `moat explain`.
-pub fn explain(_cli: &Cli, _rule: Option<&str>) -> anyhow::Result<u8> {
-    anyhow::bail!("`moat explain` is not available in this build yet")
+/// A file read for the analysis.
+struct File {
+    name: String,
+    text: String,
+    kind: SourceKind,
 }
 
-/// Prints findings as SARIF or GitHub annotations (filled in with the check renderer).
-pub fn print_machine(
-    _format: crate::output::Format,
-    _findings: &[moat_core::findings::Finding],
-    _texts: &std::collections::BTreeMap<String, String>,
-) -> anyhow::Result<()> {
-    anyhow::bail!("this output format is not available in this build yet")
+/// Reads every module's migrations (`*.sql` in its folder), every contract's file, and the Rust
+/// files under each module's `sources`, in a stable order.
+fn read_sources(manifest: &Manifest) -> anyhow::Result<Vec<File>> {
+    let mut files = Vec::new();
+    for module in &manifest.modules {
+        let kind = SourceKind::Migration { module: module.name.to_string() };
+        for path in list(&module.migrations, "sql", false)? {
+            files.push(read(manifest, &path, kind.clone())?);
+        }
+        for source in &module.sources {
+            let kind = SourceKind::RustSource { module: module.name.to_string() };
+            let paths = if source.is_dir() { list(source, "rs", true)? } else { vec![source.clone()] };
+            for path in paths {
+                files.push(read(manifest, &path, kind.clone())?);
+            }
+        }
+    }
+    for contract in &manifest.contracts {
+        files.push(read(manifest, &contract.sql, SourceKind::Contract { contract: contract.name.to_string() })?);
+    }
+    Ok(files)
+}
+
+/// The files of `dir` whose extension is `extension`, sorted; with `recursive`, also in its
+/// subfolders (but not in hidden folders or `target`).
+fn list(dir: &Path, extension: &str, recursive: bool) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read folder `{}`", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read folder `{}`", dir.display()))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let file_type = entry.file_type().with_context(|| format!("cannot read `{}`", path.display()))?;
+        if file_type.is_dir() || (file_type.is_symlink() && path.is_dir()) {
+            if recursive && !name.starts_with('.') && name != "target" {
+                out.extend(list(&path, extension, true)?);
+            }
+        } else if path.extension().is_some_and(|e| e == extension) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read(manifest: &Manifest, path: &Path, kind: SourceKind) -> anyhow::Result<File> {
+    let name = manifest.relative(path);
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read `{name}`"))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "`{name}` is not UTF-8 text (invalid byte at offset {})\n  help: save the file as UTF-8",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    Ok(File { name, text, kind })
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn print_stale(manifest: &Manifest, outcome: &BaselineOutcome) {
+    for entry in &outcome.stale {
+        let mut what = format!("`{}`", entry.key.rule);
+        if let Some(object) = &entry.key.object {
+            what.push_str(&format!(" on `{object}`"));
+        }
+        if let Some(file) = &entry.key.file {
+            what.push_str(&format!(" in `{file}`"));
+        }
+        if entry.count > 1 {
+            what.push_str(&format!(" ({} times)", entry.count));
+        }
+        output::warn(format!(
+            "baseline entry {what} no longer occurs; rewrite {} with `moat check --write-baseline`",
+            manifest.relative(&manifest.root.join(FILE_NAME)),
+        ));
+    }
+}
+
+fn print_human(analysis: &Analysis, outcome: &BaselineOutcome, sources: &Sources) -> anyhow::Result<()> {
+    output::text(render::human(&outcome.new, sources))?;
+    let summary = Summary::of(&outcome.new, analysis.stats.files);
+    let stats = analysis.stats;
+    let mut line = format!(
+        "{} file{} ({} statement{}{})",
+        stats.files,
+        plural(stats.files),
+        stats.statements,
+        plural(stats.statements),
+        if stats.embedded_queries > 0 {
+            format!(
+                ", {} embedded quer{}",
+                stats.embedded_queries,
+                if stats.embedded_queries == 1 { "y" } else { "ies" }
+            )
+        } else {
+            String::new()
+        },
+    );
+    line.push_str(&format!(
+        ": {} error{}, {} warning{}",
+        summary.errors,
+        plural(summary.errors),
+        summary.warnings,
+        plural(summary.warnings)
+    ));
+    if outcome.accepted > 0 {
+        line.push_str(&format!(", {} accepted by the baseline", outcome.accepted));
+    }
+    if stats.meta_commands > 0 {
+        line.push_str(&format!(
+            "; {} psql meta-command{} skipped",
+            stats.meta_commands,
+            if stats.meta_commands == 1 { "" } else { "s" }
+        ));
+    }
+    if summary.errors > 0 {
+        output::status("Failed", style::BAD, line)?;
+    } else {
+        output::status("Checked", style::GOOD, line)?;
+    }
+    Ok(())
+}
+
+/// Prints findings as SARIF or GitHub annotations; `sources` holds the text of the files they
+/// point into (empty for catalog findings). `moat audit` uses it too.
+pub fn print_machine(format: Format, findings: &[Finding], sources: &Sources) -> anyhow::Result<()> {
+    match format {
+        Format::Sarif => {
+            let rules: Vec<RuleDescription<'_>> = moat_analysis::rules()
+                .iter()
+                .map(|r| RuleDescription { id: r.name, summary: r.summary, doc: r.doc, severity: r.severity })
+                .collect();
+            output::json(&render::sarif(findings, &rules, sources))?;
+        }
+        Format::Github => output::text(render::github(findings, sources))?,
+        Format::Human | Format::Json => anyhow::bail!("`print_machine` renders SARIF and GitHub annotations only"),
+    }
+    Ok(())
+}
+
+/// `moat explain [RULE]`: a rule's documentation, or the list of rules.
+pub fn explain(cli: &Cli, rule: Option<&str>) -> anyhow::Result<u8> {
+    let rules = moat_analysis::rules();
+    let describe = |r: &moat_analysis::Rule| serde_json::json!({"name": r.name, "severity": r.severity, "summary": r.summary, "doc": r.doc});
+    match rule {
+        None if cli.format == Format::Json => {
+            output::json(&serde_json::json!({"rules": rules.iter().map(describe).collect::<Vec<_>>()}))?;
+        }
+        None => {
+            let width = rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+            for r in rules {
+                let severity = match r.severity {
+                    Severity::Error => paint(style::BAD, "error  "),
+                    Severity::Warning => paint(style::WARN, "warning"),
+                };
+                output::line(format!(
+                    "{}  {severity}  {}",
+                    paint(style::BOLD, format!("{:width$}", r.name)),
+                    r.summary
+                ))?;
+            }
+            output::line("")?;
+            output::line("`moat explain <rule>` prints what a rule finds, why it matters, an example and the fix.")?;
+        }
+        Some(name) => {
+            let Some(r) = moat_analysis::find_rule(name) else {
+                anyhow::bail!(
+                    "no rule is named `{name}`\n  help: the rules are {}",
+                    rules.iter().map(|r| format!("`{}`", r.name)).collect::<Vec<_>>().join(", ")
+                );
+            };
+            if cli.format == Format::Json {
+                output::json(&describe(r))?;
+            } else {
+                output::text(r.doc)?;
+            }
+        }
+    }
+    Ok(0)
 }

@@ -1,0 +1,426 @@
+//! The analysis in two passes over the sources, each in parallel: read every file (split, parse,
+//! collect the facts of every statement, function body and embedded query), then learn which
+//! objects the files create and run the rules on every statement.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use moat_core::findings::{Finding, sort};
+use moat_core::manifest::Manifest;
+use moat_core::names::CONTRACTS_SCHEMA;
+use moat_core::text::LineIndex;
+use pg_query::{NodeEnum, ParserOptions};
+use rayon::prelude::*;
+
+use crate::ast::{self, Facts, Frame, Language, PathChange};
+use crate::fragment::{OffsetMap, sql_string_value};
+use crate::parse::{parse_script, parse_text};
+use crate::resolve::{Resolver, SearchPath, Symbols};
+use crate::rules::{self, Cx, Hit, Owner};
+use crate::suppress::{self, Suppression};
+use crate::{Analysis, AnalysisInput, Source, SourceKind, Stats, embedded, plpgsql, script};
+
+/// Function bodies inside function bodies are followed this deep.
+const MAX_BODY_DEPTH: usize = 8;
+
+/// Analyzes every source and returns the findings, sorted, and what was read.
+pub fn analyze(input: &AnalysisInput<'_>) -> Analysis {
+    match pool() {
+        Some(pool) => pool.install(|| analyze_here(input)),
+        None => analyze_here(input),
+    }
+}
+
+/// The threads the analysis runs on. Parse trees are decoded and walked recursively, and
+/// PostgreSQL accepts expressions nested thousands deep (its parser caps them at 10,000
+/// levels), so the threads get stacks large enough for any tree the parser returns. The memory
+/// is reserved, not used, unless a tree is that deep.
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new().thread_name(|i| format!("moat-analysis-{i}")).stack_size(1 << 30).build().ok()
+    })
+    .as_ref()
+}
+
+fn analyze_here(input: &AnalysisInput<'_>) -> Analysis {
+    let unresolved = Resolver::new(input.manifest, Symbols::default());
+    let read: Vec<FileRead<'_>> =
+        input.sources.par_iter().map(|source| read_source(source, input.manifest, &unresolved)).collect();
+
+    let mut symbols = Symbols::default();
+    for file in &read {
+        for unit in &file.units {
+            for creation in &unit.facts.creations {
+                if let (Some(kind), Some(name), false) = (creation.kind, &creation.name, creation.attached)
+                    && let Some(schema) = Resolver::creation_schema(name, &unit.path)
+                {
+                    symbols.add(kind, &schema, &name.name);
+                }
+            }
+        }
+    }
+    let resolver = Resolver::new(input.manifest, symbols);
+
+    let checked: Vec<(Vec<Finding>, Stats)> =
+        read.par_iter().map(|file| check_file(file, input.manifest, &resolver)).collect();
+    let mut analysis = Analysis::default();
+    for (findings, stats) in checked {
+        analysis.findings.extend(findings);
+        analysis.stats.add(&stats);
+    }
+    sort(&mut analysis.findings);
+    analysis
+}
+
+/// One statement (top-level, or inside a function body, DO block or embedded literal) with the
+/// facts the rules read.
+#[derive(Debug)]
+pub(crate) struct Unit {
+    /// The tree, until the tree checks have run.
+    pub(crate) node: Option<NodeEnum>,
+    /// What it references and creates.
+    pub(crate) facts: Facts,
+    /// The `search_path` in force.
+    pub(crate) path: Arc<SearchPath>,
+    /// The top-level statement it belongs to (suppressions apply per top-level statement).
+    pub(crate) top: usize,
+    /// Whether it sits inside a function body or DO block.
+    pub(crate) nested: bool,
+    /// `EXECUTE` of strings that cannot be known, in its PL/pgSQL body: where, and whose body.
+    pub(crate) dynamic: Vec<(Range<usize>, String)>,
+    text: Arc<str>,
+    base: usize,
+    stmt: Range<usize>,
+    map: Arc<OffsetMap>,
+}
+
+impl Unit {
+    /// The statement's frame.
+    pub(crate) fn frame(&self) -> Frame<'_> {
+        Frame { text: &self.text, base: self.base, stmt: self.stmt.clone(), map: &self.map }
+    }
+}
+
+/// A top-level statement: the lines a suppression may target to silence its findings.
+#[derive(Debug, Default)]
+struct Top {
+    anchor_lines: Vec<u32>,
+}
+
+struct FileRead<'a> {
+    source: &'a Source<'a>,
+    owner: Owner<'a>,
+    index: LineIndex<'a>,
+    units: Vec<Unit>,
+    tops: Vec<Top>,
+    /// Parse errors, with their top-level statement.
+    hits: Vec<(Hit, Option<usize>)>,
+    suppressions: Vec<Suppression>,
+    stats: Stats,
+}
+
+fn owner<'m>(kind: &'m SourceKind, manifest: &'m Manifest) -> Owner<'m> {
+    match kind {
+        SourceKind::Migration { module } | SourceKind::RustSource { module } => Owner::Module {
+            name: module,
+            schema: manifest.module(module).map_or(module.as_str(), |m| m.schema.as_str()),
+        },
+        SourceKind::Contract { contract } => Owner::Contract {
+            name: contract,
+            contract: manifest.contracts.iter().find(|c| c.name.as_str() == contract),
+        },
+    }
+}
+
+fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &Resolver<'_>) -> FileRead<'a> {
+    let owner = owner(&source.kind, manifest);
+    let mut file = FileRead {
+        source,
+        owner,
+        index: LineIndex::new(source.text),
+        units: Vec::new(),
+        tops: Vec::new(),
+        hits: Vec::new(),
+        suppressions: Vec::new(),
+        stats: Stats { files: 1, bytes: source.text.len(), ..Stats::default() },
+    };
+    let default_path: SearchPath = match owner {
+        Owner::Module { schema, .. } => vec![schema.to_owned()],
+        Owner::Contract { .. } => vec![CONTRACTS_SCHEMA.to_owned()],
+    };
+    match &source.kind {
+        SourceKind::Migration { .. } | SourceKind::Contract { .. } => {
+            file.read_sql(source.text, &OffsetMap::identity(0), true, &default_path, &[]);
+        }
+        SourceKind::RustSource { .. } => match embedded::extract(source.text) {
+            Ok(queries) => {
+                file.suppressions.extend(suppress::in_rust(source.text));
+                for query in queries {
+                    file.stats.embedded_queries += 1;
+                    file.read_sql(&query.sql, &query.map, false, &default_path, &query.anchor_lines);
+                }
+            }
+            Err(error) => {
+                let hit = Hit::new(
+                    &rules::parse_error::RULE,
+                    error.span,
+                    error.message.replace('"', "`"),
+                    "moat reads the SQL embedded in this file with a Rust parser; fix the syntax error".into(),
+                );
+                file.stats.parse_errors += 1;
+                file.hits.push((hit, None));
+            }
+        },
+    }
+    // The tree checks, then the trees go: only facts are kept for the name checks.
+    let mut hits = Vec::new();
+    for unit in &mut file.units {
+        let cx = Cx { kind: &source.kind, owner, manifest, resolver, unit };
+        for check in rules::TREE_CHECKS {
+            check(&cx, &mut hits);
+        }
+        let top = unit.top;
+        file.hits.extend(hits.drain(..).map(|hit| (hit, Some(top))));
+        unit.node = None;
+    }
+    file
+}
+
+impl FileRead<'_> {
+    fn parse_error(&mut self, span: Range<usize>, message: &str, top: Option<usize>) {
+        self.stats.parse_errors += 1;
+        self.hits.push((rules::parse_error::hit(span, message), top));
+    }
+
+    /// Reads a SQL text (a file, or an embedded literal) whose offsets `map` takes to the file.
+    fn read_sql(&mut self, text: &str, map: &OffsetMap, psql: bool, default_path: &SearchPath, anchors: &[u32]) {
+        let script = script::split(text, psql);
+        self.stats.meta_commands += script.meta_commands;
+        self.stats.copy_data_lines += script.copy_data_lines;
+        for &nul in &script.nuls {
+            let at = map.map(nul);
+            self.parse_error(at..at + 1, "the text holds a NUL character, which PostgreSQL cannot read", None);
+        }
+        self.suppressions.extend(suppress::in_sql(&script.text, map, &self.index));
+        let statements = parse_script(&script);
+        let text: Arc<str> = Arc::from(script.text.as_str());
+        let map = Arc::new(map.clone());
+        let mut path = Arc::new(default_path.clone());
+        for statement in statements {
+            self.stats.statements += 1;
+            let top = self.tops.len();
+            let mut anchor_lines = vec![self.index.line_col(map.map(statement.first_token)).line];
+            anchor_lines.extend_from_slice(anchors);
+            self.tops.push(Top { anchor_lines });
+            match statement.parsed {
+                Err(error) => {
+                    let span = map.map_range(error.span.clone());
+                    self.parse_error(span, &error.message, Some(top));
+                }
+                Ok(node) => {
+                    let changes = self.unit(node, &text, statement.base, statement.range, &map, &path, top, 0);
+                    for change in changes {
+                        path = Arc::new(match change {
+                            PathChange::Set(p) => p,
+                            PathChange::Default => default_path.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Collects one statement's facts, records it, and reads the bodies it holds; returns its
+    /// `search_path` changes.
+    #[allow(clippy::too_many_arguments)]
+    fn unit(
+        &mut self,
+        node: NodeEnum,
+        text: &Arc<str>,
+        base: usize,
+        stmt: Range<usize>,
+        map: &Arc<OffsetMap>,
+        path: &Arc<SearchPath>,
+        top: usize,
+        depth: usize,
+    ) -> Vec<PathChange> {
+        let frame = Frame { text, base, stmt: stmt.clone(), map };
+        let mut facts = ast::collect(&node, &frame);
+        let bodies = std::mem::take(&mut facts.bodies);
+        let changes = facts.path_changes.clone();
+        let label = function_label(&node);
+        self.units.push(Unit {
+            node: Some(node),
+            facts,
+            path: Arc::clone(path),
+            top,
+            nested: depth > 0,
+            dynamic: Vec::new(),
+            text: Arc::clone(text),
+            base,
+            stmt,
+            map: Arc::clone(map),
+        });
+        let index = self.units.len() - 1;
+        if depth >= MAX_BODY_DEPTH {
+            return changes;
+        }
+        for body in bodies {
+            let body_path = body.pinned_path.clone().map_or_else(|| Arc::clone(path), Arc::new);
+            match body.language {
+                Language::Sql => self.nested_sql(&body.text, &body.map, &body_path, top, depth + 1),
+                Language::Plpgsql => match plpgsql::read(&body) {
+                    Err(error) => self.parse_error(error.span, &error.message, Some(top)),
+                    Ok(read) => {
+                        for expression in read.expressions {
+                            if expression.dynamic {
+                                // A constant string runs known SQL; anything else cannot be checked.
+                                match constant_string(&expression.query) {
+                                    Some((sql, literal)) => {
+                                        let map = expression.map.compose(&literal, sql.len());
+                                        self.nested_sql(&sql, &map, &body_path, top, depth + 1);
+                                    }
+                                    None => {
+                                        let span = expression.map.map_range(0..expression.query.len());
+                                        self.units[index].dynamic.push((span, label.clone()));
+                                    }
+                                }
+                                continue;
+                            }
+                            let mode = ParserOptions::from(expression.mode);
+                            match parse_text(&expression.query, mode) {
+                                Ok(nodes) => {
+                                    let text: Arc<str> = Arc::from(expression.query.as_str());
+                                    let map = Arc::new(expression.map.clone());
+                                    for (node, _, _) in nodes {
+                                        self.unit(node, &text, 0, 0..text.len(), &map, &body_path, top, depth + 1);
+                                    }
+                                }
+                                Err(message) => {
+                                    let span = crate::parse::locate_error(&expression.query, &message, mode);
+                                    self.parse_error(expression.map.map_range(span), &message, Some(top));
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        changes
+    }
+
+    /// SQL inside a body or an `EXECUTE`d constant: its statements belong to `top`.
+    fn nested_sql(&mut self, sql: &str, map: &OffsetMap, path: &Arc<SearchPath>, top: usize, depth: usize) {
+        let script = script::split(sql, false);
+        let statements = parse_script(&script);
+        let text: Arc<str> = Arc::from(script.text.as_str());
+        let map = Arc::new(map.clone());
+        let mut path = Arc::clone(path);
+        for statement in statements {
+            match statement.parsed {
+                Err(error) => {
+                    let span = map.map_range(error.span.clone());
+                    self.parse_error(span, &error.message, Some(top));
+                }
+                Ok(node) => {
+                    for change in self.unit(node, &text, statement.base, statement.range, &map, &path, top, depth) {
+                        if let PathChange::Set(p) = change {
+                            path = Arc::new(p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `function `x`` or `DO block`, for dynamic-SQL findings.
+fn function_label(node: &NodeEnum) -> String {
+    match node {
+        NodeEnum::CreateFunctionStmt(f) => {
+            ast::name_of(&f.funcname).map_or_else(|| "function".into(), |n| n.to_string())
+        }
+        NodeEnum::DoStmt(_) => "DO block".into(),
+        _ => "body".into(),
+    }
+}
+
+/// The value of an expression that is one string constant, and its map into the expression.
+fn constant_string(expression: &str) -> Option<(String, OffsetMap)> {
+    let start = script::skip_trivia(expression, 0);
+    let token = ast::lexical::string_token_at(expression, start)?;
+    if !expression[token.end..].trim().is_empty() {
+        return None;
+    }
+    let (value, literal) = sql_string_value(&expression[token.clone()])?;
+    Some((value, literal.shifted(token.start)))
+}
+
+fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>) -> (Vec<Finding>, Stats) {
+    let mut hits: Vec<(Hit, Option<usize>)> = file.hits.clone();
+    let mut unit_hits = Vec::new();
+    for unit in &file.units {
+        let cx = Cx { kind: &file.source.kind, owner: file.owner, manifest, resolver, unit };
+        for check in rules::NAME_CHECKS {
+            check(&cx, &mut unit_hits);
+        }
+        hits.extend(unit_hits.drain(..).map(|hit| (hit, Some(unit.top))));
+    }
+
+    let module = match file.owner {
+        Owner::Module { name, .. } => Some(name.to_owned()),
+        Owner::Contract { .. } => None,
+    };
+    let finding = |hit: Hit| -> Finding {
+        let position = file.index.line_col(hit.span.start);
+        Finding {
+            rule: hit.rule.name.to_owned(),
+            severity: hit.severity,
+            module: module.clone(),
+            file: Some(file.source.file.clone()),
+            line: Some(position.line),
+            column: Some(position.column),
+            object: hit.object,
+            message: hit.message,
+            help: Some(hit.help),
+            span: Some(hit.span),
+        }
+    };
+
+    // Suppressions: a suppression silences findings of its rules in the statement whose first
+    // line it targets, or on that line.
+    let mut used: Vec<HashSet<&str>> = vec![HashSet::new(); file.suppressions.len()];
+    let mut findings = Vec::new();
+    for (hit, top) in hits {
+        let finding = finding(hit);
+        let silenced_by = file.suppressions.iter().position(|s| {
+            s.rules.contains(&finding.rule)
+                && s.target_line.is_some_and(|target| {
+                    finding.line == Some(target)
+                        || top.is_some_and(|t| file.tops.get(t).is_some_and(|t| t.anchor_lines.contains(&target)))
+                })
+        });
+        match silenced_by {
+            Some(k) => {
+                let rule = file.suppressions[k].rules.iter().find(|r| **r == finding.rule);
+                if let Some(rule) = rule {
+                    used[k].insert(rule.as_str());
+                }
+            }
+            None => findings.push(finding),
+        }
+    }
+    for (suppression, used) in file.suppressions.iter().zip(&used) {
+        for rule in &suppression.rules {
+            if !used.contains(rule.as_str()) {
+                findings.push(finding(rules::unused_suppression::hit(suppression, rule)));
+            }
+        }
+        if suppression.reason.is_none() {
+            findings.push(finding(rules::suppression_without_reason::hit(suppression)));
+        }
+    }
+    (findings, file.stats)
+}

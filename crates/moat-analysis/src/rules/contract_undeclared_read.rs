@@ -1,0 +1,103 @@
+//! `contract-undeclared-read`: a contract view reads a relation missing from its `reads`.
+
+use moat_core::findings::Severity;
+
+use super::{Cx, Hit, Owner, Rule};
+use crate::resolve::ObjectKind;
+
+/// The rule.
+pub(crate) const RULE: Rule = Rule {
+    name: "contract-undeclared-read",
+    severity: Severity::Error,
+    summary: "a contract view reads a relation (or calls a module's function) missing from its `reads`",
+    doc: r#"# contract-undeclared-read
+
+**What it finds.** A view in a contract's SQL file that reads a relation not listed in the
+contract's `reads` in moat.toml, or calls a function that lives in a module's schema.
+
+**Why it matters.** A contract is the one declared, reviewed cross-module read: its `reads` is the
+list of the module tables that consumers depend on through it. moat grants the contracts owner
+`SELECT` on exactly those relations, so an undeclared read fails when the contract is installed;
+and a dependency nobody declared is one the owning module does not know it must keep stable.
+
+**Example.** With `reads = ["patients.patients"]`:
+
+```sql
+CREATE VIEW ward_census AS
+SELECT p.ward_id, count(*) FROM patients.patients p
+JOIN patients.admissions a ON a.patient_id = p.id     -- not in `reads`
+GROUP BY p.ward_id;
+```
+
+**Fix.** Add the relation to the contract's `reads` (and let its owning module know), or rewrite
+the view to read only declared relations.
+"#,
+};
+
+/// Reports relations read by a contract that its `reads` does not list.
+pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
+    let Owner::Contract { name: contract, contract: declared } = cx.owner else { return };
+    let reads: Vec<String> = declared.map(|c| c.reads.iter().map(ToString::to_string).collect()).unwrap_or_default();
+    for reference in cx.unit.facts.references.iter().filter(|r| !r.target) {
+        let Some(schema) = cx.resolve(reference) else { continue };
+        if matches!(schema.as_str(), "pg_catalog" | "information_schema") || schema.starts_with("pg_") {
+            continue;
+        }
+        let object = reference.name.in_schema(&schema);
+        let (message, help) = match reference.kind {
+            ObjectKind::Relation | ObjectKind::Sequence => {
+                if reads.contains(&object) {
+                    continue;
+                }
+                // The contract's own views (and other contracts' views) live in `contracts`.
+                if schema == cx.own_schema() && reference.name.schema.is_none() {
+                    continue;
+                }
+                (
+                    format!("contract `{contract}` reads `{object}`, which its `reads` does not declare"),
+                    format!(
+                        "add \"{object}\" to `reads` of `[contracts.{contract}]` in moat.toml (and tell its owning \
+                         module), or read only declared relations"
+                    ),
+                )
+            }
+            ObjectKind::Function => {
+                let Some(module) = cx.resolver.module_of(&schema) else { continue };
+                (
+                    format!("contract `{contract}` calls function `{object}` of module `{module}`"),
+                    "a contract reads only the relations in its `reads`; compute the value in the view from them"
+                        .to_owned(),
+                )
+            }
+            _ => continue,
+        };
+        out.push(Hit::new(&RULE, reference.span.clone(), message, help).object(object));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::rules::test_support::{contract, migration, render, rules};
+
+    #[test]
+    fn fires_on_undeclared_relations_and_module_functions() {
+        let sql = "CREATE VIEW ward_census AS\nSELECT p.ward_id, count(*), patients.age(p.id)\nFROM patients.patients p\nJOIN patients.admissions a ON a.patient_id = p.id\nGROUP BY p.ward_id;";
+        let findings = contract(sql);
+        assert_eq!(rules(&findings), ["contract-undeclared-read"; 2]);
+        insta::assert_snapshot!(render(sql, &findings));
+    }
+
+    #[test]
+    fn does_not_fire_on_declared_reads_comments_or_its_own_views() {
+        let sql = "CREATE VIEW ward_census AS\nSELECT p.ward_id, count(rx.id)\nFROM patients.patients p\n\
+                   LEFT JOIN prescriptions.prescriptions rx ON rx.patient_id = p.id\nGROUP BY p.ward_id;\n\
+                   COMMENT ON VIEW ward_census IS 'per ward';\nCOMMENT ON COLUMN ward_census.ward_id IS 'the ward';\n\
+                   CREATE VIEW ward_totals AS SELECT count(*) FROM ward_census;";
+        assert!(contract(sql).is_empty(), "{:?}", contract(sql));
+    }
+
+    #[test]
+    fn does_not_apply_to_modules() {
+        assert_eq!(rules(&migration("billing", "SELECT * FROM patients.admissions;")), ["cross-module-reference"]);
+    }
+}

@@ -1,0 +1,105 @@
+//! `parse-error`: SQL that PostgreSQL's grammar rejects.
+
+use std::ops::Range;
+
+use moat_core::findings::Severity;
+
+use super::{Hit, Rule};
+use crate::parse::message_with_backticks;
+
+/// The rule.
+pub(crate) const RULE: Rule = Rule {
+    name: "parse-error",
+    severity: Severity::Error,
+    summary: "SQL that PostgreSQL's grammar rejects",
+    doc: r#"# parse-error
+
+**What it finds.** SQL that PostgreSQL's own grammar rejects: a statement of a migration or a
+contract, an embedded query in Rust source, a PL/pgSQL function body or DO block. The finding
+points at the token where the grammar gave up, with PostgreSQL's message. Rust source that does
+not parse, and text that holds a NUL character, are reported under this rule too.
+
+**Why it matters.** moat reads SQL with the parser of PostgreSQL itself (through `pg_query`), so
+what it cannot read the database will refuse as well, and a statement moat cannot read is a
+statement whose boundary crossings it cannot check. Nothing is skipped silently.
+
+**Example.**
+
+```sql
+CREATE TABLE charges (id uuid PRIMARY KEY, amount numeric NOT NULL,);
+--                                                                  ^ syntax error at or near `)`
+```
+
+**Fix.** Correct the statement. psql meta-commands (`\set`, `\d`, ...) are skipped and counted,
+but psql variables (`:name`, `:'name'`) are not SQL: a migration that moat applies must not use
+them.
+"#,
+};
+
+/// A parse error at `span` with PostgreSQL's `message`.
+pub(crate) fn hit(span: Range<usize>, message: &str) -> Hit {
+    let help = if message.contains("at or near \":\"") {
+        "psql variables (`:name`) are not SQL; migrations are applied by moat, not by psql"
+    } else if message.contains("PL/pgSQL") {
+        "fix the function body; PostgreSQL would reject the function when it is created"
+    } else {
+        "fix the statement; moat reads SQL with PostgreSQL's own grammar, so the database would reject it too"
+    };
+    Hit::new(&RULE, span, message_with_backticks(message), help.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::rules::test_support::{migration, only, render, rules, rust};
+
+    #[test]
+    fn fires_on_sql_the_grammar_rejects_and_points_at_the_token() {
+        let sql = "CREATE TABLE charges (id uuid PRIMARY KEY,\n  amount numeric NOT NULL,);\nSELEC 1;\nSELECT 1;";
+        let findings = migration("billing", sql);
+        assert_eq!(rules(&findings), ["parse-error", "parse-error"]);
+        assert_eq!((findings[0].line, findings[0].column), (Some(2), Some(27)));
+        assert_eq!((findings[1].line, findings[1].column), (Some(3), Some(1)));
+        insta::assert_snapshot!(render(sql, &findings));
+    }
+
+    #[test]
+    fn fires_on_a_broken_plpgsql_body() {
+        let sql = "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$\nBEGIN\n  RETRN 1;\nEND $$;";
+        let findings = migration("billing", sql);
+        assert_eq!(rules(&findings), ["parse-error"]);
+        assert_eq!(findings[0].line, Some(3));
+        insta::assert_snapshot!(render(sql, &findings));
+    }
+
+    #[test]
+    fn fires_on_unterminated_input_at_its_end() {
+        let findings = migration("billing", "SELECT 1;\nSELECT (1");
+        assert_eq!(rules(&findings), ["parse-error"]);
+        assert_eq!(findings[0].line, Some(2));
+    }
+
+    #[test]
+    fn fires_on_rust_that_does_not_parse() {
+        let findings = rust("billing", "fn f( {");
+        assert_eq!(rules(&findings), ["parse-error"]);
+    }
+
+    #[test]
+    fn fires_on_nul_characters() {
+        let findings = migration("billing", "SELECT 1;\0");
+        assert_eq!(only(&findings, "parse-error").len(), 1);
+    }
+
+    #[test]
+    fn does_not_fire_on_valid_sql_with_psql_meta_commands() {
+        let sql = "\\set ON_ERROR_STOP on\nCREATE TABLE t (id int);\n\\d t\nSELECT 1 \\gset\n";
+        assert!(migration("billing", sql).is_empty());
+    }
+
+    #[test]
+    fn deep_expressions_are_read() {
+        // Regression: prost's default recursion limit rejected `1+1+...` fifty terms long.
+        let sql = format!("SELECT {};", vec!["1"; 2000].join("+"));
+        assert!(migration("billing", &sql).is_empty());
+    }
+}

@@ -1,0 +1,145 @@
+//! `privileged-statement-in-migration`: statements a module's owner role must not run.
+
+use moat_core::findings::Severity;
+use pg_query::NodeEnum;
+use pg_query::protobuf::{ObjectType, VariableSetKind};
+
+use super::{Cx, Hit, Rule, statement_label};
+
+/// The rule.
+pub(crate) const RULE: Rule = Rule {
+    name: "privileged-statement-in-migration",
+    severity: Severity::Error,
+    summary: "CREATE/ALTER/DROP ROLE, CREATE DATABASE, CREATE EXTENSION, SET ROLE, ALTER SYSTEM... in a module migration",
+    doc: r#"# privileged-statement-in-migration
+
+**What it finds.** In a module migration (also inside its DO blocks and function bodies):
+`CREATE`/`ALTER`/`DROP ROLE` (and `USER`/`GROUP`), `CREATE`/`ALTER`/`DROP DATABASE`, `CREATE`/
+`ALTER`/`DROP EXTENSION`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `RESET ROLE`, `RESET SESSION
+AUTHORIZATION`, `set_config('role', ...)`, `ALTER SYSTEM` and `REASSIGN OWNED`.
+
+**Why it matters.** moat applies a module's migrations as the module's owner role (`SET LOCAL
+ROLE <project>_<module>_owner`), which owns the module's schema and nothing else. Roles,
+databases, extensions and server settings are the whole database's business: a migration that
+needs them either fails, or — run by hand as a superuser — changes what every module may do.
+Changing or resetting the role would escape the owner role the migration runs as.
+
+**Example.**
+
+```sql
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+RESET ROLE;
+```
+
+**Fix.** moat creates and manages roles and grants itself (`moat provision`); declare consumers in
+moat.toml instead of creating roles. Install extensions once, as an administrator, in the
+database's setup. Never change the role inside a migration.
+"#,
+};
+
+/// Reports privileged statements in migrations.
+pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
+    if !cx.is_migration() {
+        return;
+    }
+    let frame = cx.frame();
+    let owner = cx.own_roles().pop().unwrap_or_default();
+    let role_help = || {
+        format!(
+            "moat runs each migration as `{owner}` (`SET LOCAL ROLE`); changing or resetting the role would escape it"
+        )
+    };
+    for (setting, span) in &cx.unit.facts.role_changes {
+        out.push(
+            Hit::new(
+                &RULE,
+                span.clone(),
+                format!("`set_config('{setting}', ...)` changes the role in a migration"),
+                role_help(),
+            )
+            .object(setting.clone()),
+        );
+    }
+    let Some(node) = cx.node() else { return };
+    let (object, help) = match node {
+        NodeEnum::CreateRoleStmt(r) => (r.role.clone(), roles_help()),
+        NodeEnum::AlterRoleStmt(r) => (r.role.as_ref().map(|r| r.rolename.clone()).unwrap_or_default(), roles_help()),
+        NodeEnum::AlterRoleSetStmt(r) => {
+            (r.role.as_ref().map(|r| r.rolename.clone()).unwrap_or_default(), roles_help())
+        }
+        NodeEnum::DropRoleStmt(_) | NodeEnum::ReassignOwnedStmt(_) => (String::new(), roles_help()),
+        NodeEnum::RenameStmt(r) if r.rename_type == ObjectType::ObjectRole as i32 => (r.subname.clone(), roles_help()),
+        NodeEnum::CreatedbStmt(d) => (d.dbname.clone(), database_help()),
+        NodeEnum::AlterDatabaseStmt(d) => (d.dbname.clone(), database_help()),
+        NodeEnum::AlterDatabaseSetStmt(d) => (d.dbname.clone(), database_help()),
+        NodeEnum::AlterDatabaseRefreshCollStmt(d) => (d.dbname.clone(), database_help()),
+        NodeEnum::DropdbStmt(d) => (d.dbname.clone(), database_help()),
+        NodeEnum::AlterSystemStmt(_) => (String::new(), database_help()),
+        NodeEnum::CreateExtensionStmt(e) => (e.extname.clone(), extension_help()),
+        NodeEnum::AlterExtensionStmt(e) => (e.extname.clone(), extension_help()),
+        NodeEnum::AlterExtensionContentsStmt(e) => (e.extname.clone(), extension_help()),
+        NodeEnum::DropStmt(d) if d.remove_type == ObjectType::ObjectExtension as i32 => {
+            (String::new(), extension_help())
+        }
+        NodeEnum::VariableSetStmt(set) if matches!(set.name.as_str(), "role" | "session_authorization") => {
+            let verb =
+                if set.kind == VariableSetKind::VarReset as i32 || set.kind == VariableSetKind::VarSetDefault as i32 {
+                    "RESET"
+                } else {
+                    "SET"
+                };
+            let what = if set.name == "role" { "ROLE" } else { "SESSION AUTHORIZATION" };
+            out.push(
+                Hit::new(&RULE, frame.keyword_span(), format!("`{verb} {what}` in a migration"), role_help())
+                    .object(format!("{verb} {what}")),
+            );
+            return;
+        }
+        _ => return,
+    };
+    let label = statement_label(node);
+    let message = if object.is_empty() {
+        format!("`{label}` in a migration")
+    } else {
+        format!("`{label}` of `{object}` in a migration")
+    };
+    let object = if object.is_empty() { label } else { format!("{label} {object}") };
+    out.push(Hit::new(&RULE, frame.keyword_span(), message, help).object(object));
+}
+
+fn roles_help() -> String {
+    "moat creates and manages roles itself (`moat provision`); declare consumers in moat.toml instead".to_owned()
+}
+
+fn database_help() -> String {
+    "databases and server settings belong to the database's setup, run by an administrator, not to a module".to_owned()
+}
+
+fn extension_help() -> String {
+    "install extensions once, as an administrator, in the database's setup; a module's owner role cannot".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::rules::test_support::{migration, render, rules, rust};
+
+    #[test]
+    fn fires_on_role_database_extension_and_session_statements() {
+        let sql = "CREATE ROLE auditor;\nALTER ROLE clinic_billing SET work_mem = '1GB';\nDROP ROLE IF EXISTS x;\n\
+                   CREATE DATABASE scratch;\nCREATE EXTENSION IF NOT EXISTS pgcrypto;\nSET ROLE postgres;\n\
+                   SET SESSION AUTHORIZATION postgres;\nRESET ROLE;\nRESET SESSION AUTHORIZATION;\n\
+                   ALTER SYSTEM SET fsync = off;\nSELECT set_config('role', 'postgres', true);\n\
+                   DO $$ BEGIN CREATE ROLE sneaky; END $$;";
+        let findings = migration("billing", sql);
+        assert_eq!(rules(&findings), ["privileged-statement-in-migration"; 12]);
+        insta::assert_snapshot!(render(sql, &findings));
+    }
+
+    #[test]
+    fn does_not_fire_on_ordinary_statements_or_outside_migrations() {
+        for sql in ["SET lock_timeout = '1s';", "SET LOCAL statement_timeout = 0;", "CREATE TABLE t (id int);"] {
+            assert!(migration("billing", sql).is_empty(), "{sql}");
+        }
+        assert!(rust("billing", "fn f() { client.execute(\"SET ROLE x\", &[]); }").is_empty());
+    }
+}

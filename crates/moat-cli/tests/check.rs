@@ -1,0 +1,255 @@
+//! `moat check` and `moat explain` as a user runs them: the built binary, no database, on a
+//! copy of the repository's clinic example. Output is snapshotted with `NO_COLOR` and the
+//! temporary folder replaced by `[TEMP]`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository's example project.
+fn clinic() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clinic")
+}
+
+/// A copy of the clinic example in a temporary folder.
+fn clinic_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    copy_dir(&clinic(), dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create folder");
+    for entry in std::fs::read_dir(from).expect("read example") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_name() == ".moat" {
+            continue;
+        }
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+fn moat(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("MOAT_DATABASE_URL")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run moat")
+}
+
+/// Exit code, stdout and stderr together, with the temporary folder filtered out.
+fn transcript(dir: &Path, output: &Output) -> String {
+    let filter = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+        text.replace(&canonical.display().to_string(), "[TEMP]").replace(&dir.display().to_string(), "[TEMP]")
+    };
+    format!(
+        "exit code: {}\n----- stdout -----\n{}\n----- stderr -----\n{}",
+        output.status.code().unwrap_or(-1),
+        filter(&output.stdout),
+        filter(&output.stderr)
+    )
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    let path = dir.join(file);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("create folder");
+    std::fs::write(path, text).expect("write file");
+}
+
+/// Adds `sources = ["src/billing/app"]` to the billing module of the copy's manifest.
+fn add_billing_sources(dir: &Path) {
+    let manifest = dir.join("moat.toml");
+    let text = std::fs::read_to_string(&manifest).expect("read manifest");
+    assert!(text.contains("[modules.billing]\n"), "the clinic manifest has a billing module");
+    let text = text.replace("[modules.billing]\n", "[modules.billing]\nsources = [\"src/billing/app\"]\n");
+    std::fs::write(&manifest, text).expect("write manifest");
+    std::fs::create_dir_all(dir.join("src/billing/app")).expect("create sources folder");
+}
+
+const UNPAID_MIGRATION: &str = "src/billing/migrations/0002_unpaid_report.sql";
+const UNPAID_SQL: &str = "-- Charges not yet paid, with the patient's name.\nCREATE VIEW unpaid AS\n\
+                          SELECT c.id, c.amount, p.last_name\nFROM charges c\n\
+                          JOIN patients.patients p ON p.id = c.patient_id;\n";
+const REPORT_RS: &str = "src/billing/app/report.rs";
+const REPORT_SOURCE: &str = r##"//! The billing report.
+
+pub async fn overdue(pool: &sqlx::PgPool) -> sqlx::Result<Vec<Overdue>> {
+    sqlx::query_as!(
+        Overdue,
+        r#"SELECT c.id, a.ward_id
+           FROM charges c
+           JOIN patients.admissions a ON a.patient_id = c.patient_id"#
+    )
+    .fetch_all(pool)
+    .await
+}
+"##;
+
+/// The clinic copy with one cross-module join in a migration and one in embedded Rust SQL.
+fn clinic_with_two_violations() -> tempfile::TempDir {
+    let dir = clinic_copy();
+    add_billing_sources(dir.path());
+    write(dir.path(), UNPAID_MIGRATION, UNPAID_SQL);
+    write(dir.path(), REPORT_RS, REPORT_SOURCE);
+    dir
+}
+
+#[test]
+fn the_clinic_example_checks_clean() {
+    let output = moat(&clinic(), &["check"]);
+    assert_eq!(output.status.code(), Some(0), "{}", transcript(&clinic(), &output));
+    insta::assert_snapshot!(transcript(&clinic(), &output));
+}
+
+#[test]
+fn a_join_in_a_migration_and_one_in_embedded_rust_fail_with_both_locations() {
+    let dir = clinic_with_two_violations();
+    let output = moat(dir.path(), &["check"]);
+    let text = transcript(dir.path(), &output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("--> src/billing/migrations/0002_unpaid_report.sql:5:6"), "{text}");
+    assert!(text.contains("--> src/billing/app/report.rs:8:17"), "{text}");
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn machine_formats_carry_both_locations() {
+    let dir = clinic_with_two_violations();
+
+    let output = moat(dir.path(), &["--format", "json", "check"]);
+    assert_eq!(output.status.code(), Some(1));
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    let keys: Vec<&String> = document.as_object().expect("object").keys().collect();
+    assert_eq!(keys, ["version", "findings", "summary"]);
+    assert_eq!(document["summary"], serde_json::json!({"errors": 2, "warnings": 0, "files": 10}));
+    let places: Vec<String> = document["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| format!("{}:{}:{} {} {}", f["file"], f["line"], f["column"], f["rule"], f["object"]))
+        .collect();
+    insta::assert_snapshot!(places.join("\n"), @r#"
+    "src/billing/app/report.rs":8:17 "cross-module-reference" "patients.admissions"
+    "src/billing/migrations/0002_unpaid_report.sql":5:6 "cross-module-reference" "patients.patients"
+    "#);
+
+    let output = moat(dir.path(), &["--format", "sarif", "check"]);
+    assert_eq!(output.status.code(), Some(1));
+    let log: serde_json::Value = serde_json::from_slice(&output.stdout).expect("SARIF is JSON");
+    assert_eq!(log["version"], "2.1.0");
+    let results = log["runs"][0]["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["locations"][0]["physicalLocation"]["region"]["startLine"], 8);
+    let rules = log["runs"][0]["tool"]["driver"]["rules"].as_array().expect("rules");
+    assert!(rules.iter().any(|r| r["id"] == "cross-module-foreign-key"));
+
+    let output = moat(dir.path(), &["--format", "github", "check"]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("::error file=src/billing/app/report.rs,line=8,col=17,"), "{text}");
+    assert!(lines[1].starts_with("::error file=src/billing/migrations/0002_unpaid_report.sql,line=5,col=6,"), "{text}");
+}
+
+#[test]
+fn the_baseline_adopts_existing_violations_fails_on_new_ones_and_reports_fixed_ones_as_stale() {
+    let dir = clinic_with_two_violations();
+    let root = dir.path();
+
+    // Adopt: today's findings are recorded and accepted.
+    let adopt = moat(root, &["check", "--write-baseline"]);
+    assert_eq!(adopt.status.code(), Some(0), "{}", transcript(root, &adopt));
+    let baseline = std::fs::read_to_string(root.join("moat-baseline.toml")).expect("baseline written");
+    assert!(baseline.contains("patients.patients") && baseline.contains("patients.admissions"), "{baseline}");
+    assert!(!baseline.contains("\nline ="), "the baseline is keyed without line numbers:\n{baseline}");
+    insta::assert_snapshot!("baseline_adopt", transcript(root, &adopt));
+
+    // An unrelated edit moves the old violation down: still accepted.
+    write(root, UNPAID_MIGRATION, &format!("-- moved\n\n{UNPAID_SQL}"));
+    let again = moat(root, &["check"]);
+    assert_eq!(again.status.code(), Some(0), "{}", transcript(root, &again));
+
+    // A new violation fails, and only it is shown.
+    write(
+        root,
+        "src/billing/migrations/0003_lab_costs.sql",
+        "CREATE VIEW lab_costs AS\nSELECT l.id FROM lab_results.lab_results l;\n",
+    );
+    let new = moat(root, &["check"]);
+    let text = transcript(root, &new);
+    assert_eq!(new.status.code(), Some(1), "{text}");
+    assert!(text.contains("0003_lab_costs.sql:2:18"), "{text}");
+    assert!(!text.contains("0002_unpaid_report.sql") && !text.contains("report.rs"), "{text}");
+    insta::assert_snapshot!("baseline_new_violation", text);
+
+    // Fixing an old one leaves a stale entry, which the user is told to rewrite.
+    std::fs::remove_file(root.join(UNPAID_MIGRATION)).expect("remove migration");
+    let fixed = moat(root, &["check"]);
+    let text = transcript(root, &fixed);
+    assert_eq!(fixed.status.code(), Some(1), "the new violation still fails: {text}");
+    assert!(text.contains("no longer occurs; rewrite moat-baseline.toml with `moat check --write-baseline`"), "{text}");
+    insta::assert_snapshot!("baseline_stale", text);
+
+    // `--no-baseline` shows everything again.
+    let all = moat(root, &["check", "--no-baseline"]);
+    assert!(String::from_utf8_lossy(&all.stdout).contains("report.rs"));
+}
+
+#[test]
+fn suppressions_silence_with_a_reason() {
+    let dir = clinic_copy();
+    write(
+        dir.path(),
+        UNPAID_MIGRATION,
+        &format!(
+            "-- moat:allow cross-module-reference -- the view goes away with #12\n{}",
+            UNPAID_SQL.replace("-- Charges not yet paid, with the patient's name.\n", "")
+        ),
+    );
+    let output = moat(dir.path(), &["check"]);
+    assert_eq!(output.status.code(), Some(0), "{}", transcript(dir.path(), &output));
+}
+
+#[test]
+fn explain_prints_a_rules_doc_and_lists_the_rules() {
+    let output = moat(&clinic(), &["explain", "cross-module-foreign-key"]);
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&output.stdout);
+    for part in ["**What it finds.**", "**Why it matters.**", "**Example.**", "**Fix.**"] {
+        assert!(text.contains(part), "{text}");
+    }
+    let list = moat(&clinic(), &["explain"]);
+    assert_eq!(list.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&list.stdout);
+    for rule in moat_analysis::rules() {
+        assert!(text.contains(rule.name), "{text}");
+        let doc = moat(&clinic(), &["explain", rule.name]);
+        assert_eq!(doc.status.code(), Some(0), "{}", rule.name);
+    }
+    let unknown = moat(&clinic(), &["explain", "no-such-rule"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    insta::assert_snapshot!(transcript(&clinic(), &unknown));
+}
+
+#[test]
+fn unreadable_input_exits_2_and_names_the_file() {
+    let dir = clinic_copy();
+    std::fs::write(dir.path().join("src/billing/migrations/0002_latin1.sql"), b"SELECT '\xe9';\n").expect("write");
+    let output = moat(dir.path(), &["check"]);
+    assert_eq!(output.status.code(), Some(2));
+    insta::assert_snapshot!(transcript(dir.path(), &output));
+
+    let empty = tempfile::tempdir().expect("temporary folder");
+    let output = moat(empty.path(), &["check"]);
+    assert_eq!(output.status.code(), Some(2), "no manifest");
+}
