@@ -415,3 +415,27 @@ fn two_processes_starting_the_embedded_cluster_at_once_share_it() {
     assert_exit(&moat(&project, None, &["up"]), 0);
     assert_exit(&moat(&project, None, &["dev", "stop"]), 0);
 }
+
+#[tokio::test]
+async fn audit_reads_function_bodies_with_the_sql_analysis() {
+    let db = TestDb::new().await;
+    let project = two_modules(&db);
+    let url = db.url.expose().to_owned();
+    assert_exit(&moat(&project, Some(&url), &["up"]), 0);
+    // PL/pgSQL bodies are not in pg_depend: only the analysis of the body sees this read.
+    db.exec(&format!(
+        "CREATE FUNCTION orders.customer_count() RETURNS bigint LANGUAGE plpgsql AS $$ BEGIN RETURN (SELECT count(*) FROM customers.customers); END $$;
+         ALTER FUNCTION orders.customer_count() OWNER TO \"{}\";
+         REVOKE EXECUTE ON FUNCTION orders.customer_count() FROM PUBLIC;
+         GRANT EXECUTE ON FUNCTION orders.customer_count() TO \"{}\";",
+        db.role("orders_owner"),
+        db.role("orders")
+    ))
+    .await;
+    let audit = moat(&project, Some(&url), &["audit"]);
+    assert_exit(&audit, 1);
+    let out = text(&audit.stdout);
+    assert!(out.contains("error[cross-module-reference]"), "{out}");
+    assert!(out.contains("routine `orders.customer_count()`"), "{out}");
+    assert!(out.contains("customers.customers"), "{out}");
+}

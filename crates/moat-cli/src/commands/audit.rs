@@ -8,6 +8,8 @@ use moat_core::manifest::Manifest;
 
 use crate::output::{self, Format, paint, style};
 use crate::{Cli, load_manifest};
+use moat_admin::audit::{BodyAnalyzer, RoutineBody};
+use moat_analysis::{AnalysisInput, Source, SourceKind};
 
 /// Arguments of `moat audit`.
 #[derive(Debug, clap::Args)]
@@ -24,7 +26,7 @@ pub struct AuditArgs {
 pub async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
     let manifest = load_manifest(cli)?;
     let target = super::target_quiet(cli, &manifest).await?;
-    let options = AuditOptions { probe: !args.no_probe, ..AuditOptions::default() };
+    let options = AuditOptions { probe: !args.no_probe, body_analyzer: Some(&SqlBodies), ..AuditOptions::default() };
     let report = run_audit(&target.url, &manifest, options).await?;
     let baseline_path = manifest.root.join(FILE_NAME);
     let mut baseline = Baseline::load(&baseline_path)?;
@@ -55,7 +57,9 @@ pub async fn audit_after_up(
     manifest: &Manifest,
     target: &Target,
 ) -> anyhow::Result<(u8, AuditReport, BaselineOutcome)> {
-    let report = run_audit(&target.url, manifest, AuditOptions::default()).await?;
+    let report =
+        run_audit(&target.url, manifest, AuditOptions { body_analyzer: Some(&SqlBodies), ..AuditOptions::default() })
+            .await?;
     let baseline = Baseline::load(&manifest.root.join(FILE_NAME))?;
     let outcome = baseline.apply("audit", report.findings.clone());
     if cli.format == Format::Human {
@@ -68,6 +72,46 @@ pub async fn audit_after_up(
         }
     }
     Ok((exit_code(&outcome), report, outcome))
+}
+
+/// The SQL analysis of `moat check`, applied to the routines the catalog holds: PL/pgSQL and SQL
+/// bodies that name another module's objects (which `pg_depend` does not record).
+struct SqlBodies;
+
+impl BodyAnalyzer for SqlBodies {
+    fn analyze(
+        &self,
+        manifest: &Manifest,
+        module: &moat_core::manifest::Module,
+        routine: &RoutineBody,
+    ) -> Vec<Finding> {
+        let input = AnalysisInput {
+            manifest,
+            sources: vec![Source {
+                file: format!("routine {}", routine.signature),
+                text: &routine.definition,
+                kind: SourceKind::Migration { module: module.name.to_string() },
+            }],
+        };
+        moat_analysis::analyze(&input)
+            .findings
+            .into_iter()
+            .filter(|f| {
+                matches!(f.rule.as_str(), "cross-module-reference" | "cross-module-foreign-key" | "dynamic-sql")
+            })
+            .map(|mut f| {
+                let referenced = f.object.take();
+                f.message = format!("routine `{}`: {}", routine.signature, f.message);
+                f.object = Some(match referenced {
+                    Some(object) => format!("{} -> {object}", routine.signature),
+                    None => routine.signature.clone(),
+                });
+                f.module = Some(module.name.to_string());
+                (f.file, f.line, f.column, f.span) = (None, None, None, None);
+                f
+            })
+            .collect()
+    }
 }
 
 fn clean_line(report: &AuditReport, outcome: &BaselineOutcome) -> String {
@@ -133,28 +177,13 @@ fn print_stale(manifest: &Manifest, outcome: &BaselineOutcome) {
     }
 }
 
-/// Findings without a file: `error[rule]: message`, the object, and the help line.
+/// Findings of the catalog and the probe, rendered like `moat check`'s (without snippets).
 pub fn print_findings(findings: &[Finding]) -> std::io::Result<()> {
-    for finding in findings {
-        let (label, label_style) = match finding.severity {
-            Severity::Error => ("error", style::BAD),
-            Severity::Warning => ("warning", style::WARN),
-        };
-        output::line(format!(
-            "{}: {}",
-            paint(label_style, format!("{label}[{}]", finding.rule)),
-            paint(style::BOLD, &finding.message)
-        ))?;
-        if let Some(object) = &finding.object {
-            let module = finding.module.as_deref().map(|m| format!(" (module {m})")).unwrap_or_default();
-            output::line(format!("  {} {object}{module}", paint(style::INFO, "-->")))?;
-        }
-        if let Some(help) = &finding.help {
-            output::line(format!("  {} {help}", paint(style::INFO, "= help:")))?;
-        }
-        output::line("")?;
+    if findings.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    output::text(crate::render::human(findings, &Default::default()))?;
+    output::line("")
 }
 
 /// The access matrix as a table: rows are roles, columns modules and contracts.
