@@ -65,21 +65,11 @@ fn write(dir: &Path, file: &str, text: &str) {
     std::fs::write(path, text).expect("write file");
 }
 
-/// Adds `sources = ["src/billing/app"]` to the billing module of the copy's manifest.
-fn add_billing_sources(dir: &Path) {
-    let manifest = dir.join("moat.toml");
-    let text = std::fs::read_to_string(&manifest).expect("read manifest");
-    assert!(text.contains("[modules.billing]\n"), "the clinic manifest has a billing module");
-    let text = text.replace("[modules.billing]\n", "[modules.billing]\nsources = [\"src/billing/app\"]\n");
-    std::fs::write(&manifest, text).expect("write manifest");
-    std::fs::create_dir_all(dir.join("src/billing/app")).expect("create sources folder");
-}
-
 const UNPAID_MIGRATION: &str = "src/billing/migrations/0002_unpaid_report.sql";
 const UNPAID_SQL: &str = "-- Charges not yet paid, with the patient's name.\nCREATE VIEW unpaid AS\n\
                           SELECT c.id, c.amount, p.last_name\nFROM charges c\n\
                           JOIN patients.patients p ON p.id = c.patient_id;\n";
-const REPORT_RS: &str = "src/billing/app/report.rs";
+const REPORT_RS: &str = "src/billing/report.rs";
 const REPORT_SOURCE: &str = r##"//! The billing report.
 
 pub async fn overdue(pool: &sqlx::PgPool) -> sqlx::Result<Vec<Overdue>> {
@@ -94,10 +84,10 @@ pub async fn overdue(pool: &sqlx::PgPool) -> sqlx::Result<Vec<Overdue>> {
 }
 "##;
 
-/// The clinic copy with one cross-module join in a migration and one in embedded Rust SQL.
+/// The clinic copy with one cross-module join in a migration and one in embedded Rust SQL (in a
+/// new file of the billing module's `sources`).
 fn clinic_with_two_violations() -> tempfile::TempDir {
     let dir = clinic_copy();
-    add_billing_sources(dir.path());
     write(dir.path(), UNPAID_MIGRATION, UNPAID_SQL);
     write(dir.path(), REPORT_RS, REPORT_SOURCE);
     dir
@@ -117,7 +107,7 @@ fn a_join_in_a_migration_and_one_in_embedded_rust_fail_with_both_locations() {
     let text = transcript(dir.path(), &output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("--> src/billing/migrations/0002_unpaid_report.sql:5:6"), "{text}");
-    assert!(text.contains("--> src/billing/app/report.rs:8:17"), "{text}");
+    assert!(text.contains("--> src/billing/report.rs:8:17"), "{text}");
     insta::assert_snapshot!(text);
 }
 
@@ -130,7 +120,7 @@ fn machine_formats_carry_both_locations() {
     let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
     let keys: Vec<&String> = document.as_object().expect("object").keys().collect();
     assert_eq!(keys, ["version", "findings", "summary"]);
-    assert_eq!(document["summary"], serde_json::json!({"errors": 2, "warnings": 0, "files": 10}));
+    assert_eq!(document["summary"], serde_json::json!({"errors": 2, "warnings": 0, "files": 19}));
     let places: Vec<String> = document["findings"]
         .as_array()
         .expect("findings")
@@ -138,8 +128,8 @@ fn machine_formats_carry_both_locations() {
         .map(|f| format!("{}:{}:{} {} {}", f["file"], f["line"], f["column"], f["rule"], f["object"]))
         .collect();
     insta::assert_snapshot!(places.join("\n"), @r#"
-    "src/billing/app/report.rs":8:17 "cross-module-reference" "patients.admissions"
     "src/billing/migrations/0002_unpaid_report.sql":5:6 "cross-module-reference" "patients.patients"
+    "src/billing/report.rs":8:17 "cross-module-reference" "patients.admissions"
     "#);
 
     let output = moat(dir.path(), &["--format", "sarif", "check"]);
@@ -148,7 +138,7 @@ fn machine_formats_carry_both_locations() {
     assert_eq!(log["version"], "2.1.0");
     let results = log["runs"][0]["results"].as_array().expect("results");
     assert_eq!(results.len(), 2);
-    assert_eq!(results[0]["locations"][0]["physicalLocation"]["region"]["startLine"], 8);
+    assert_eq!(results[0]["locations"][0]["physicalLocation"]["region"]["startLine"], 5);
     let rules = log["runs"][0]["tool"]["driver"]["rules"].as_array().expect("rules");
     assert!(rules.iter().any(|r| r["id"] == "cross-module-foreign-key"));
 
@@ -157,8 +147,8 @@ fn machine_formats_carry_both_locations() {
     let text = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
-    assert!(lines[0].starts_with("::error file=src/billing/app/report.rs,line=8,col=17,"), "{text}");
-    assert!(lines[1].starts_with("::error file=src/billing/migrations/0002_unpaid_report.sql,line=5,col=6,"), "{text}");
+    assert!(lines[0].starts_with("::error file=src/billing/migrations/0002_unpaid_report.sql,line=5,col=6,"), "{text}");
+    assert!(lines[1].starts_with("::error file=src/billing/report.rs,line=8,col=17,"), "{text}");
 }
 
 #[test]
