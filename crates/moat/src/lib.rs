@@ -122,16 +122,25 @@ impl Moat {
             // exists when the pool opens; transactions then send `EXECUTE ...; COMMIT`.
             let outbox =
                 config.manifest.is_depended_on(&module.name).then(|| events::publish_outbox(module.schema.as_str()));
-            let pool = match &outbox {
-                _ if !config.isolation => {
-                    unisolated_pool(&target.url, module.schema.as_str(), config.pool_size).await?
-                }
+            // Without isolation the pool logs in as the admin with the module's `search_path`;
+            // everything else (the prepared publish included) is the same, so that the two modes
+            // differ by isolation alone.
+            let (login, options) = if config.isolation {
+                let url = target.url.with_login(&role, password_from_env(&role).as_deref());
+                let options = url.connect_options()?;
+                (url, options)
+            } else {
+                let options = target.url.connect_options()?.options([("search_path", module.schema.as_str())]);
+                (target.url.clone(), options)
+            };
+            let prepare = match &outbox {
                 Some(outbox) if outbox_exists(&target.url, outbox).await? => {
                     prepared.insert(module.name.to_string(), true);
-                    prepared_pool(&target.url, &role, config.pool_size, outbox.clone()).await?
+                    Some(events::prepare_publish_sql(outbox))
                 }
-                _ => login_pool(&target.url, &role, config.pool_size).await?,
+                _ => None,
             };
+            let pool = module_pool(&login, options, config.pool_size, prepare).await?;
             pools.insert(module.name.to_string(), pool);
         }
         let mut consumer_pools = BTreeMap::new();
@@ -247,17 +256,6 @@ impl Moat {
     }
 }
 
-/// A pool that logs in as the admin with the module's `search_path`: what [`Config::isolation`]
-/// `false` measures against.
-async fn unisolated_pool(admin: &DatabaseUrl, schema: &str, size: u32) -> Result<PgPool, Error> {
-    let options = admin.connect_options()?.options([("search_path", schema)]);
-    PgPoolOptions::new().max_connections(size).connect_with(options).await.map_err(|source| Error::Login {
-        role: admin.user(),
-        target: admin.to_string(),
-        source,
-    })
-}
-
 async fn outbox_exists(admin: &DatabaseUrl, outbox: &str) -> Result<bool, Error> {
     let mut conn = moat_admin::connect(admin).await?;
     let exists: bool =
@@ -266,24 +264,30 @@ async fn outbox_exists(admin: &DatabaseUrl, outbox: &str) -> Result<bool, Error>
     Ok(exists)
 }
 
-/// Like [`login_pool`], with `PREPARE moat_publish` on every new connection.
-async fn prepared_pool(admin: &DatabaseUrl, role: &str, size: u32, outbox: String) -> Result<PgPool, Error> {
-    let url = admin.with_login(role, password_from_env(role).as_deref());
-    let options = url.connect_options()?;
-    let prepare = events::prepare_publish_sql(&outbox);
-    PgPoolOptions::new()
-        .max_connections(size)
-        .min_connections(0)
-        .after_connect(move |conn, _| {
+/// A module's pool: `options` log in as the module's runtime role (or, without isolation, as the
+/// admin); `prepare` (`PREPARE moat_publish ...`) runs on every new connection of a publishing
+/// module, so that transactions send `EXECUTE ...; COMMIT`.
+async fn module_pool(
+    login: &DatabaseUrl,
+    options: sqlx::postgres::PgConnectOptions,
+    size: u32,
+    prepare: Option<String>,
+) -> Result<PgPool, Error> {
+    let mut pool = PgPoolOptions::new().max_connections(size).min_connections(0);
+    if let Some(prepare) = prepare {
+        pool = pool.after_connect(move |conn, _| {
             let prepare = prepare.clone();
             Box::pin(async move {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(conn).await?;
                 Ok(())
             })
-        })
-        .connect_with(options)
-        .await
-        .map_err(|source| Error::Login { role: role.to_owned(), target: url.to_string(), source })
+        });
+    }
+    pool.connect_with(options).await.map_err(|source| Error::Login {
+        role: login.user(),
+        target: login.to_string(),
+        source,
+    })
 }
 
 /// A pool that logs in as `role` next to the admin URL, with `MOAT_PASSWORD_<ROLE>` if set.

@@ -35,8 +35,10 @@ pub enum AppError {
 /// The JSON body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// A stable, machine-readable code, such as `invalid_body`, `invalid_path`, `invalid_query`,
-    /// `missing_ward`, `unknown_patient`, `not_found`, `mrn_taken` or `internal`.
+    /// A stable, machine-readable code: `invalid_body` (400, 413, 415, 422), `invalid_path` and
+    /// `invalid_query` (400), `missing_ward` and `invalid_ward` (400), `not_found` (404),
+    /// `unknown_patient` (404 in a query, 422 in a body), `method_not_allowed` (405), `mrn_taken`
+    /// (409), `busy` (503: every database connection is in use; try again) or `internal` (500).
     #[schema(example = "unknown_patient")]
     pub error: &'static str,
     /// What is wrong, for a human.
@@ -58,6 +60,11 @@ impl AppError {
     /// 404: the thing named in the path does not exist.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::client(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 404 with a code of its own (`unknown_patient`): an id in the query names nothing.
+    pub fn not_found_code(code: &'static str, message: impl Into<String>) -> Self {
+        Self::client(StatusCode::NOT_FOUND, code, message)
     }
 
     /// 409: the request conflicts with the current state.

@@ -110,7 +110,9 @@ async fn a_prescription_or_lab_result_for_an_unknown_patient_is_422_and_stores_n
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(reply.body["error"], "unknown_patient");
 
-    assert_eq!(api.get(&format!("/prescriptions?patient_id={stranger}")).await.body, json!([]));
+    // Listing what an unknown patient has is a 404 that says so, not an empty list.
+    let reply = api.get(&format!("/prescriptions?patient_id={stranger}")).await;
+    assert_eq!((reply.status, &reply.body["error"]), (StatusCode::NOT_FOUND, &json!("unknown_patient")));
     let mut admin = clinic.db.connect().await;
     let rows: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM prescriptions.prescriptions) + (SELECT count(*) FROM lab_results.lab_results)",
@@ -410,6 +412,51 @@ async fn bad_input_is_a_4xx_with_a_json_body_that_says_what_is_wrong() {
             "invalid_body",
             "patient_id",
         ),
+        (
+            "POST",
+            "/patients".into(),
+            json,
+            r#"{"mrn": "M", "first_name": "A", "last_name": "B"}"#.into(),
+            422,
+            "invalid_body",
+            "ward_id",
+        ),
+        (
+            "POST",
+            "/prescriptions".into(),
+            json,
+            format!(r#"{{"patient_id": "{patient}", "medication": "x", "dose_amount": 1e16}}"#),
+            422,
+            "invalid_body",
+            "dose_amount",
+        ),
+        (
+            "POST",
+            "/lab-results".into(),
+            json,
+            format!(r#"{{"patient_id": "{patient}", "test": "t", "value": -1.7976931348623157e308, "unit": "u"}}"#),
+            422,
+            "invalid_body",
+            "value",
+        ),
+        (
+            "GET",
+            format!("/prescriptions?patient_id={}", uuid::Uuid::nil()),
+            None,
+            String::new(),
+            404,
+            "unknown_patient",
+            "does not exist",
+        ),
+        (
+            "GET",
+            format!("/billing/charges?patient_id={}", uuid::Uuid::nil()),
+            None,
+            String::new(),
+            404,
+            "unknown_patient",
+            "does not exist",
+        ),
         ("GET", "/prescriptions".into(), None, String::new(), 400, "invalid_query", "patient_id"),
         ("GET", "/prescriptions?patient_id=x".into(), None, String::new(), 400, "invalid_query", "patient_id"),
         ("GET", "/billing/charges?patient_id=".into(), None, String::new(), 400, "invalid_query", "patient_id"),
@@ -424,11 +471,57 @@ async fn bad_input_is_a_4xx_with_a_json_body_that_says_what_is_wrong() {
         assert_eq!(reply.body["error"], code, "{case}");
         assert!(reply.body["message"].as_str().unwrap().contains(word), "{case}");
     }
+    // The ward header: an unknown patient is a 404, two wards are refused.
+    let nil = uuid::Uuid::nil();
+    let reply = api.get_with_headers(&format!("/lab-results?patient_id={nil}"), &[("X-Ward-Id", &ward())]).await;
+    assert_eq!((reply.status.as_u16(), &reply.body["error"]), (404, &json!("unknown_patient")), "{reply:?}");
+    let reply = api.get_with_headers("/lab-results", &[("X-Ward-Id", &ward()), ("X-Ward-Id", &ward())]).await;
+    assert_eq!((reply.status.as_u16(), &reply.body["error"]), (400, &json!("invalid_ward")), "{reply:?}");
     // Nothing of the refused requests was stored.
     let mut admin = clinic.db.connect().await;
     let patients: i64 =
         sqlx::query_scalar("SELECT count(*) FROM patients.patients").fetch_one(&mut admin).await.unwrap();
     assert_eq!(patients, 1);
+    clinic.stop().await;
+}
+
+/// Values at the edges of what the contract allows are stored, published and delivered as sent: a
+/// text that spells an escape (`\u0000`, a backslash and five characters) is not a NUL character,
+/// and `-0` is `0`.
+#[tokio::test]
+async fn edge_values_are_stored_and_delivered_as_sent() {
+    let clinic = Running::start().await;
+    let api = &clinic.api;
+    let ward = ward();
+    let reply = api
+        .post("/patients", &json!({"mrn": unique_mrn(), "first_name": "\\u0000", "last_name": "Ada", "ward_id": ward}))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    let patient = reply.body["id"].as_str().unwrap().to_owned();
+    let reply =
+        api.post("/prescriptions", &json!({"patient_id": patient, "medication": "\\u0000", "dose_amount": 1e15})).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    let reply =
+        api.post("/lab-results", &json!({"patient_id": patient, "test": "t", "value": -0.0, "unit": "u"})).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    assert_eq!(reply.body["value"].to_string(), "0.0", "{reply:?}");
+    let list = format!("/prescriptions?patient_id={patient}");
+    eventually("the snapshot holds the name as sent", || async {
+        (api.get(&list).await.body[0]["patient_name"] == "\\u0000 Ada").then_some(())
+    })
+    .await;
+    let charges = format!("/billing/charges?patient_id={patient}");
+    eventually("both charges appear", || async {
+        (api.get(&charges).await.body.as_array().map(Vec::len) == Some(2)).then_some(())
+    })
+    .await;
+    let results = format!("/lab-results?patient_id={patient}");
+    let value = eventually("the lab result is visible in the ward", || async {
+        let results = api.get_with_ward(&results, &ward).await.body;
+        (results.as_array().map(Vec::len) == Some(1)).then(|| results[0]["value"].clone())
+    })
+    .await;
+    assert_eq!(value.to_string(), "0.0");
     clinic.stop().await;
 }
 

@@ -17,6 +17,9 @@ use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::json;
 
+/// How long the binary may take to provision, migrate, audit and listen.
+const START: Duration = Duration::from_secs(120);
+
 /// The clinic as a child process.
 struct Clinic {
     child: Child,
@@ -40,7 +43,7 @@ impl Clinic {
     async fn start(db: &TestDb, manifest: &std::path::Path) -> Self {
         let mut child = command(db, manifest).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
-        let base = tokio::task::spawn_blocking(move || {
+        let reader = tokio::task::spawn_blocking(move || {
             let mut lines = BufReader::new(stdout).lines();
             let base = lines
                 .by_ref()
@@ -49,9 +52,17 @@ impl Clinic {
             // Keep draining stdout so that the child never blocks on a full pipe.
             std::thread::spawn(move || lines.for_each(drop));
             base
-        })
-        .await
-        .unwrap();
+        });
+        // A start-up that hangs fails the test instead of hanging it (killing the child ends the
+        // reader's stdout).
+        let base = match tokio::time::timeout(START, reader).await {
+            Ok(base) => base.unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the clinic did not print `listening on` within {START:?}");
+            }
+        };
         let Some(base) = base else {
             let status = child.wait().unwrap();
             panic!("the clinic exited ({status}) before listening");
@@ -77,12 +88,13 @@ impl Drop for Clinic {
     }
 }
 
-/// What the renamers know of a patient: the last rename the service acknowledged, and the one it
-/// was sent when it died (which it may or may not have committed).
+/// What the renamers know of a patient: the last rename the service acknowledged, and every one
+/// sent since then without an answer (the service died under each; any of them may have been
+/// committed, the last committed one is the patient's state).
 #[derive(Debug, Clone, Default)]
 struct Known {
     acknowledged: Option<serde_json::Value>,
-    in_flight: Option<serde_json::Value>,
+    unacknowledged: Vec<serde_json::Value>,
 }
 
 #[tokio::test]
@@ -142,12 +154,12 @@ async fn renames_survive_sigkill_and_every_snapshot_converges_to_the_last_name()
                         "last_name": format!("Round{round}-Rename{n}"),
                         "ward_id": wards[n % 2],
                     });
-                    known.lock().unwrap()[index].in_flight = Some(body.clone());
+                    known.lock().unwrap()[index].unacknowledged.push(body.clone());
                     match api.try_put(&format!("/patients/{id}"), &body).await {
                         Ok(reply) if reply.status == StatusCode::OK => {
                             let mut known = known.lock().unwrap();
                             known[index].acknowledged = Some(body);
-                            known[index].in_flight = None;
+                            known[index].unacknowledged.clear();
                         }
                         // The service died under the request.
                         _ => break,
@@ -176,7 +188,7 @@ async fn renames_survive_sigkill_and_every_snapshot_converges_to_the_last_name()
     }
 
     // No more renames: every snapshot must reach the state the patients module holds, and that
-    // state is the last rename acknowledged or the one in flight at the kill.
+    // state is the last rename acknowledged or one sent after it and never answered.
     let known = known.lock().unwrap().clone();
     let mut admin = db.connect().await;
     for (index, id) in patients.iter().enumerate() {
@@ -185,35 +197,37 @@ async fn renames_survive_sigkill_and_every_snapshot_converges_to_the_last_name()
             "mrn": patient["mrn"], "first_name": patient["first_name"],
             "last_name": patient["last_name"], "ward_id": patient["ward_id"],
         });
-        let Known { acknowledged, in_flight } = &known[index];
+        let Known { acknowledged, unacknowledged } = &known[index];
         assert!(
-            Some(&state) == acknowledged.as_ref() || Some(&state) == in_flight.as_ref(),
-            "patient {index} holds {state}, neither the acknowledged {acknowledged:?} nor the in-flight {in_flight:?}"
+            Some(&state) == acknowledged.as_ref() || unacknowledged.contains(&state),
+            "patient {index} holds {state}, neither the acknowledged {acknowledged:?} nor one of the unanswered {unacknowledged:?}"
         );
+        // Both snapshots reach the patient's current version (a name or a ward that merely looks
+        // equal is not enough: the ward alternates between two values).
+        let started = std::time::Instant::now();
+        let versions = loop {
+            let versions: (i64, i64, i64) = sqlx::query_as(
+                "SELECT p.version, rx.version, lab.version FROM patients.patients p \
+                 JOIN prescriptions.patient_snapshots rx ON rx.patient_id = p.id \
+                 JOIN lab_results.patient_snapshots lab ON lab.patient_id = p.id WHERE p.id = $1::uuid",
+            )
+            .bind(id)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            if (versions.1, versions.2) == (versions.0, versions.0) {
+                break versions;
+            }
+            assert!(started.elapsed() < common::CONVERGE, "patient {index}: versions (patient, rx, lab) {versions:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        // And what the HTTP API shows from them is the patient's last name and ward.
         let name = format!("{} {}", patient["first_name"].as_str().unwrap(), patient["last_name"].as_str().unwrap());
         let ward = patient["ward_id"].as_str().unwrap().to_owned();
-        let list = format!("/prescriptions?patient_id={id}");
-        let results = format!("/lab-results?patient_id={id}");
-        eventually(&format!("patient {index}'s snapshots converge to `{name}` in ward {ward}"), || async {
-            let prescriptions = clinic.api.get(&list).await.body;
-            let in_ward = clinic.api.get_with_ward(&results, &ward).await.body;
-            (prescriptions[0]["patient_name"] == name.as_str()
-                && prescriptions[0]["mrn"] == patient["mrn"]
-                && in_ward.as_array().is_some_and(|r| r.len() == 1))
-            .then_some(())
-        })
-        .await;
-        // Both snapshots hold the patient's current version, not just an equal-looking name.
-        let versions: (i64, i64, i64) = sqlx::query_as(
-            "SELECT p.version, rx.version, lab.version FROM patients.patients p \
-             JOIN prescriptions.patient_snapshots rx ON rx.patient_id = p.id \
-             JOIN lab_results.patient_snapshots lab ON lab.patient_id = p.id WHERE p.id = $1::uuid",
-        )
-        .bind(id)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-        assert_eq!((versions.1, versions.2), (versions.0, versions.0), "patient {index}");
+        let prescriptions = clinic.api.get(&format!("/prescriptions?patient_id={id}")).await.body;
+        assert_eq!((&prescriptions[0]["patient_name"], &prescriptions[0]["mrn"]), (&json!(name), &patient["mrn"]));
+        let in_ward = clinic.api.get_with_ward(&format!("/lab-results?patient_id={id}"), &ward).await.body;
+        assert_eq!(in_ward.as_array().map(Vec::len), Some(1), "patient {index} in ward {ward}: {in_ward}");
         assert!(versions.0 > 1, "patient {index} was never renamed");
     }
 

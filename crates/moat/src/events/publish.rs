@@ -124,13 +124,23 @@ pub(crate) fn pending_event<E: Event>(
     }
     let payload = serde_json::to_string(event).map_err(|source| Error::Serialize { event_type: E::TYPE, source })?;
     // jsonb cannot hold \u0000; refuse it here rather than fail the commit.
-    if payload.contains("\\u0000") {
+    if has_nul_escape(&payload) {
         return Err(Error::InvalidEvent {
             event_type: E::TYPE,
             reason: "it contains a NUL character, which PostgreSQL's jsonb cannot store".into(),
         });
     }
     Ok(PendingEvent { id: Uuid::now_v7(), event_type: E::TYPE, key: event.key(), payload, meta })
+}
+
+/// Whether serialized JSON holds the escape `\u0000` (a NUL character in a string): an escape is a
+/// backslash preceded by an even number of backslashes, so the text `\\u0000` (a backslash, then
+/// `u0000`) is not one.
+fn has_nul_escape(json: &str) -> bool {
+    json.match_indices("\\u0000").any(|(at, _)| {
+        let backslashes = json[..at].bytes().rev().take_while(|b| *b == b'\\').count();
+        backslashes % 2 == 0
+    })
 }
 
 /// `INSERT INTO <outbox> (...) VALUES (...), ...` with every value quoted by `moat_core::quote`.
@@ -240,5 +250,29 @@ impl Drop for ModuleTx {
             }
             Err(_) => conn.close_on_drop(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_nul_escape;
+
+    #[test]
+    fn only_a_real_nul_escape_counts() {
+        assert!(has_nul_escape(r#"{"a":"\u0000"}"#));
+        assert!(has_nul_escape(r#"{"a":"x\\\u0000"}"#));
+        // A backslash followed by the text `u0000` is an ordinary string.
+        assert!(!has_nul_escape(r#"{"a":"\\u0000"}"#));
+        assert!(!has_nul_escape(r#"{"a":"\\\\u0000"}"#));
+        assert!(!has_nul_escape(r#"{"a":"u0000"}"#));
+    }
+
+    #[test]
+    fn a_float_that_jsonb_prints_as_a_long_integer_reads_back() {
+        // jsonb stores numbers as numeric and prints f64::MAX with all 309 digits; the dispatcher
+        // must read back the number that was published.
+        let printed = format!("{:.0}", f64::MAX);
+        assert_eq!(printed.len(), 309);
+        assert_eq!(serde_json::from_str::<f64>(&printed).unwrap_or_default(), f64::MAX);
     }
 }

@@ -32,13 +32,18 @@ pub struct ChargesQuery {
     tag = "billing",
     params(ChargesQuery),
     responses(
-        (status = 200, description = "The charges (empty for an unknown patient)", body = Vec<Charge>),
+        (status = 200, description = "The charges", body = Vec<Charge>),
         (status = 400, description = "`patient_id` is missing or not a UUID", body = ErrorBody),
+        (status = 404, description = "No patient has this id (`unknown_patient`)", body = ErrorBody),
     )
 )]
 pub async fn list_charges(
     State(clinic): State<Clinic>,
     Query(query): Query<ChargesQuery>,
 ) -> Result<axum::Json<Vec<Charge>>, AppError> {
-    Ok(axum::Json(super::for_patient(clinic.moat(), query.patient_id).await?))
+    let charges = super::for_patient(clinic.moat(), query.patient_id).await?;
+    if charges.is_empty() {
+        crate::patients::http::known_patient(&clinic, query.patient_id).await?;
+    }
+    Ok(axum::Json(charges))
 }

@@ -29,7 +29,7 @@ pub struct LabResultsQuery {
     pub patient_id: Option<Uuid>,
 }
 
-/// The ward named by the `X-Ward-Id` header. Missing or not a UUID: 400, because without a ward
+/// The ward named by the `X-Ward-Id` header. Missing, repeated or not a UUID: 400, because without a ward
 /// there is nothing the request may see.
 #[derive(Debug, Clone, Copy)]
 pub struct WardId(pub Uuid);
@@ -38,12 +38,17 @@ impl<S: Send + Sync> FromRequestParts<S> for WardId {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
-        let Some(value) = parts.headers.get(WARD_HEADER) else {
+        let mut values = parts.headers.get_all(WARD_HEADER).iter();
+        let Some(value) = values.next() else {
             return Err(AppError::bad_request(
                 "missing_ward",
                 "the header `X-Ward-Id` is required: lab results are visible per ward",
             ));
         };
+        if values.next().is_some() {
+            // Two wards: which one the policy would see is not for the service to guess.
+            return Err(AppError::bad_request("invalid_ward", "the header `X-Ward-Id` must be given once"));
+        }
         value
             .to_str()
             .ok()
@@ -62,6 +67,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WardId {
     responses(
         (status = 201, description = "The result was recorded", body = LabResult),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 413, description = "The body is larger than 2 MiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field is missing or invalid, or the patient does not exist", body = ErrorBody),
     )
@@ -88,7 +94,8 @@ pub async fn record_lab_result(
     ),
     responses(
         (status = 200, description = "The results the ward may see", body = Vec<LabResult>),
-        (status = 400, description = "`X-Ward-Id` is missing or not a UUID, or `patient_id` is not a UUID", body = ErrorBody),
+        (status = 400, description = "`X-Ward-Id` is missing, repeated or not a UUID, or `patient_id` is not a UUID", body = ErrorBody),
+        (status = 404, description = "`patient_id` names no patient (`unknown_patient`)", body = ErrorBody),
     )
 )]
 pub async fn list_lab_results(
@@ -96,7 +103,11 @@ pub async fn list_lab_results(
     WardId(ward_id): WardId,
     Query(query): Query<LabResultsQuery>,
 ) -> Result<axum::Json<Vec<LabResult>>, AppError> {
-    Ok(axum::Json(super::visible_in_ward(clinic.moat(), ward_id, query.patient_id).await?))
+    let results = super::visible_in_ward(clinic.moat(), ward_id, query.patient_id).await?;
+    if let (true, Some(patient_id)) = (results.is_empty(), query.patient_id) {
+        crate::patients::http::known_patient(&clinic, patient_id).await?;
+    }
+    Ok(axum::Json(results))
 }
 
 impl From<LabResultError> for AppError {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::input::Text;
+use crate::input::{Measure, Text};
 use crate::patients::{self, PatientUpdated};
 
 /// The module's name in the manifest.
@@ -59,7 +59,7 @@ pub struct LabResultInput {
     pub test: Text,
     /// The measured value.
     #[schema(example = 13.5)]
-    pub value: f64,
+    pub value: Measure,
     /// Its unit.
     pub unit: Text,
 }
@@ -104,7 +104,7 @@ pub async fn record(app: &Moat, input: &LabResultInput) -> Result<LabResult, Lab
         id: Uuid::now_v7(),
         patient_id: input.patient_id,
         test: input.test.to_string(),
-        value: input.value,
+        value: input.value.get(),
         unit: input.unit.to_string(),
         recorded_at: Utc::now().trunc_subsecs(6),
     };

@@ -28,6 +28,7 @@ pub fn router() -> Router<Clinic> {
         (status = 201, description = "The patient was created", body = Patient),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
         (status = 409, description = "Another patient has this medical record number", body = ErrorBody),
+        (status = 413, description = "The body is larger than 2 MiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field is missing or invalid", body = ErrorBody),
     )
@@ -36,9 +37,14 @@ pub async fn create_patient(
     State(clinic): State<Clinic>,
     Json(input): Json<PatientInput>,
 ) -> Result<(StatusCode, axum::Json<Patient>), AppError> {
-    let mut tx = clinic.moat().begin(MODULE).await?;
-    let patient = super::create(&mut tx, &input).await?;
-    tx.commit().await?;
+    let (clinic, input) = (&clinic, &input);
+    let patient = retrying(|| async move {
+        let mut tx = clinic.moat().begin(MODULE).await?;
+        let patient = super::create(&mut tx, input).await?;
+        tx.commit().await?;
+        Ok(patient)
+    })
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(patient)))
 }
 
@@ -54,6 +60,7 @@ pub async fn create_patient(
         (status = 400, description = "The id is not a UUID, or the body is not JSON", body = ErrorBody),
         (status = 404, description = "No patient has this id", body = ErrorBody),
         (status = 409, description = "Another patient has this medical record number", body = ErrorBody),
+        (status = 413, description = "The body is larger than 2 MiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field is missing or invalid", body = ErrorBody),
     )
@@ -63,9 +70,14 @@ pub async fn update_patient(
     Path(id): Path<Uuid>,
     Json(input): Json<PatientInput>,
 ) -> Result<axum::Json<Patient>, AppError> {
-    let mut tx = clinic.moat().begin(MODULE).await?;
-    let patient = super::update(&mut tx, id, &input).await?;
-    tx.commit().await?;
+    let (clinic, input) = (&clinic, &input);
+    let patient = retrying(|| async move {
+        let mut tx = clinic.moat().begin(MODULE).await?;
+        let patient = super::update(&mut tx, id, input).await?;
+        tx.commit().await?;
+        Ok(patient)
+    })
+    .await?;
     Ok(axum::Json(patient))
 }
 
@@ -108,6 +120,39 @@ pub async fn list_admissions(
         return Err(PatientError::NotFound(id).into());
     }
     Ok(axum::Json(super::admissions(clinic.moat(), id).await?))
+}
+
+/// The answer to a list whose `patient_id` names no patient: 404 `unknown_patient`. A list that
+/// is empty asks [`super::exists`] before answering `[]`, so that an id nobody knows is not mistaken
+/// for a patient with nothing to list (a list that is not empty needs no check: its rows were
+/// written for a patient this module confirmed).
+pub async fn known_patient(clinic: &Clinic, id: Uuid) -> Result<(), AppError> {
+    if super::exists(clinic.moat(), id).await? {
+        Ok(())
+    } else {
+        Err(AppError::not_found_code("unknown_patient", PatientError::NotFound(id).to_string()))
+    }
+}
+
+/// Runs a write transaction, and runs it again (three times at most) when PostgreSQL aborted it
+/// to break a deadlock or a serialization conflict: two requests swapping the medical record
+/// numbers of two patients wait on each other's unique-index entries, and one of them is
+/// aborted. The next attempt sees the other's commit and answers as it should (`mrn_taken`).
+async fn retrying<T, F, Fut>(mut write: F) -> Result<T, PatientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PatientError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Err(error) if attempt < 3 && error.is_transient() => {
+                tracing::debug!(attempt, error = %error, "write aborted by PostgreSQL; trying again");
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 impl From<PatientError> for AppError {

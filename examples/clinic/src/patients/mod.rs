@@ -74,7 +74,10 @@ pub struct PatientInput {
     pub first_name: Text,
     /// Last name.
     pub last_name: Text,
-    /// The ward the patient is in, or `null`.
+    /// The ward the patient is in, or `null` (required all the same: a `PUT` that left it out
+    /// would otherwise discharge the patient without saying so).
+    #[serde(deserialize_with = "Option::deserialize")]
+    #[schema(required = true)]
     pub ward_id: Option<Uuid>,
 }
 
@@ -218,6 +221,13 @@ fn updated(patient: &Patient) -> PatientUpdated {
 }
 
 impl PatientError {
+    /// A deadlock (`40P01`) or a serialization failure (`40001`): the transaction was aborted
+    /// and may succeed when run again.
+    pub fn is_transient(&self) -> bool {
+        let Self::Database(moat::Error::Database(sqlx::Error::Database(error))) = self else { return false };
+        matches!(error.code().as_deref(), Some("40P01" | "40001"))
+    }
+
     fn from_write(error: sqlx::Error, mrn: &Text) -> Self {
         let unique_mrn = error
             .as_database_error()

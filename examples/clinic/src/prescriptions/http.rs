@@ -34,6 +34,7 @@ pub struct PrescriptionsQuery {
     responses(
         (status = 201, description = "The prescription was issued", body = Prescription),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 413, description = "The body is larger than 2 MiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field is missing or invalid, or the patient does not exist", body = ErrorBody),
     )
@@ -54,15 +55,20 @@ pub async fn issue_prescription(
     tag = "prescriptions",
     params(PrescriptionsQuery),
     responses(
-        (status = 200, description = "The prescriptions (empty for an unknown patient)", body = Vec<PrescriptionListItem>),
+        (status = 200, description = "The prescriptions", body = Vec<PrescriptionListItem>),
         (status = 400, description = "`patient_id` is missing or not a UUID", body = ErrorBody),
+        (status = 404, description = "No patient has this id (`unknown_patient`)", body = ErrorBody),
     )
 )]
 pub async fn list_prescriptions(
     State(clinic): State<Clinic>,
     Query(query): Query<PrescriptionsQuery>,
 ) -> Result<axum::Json<Vec<PrescriptionListItem>>, AppError> {
-    Ok(axum::Json(super::for_patient(clinic.moat(), query.patient_id).await?))
+    let prescriptions = super::for_patient(clinic.moat(), query.patient_id).await?;
+    if prescriptions.is_empty() {
+        crate::patients::http::known_patient(&clinic, query.patient_id).await?;
+    }
+    Ok(axum::Json(prescriptions))
 }
 
 impl From<PrescriptionError> for AppError {

@@ -65,6 +65,14 @@ impl Api {
         self.send(self.client.get(self.url(path)).header("X-Ward-Id", ward)).await.unwrap()
     }
 
+    pub async fn get_with_headers(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.client.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request).await.unwrap()
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
         self.send(self.client.post(self.url(path)).json(body)).await.unwrap()
     }
