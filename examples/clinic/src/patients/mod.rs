@@ -9,7 +9,7 @@ pub mod http;
 
 use chrono::{DateTime, Utc};
 use moat::Moat;
-use moat::events::{Event, ModuleTx};
+use moat::events::{Envelope, Event, ModuleTx};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -41,6 +41,18 @@ impl Event for PatientUpdated {
     const TYPE: &'static str = "PatientUpdated";
     fn key(&self) -> String {
         self.patient_id.to_string()
+    }
+}
+
+impl PatientUpdated {
+    /// The last event of each patient in a batch, for a snapshot that needs only the newest state:
+    /// events of one patient (one key) arrive in publish order, so the last one wins.
+    pub fn latest_per_patient(events: &[Envelope<Self>]) -> Vec<&Envelope<Self>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut latest: Vec<&Envelope<Self>> =
+            events.iter().rev().filter(|event| seen.insert(event.payload.patient_id)).collect();
+        latest.reverse();
+        latest
     }
 }
 

@@ -8,8 +8,6 @@
 
 pub mod http;
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 use moat::Moat;
 use moat::events::{Envelope, Event, EventBus, Handler, HandlerContext, HandlerError, SnapshotUpsert};
@@ -169,12 +167,8 @@ impl Handler<PatientUpdated> for PatientSnapshots {
         ctx: &mut HandlerContext<'_>,
         events: &[Envelope<PatientUpdated>],
     ) -> Result<(), HandlerError> {
-        // Events of one patient arrive in publish order: only the last one of each counts.
-        let mut seen = HashSet::new();
-        for event in events.iter().rev() {
-            if seen.insert(event.payload.patient_id) {
-                self.handle(ctx, event).await?;
-            }
+        for event in PatientUpdated::latest_per_patient(events) {
+            self.handle(ctx, event).await?;
         }
         Ok(())
     }
