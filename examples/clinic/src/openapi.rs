@@ -49,7 +49,28 @@ pub const UUID_PATTERN: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 pub fn document_json() -> serde_json::Value {
     let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     add_uuid_patterns(&mut document);
+    add_patient_links(&mut document);
     document
+}
+
+/// OpenAPI links from a created patient (`POST /patients`, 201) to every operation that takes a
+/// patient id, so that clients, and property-based testers chaining calls, know where the id
+/// goes: a random UUID names no patient, a created one does.
+fn add_patient_links(document: &mut serde_json::Value) {
+    let id = "$response.body#/id";
+    let links = serde_json::json!({
+        "GetPatient": {"operationId": "get_patient", "parameters": {"path.id": id}},
+        "UpdatePatient": {"operationId": "update_patient", "parameters": {"path.id": id}},
+        "ListAdmissions": {"operationId": "list_admissions", "parameters": {"path.id": id}},
+        "ListPrescriptions": {"operationId": "list_prescriptions", "parameters": {"query.patient_id": id}},
+        "ListLabResults": {"operationId": "list_lab_results", "parameters": {"query.patient_id": id}},
+        "ListCharges": {"operationId": "list_charges", "parameters": {"query.patient_id": id}},
+        "IssuePrescription": {"operationId": "issue_prescription", "requestBody": {"patient_id": id, "medication": "aspirin", "dose_amount": 75}},
+        "RecordLabResult": {"operationId": "record_lab_result", "requestBody": {"patient_id": id, "test": "glucose", "value": 5.4, "unit": "mmol/L"}},
+    });
+    if let Some(created) = document.pointer_mut("/paths/~1patients/post/responses/201") {
+        created["links"] = links;
+    }
 }
 
 fn add_uuid_patterns(value: &mut serde_json::Value) {

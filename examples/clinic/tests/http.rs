@@ -585,5 +585,13 @@ async fn health_and_the_openapi_document_describe_every_route() {
     let text = &reply.body["components"]["schemas"]["Text"];
     assert_eq!((&text["minLength"], &text["maxLength"]), (&json!(1), &json!(200)));
     assert_eq!(text["pattern"], clinic::input::TEXT_PATTERN);
+    // Every link from a created patient names an operation of the document.
+    let operation_ids: Vec<&Value> =
+        paths.values().flat_map(|item| item.as_object().unwrap().values().map(|op| &op["operationId"])).collect();
+    let links = reply.body["paths"]["/patients"]["post"]["responses"]["201"]["links"].as_object().unwrap();
+    assert_eq!(links.len(), 8);
+    for (name, link) in links {
+        assert!(operation_ids.contains(&&link["operationId"]), "link {name}: {link}");
+    }
     clinic.stop().await;
 }
