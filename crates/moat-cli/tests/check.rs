@@ -13,24 +13,8 @@ fn clinic() -> PathBuf {
 /// A copy of the clinic example in a temporary folder.
 fn clinic_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temporary folder");
-    copy_dir(&clinic(), dir.path());
+    moat_testkit::copy_dir(&clinic(), dir.path());
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create folder");
-    for entry in std::fs::read_dir(from).expect("read example") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_name() == ".moat" {
-            continue;
-        }
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy file");
-        }
-    }
 }
 
 fn moat(dir: &Path, args: &[&str]) -> Output {

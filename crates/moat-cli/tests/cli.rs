@@ -440,22 +440,6 @@ async fn audit_reads_function_bodies_with_the_sql_analysis() {
     assert!(out.contains("customers.customers"), "{out}");
 }
 
-/// A copy of `from` under `to`, without the embedded cluster (`.moat/`).
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_name() == ".moat" {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
 /// The clinic example as shipped (manifest, migrations, contract and the Rust sources `moat check`
 /// reads), renamed to the test's project: `moat check` finds nothing, and on a real database
 /// `moat up` (which ends with the audit) and `moat audit` find nothing either, with every
@@ -464,7 +448,10 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 async fn the_clinic_example_checks_and_audits_clean() {
     let db = TestDb::new().await;
     let project = TestProject::new(&db.project, "", &[]);
-    copy_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clinic"), project.dir.path());
+    moat_testkit::copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clinic"),
+        project.dir.path(),
+    );
     let manifest = std::fs::read_to_string(project.manifest_path()).unwrap();
     assert!(manifest.contains("name = \"clinic\""), "the clinic's manifest names its project `clinic`");
     std::fs::write(

@@ -155,6 +155,24 @@ impl Drop for TestDb {
     }
 }
 
+/// Copies the folder `from` into `to` (created if needed), leaving out embedded clusters
+/// (`.moat/`): how tests take a copy of an example project.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() == ".moat" {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// A project on disk: a temporary folder with `moat.toml`, module migration folders and files.
 #[derive(Debug)]
 pub struct TestProject {

@@ -125,14 +125,15 @@ impl Moat {
             // Without isolation the pool logs in as the admin with the module's `search_path`;
             // everything else (the prepared publish included) is the same, so that the two modes
             // differ by isolation alone.
-            let (login, options) = if config.isolation {
-                let url = target.url.with_login(&role, password_from_env(&role).as_deref());
-                let options = url.connect_options()?;
-                (url, options)
+            let login = if config.isolation {
+                target.url.with_login(&role, password_from_env(&role).as_deref())
             } else {
-                let options = target.url.connect_options()?.options([("search_path", module.schema.as_str())]);
-                (target.url.clone(), options)
+                target.url.clone()
             };
+            let mut options = login.connect_options()?;
+            if !config.isolation {
+                options = options.options([("search_path", module.schema.as_str())]);
+            }
             let prepare = match &outbox {
                 Some(outbox) if outbox_exists(&target.url, outbox).await? => {
                     prepared.insert(module.name.to_string(), true);
@@ -295,10 +296,5 @@ async fn module_pool(
 pub async fn login_pool(admin: &DatabaseUrl, role: &str, size: u32) -> Result<PgPool, Error> {
     let url = admin.with_login(role, password_from_env(role).as_deref());
     let options = url.connect_options()?;
-    PgPoolOptions::new()
-        .max_connections(size)
-        .min_connections(0)
-        .connect_with(options)
-        .await
-        .map_err(|source| Error::Login { role: role.to_owned(), target: url.to_string(), source })
+    module_pool(&url, options, size, None).await
 }

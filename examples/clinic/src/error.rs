@@ -62,11 +62,6 @@ impl AppError {
         Self::client(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    /// 404 with a code of its own (`unknown_patient`): an id in the query names nothing.
-    pub fn not_found_code(code: &'static str, message: impl Into<String>) -> Self {
-        Self::client(StatusCode::NOT_FOUND, code, message)
-    }
-
     /// 409: the request conflicts with the current state.
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::client(StatusCode::CONFLICT, code, message)

@@ -143,31 +143,37 @@ fn has_nul_escape(json: &str) -> bool {
     })
 }
 
+/// The outbox columns an event fills; the others take their defaults.
+const OUTBOX_COLUMNS: &str = "event_id, event_type, event_key, payload, correlation_id, causation_id";
+
+/// The values of [`OUTBOX_COLUMNS`] for `event` as SQL literals, quoted by `moat_core::quote`.
+fn literals(event: &PendingEvent) -> Result<[String; 6], Error> {
+    let quote = |value: &str| {
+        literal_checked(value).map_err(|_| Error::InvalidEvent {
+            event_type: event.event_type,
+            reason: "its key holds a NUL character".into(),
+        })
+    };
+    let uuid = |value: Option<Uuid>| value.map_or_else(|| "NULL".to_owned(), |u| format!("'{u}'"));
+    Ok([
+        format!("'{}'", event.id),
+        quote(event.event_type)?,
+        quote(&event.key)?,
+        quote(&event.payload)?,
+        uuid(event.meta.correlation_id),
+        uuid(event.meta.causation_id),
+    ])
+}
+
 /// `INSERT INTO <outbox> (...) VALUES (...), ...` with every value quoted by `moat_core::quote`.
 pub(crate) fn outbox_insert(outbox: &str, events: &[PendingEvent]) -> Result<String, Error> {
-    let mut sql = format!(
-        "INSERT INTO {outbox} (event_id, event_type, event_key, payload, correlation_id, causation_id) VALUES "
-    );
+    let mut sql = format!("INSERT INTO {outbox} ({OUTBOX_COLUMNS}) VALUES ");
     for (i, event) in events.iter().enumerate() {
         if i > 0 {
             sql.push_str(", ");
         }
-        let quote = |value: &str| {
-            literal_checked(value).map_err(|_| Error::InvalidEvent {
-                event_type: event.event_type,
-                reason: "its key holds a NUL character".into(),
-            })
-        };
-        let uuid = |value: Option<Uuid>| value.map_or_else(|| "NULL".to_owned(), |u| format!("'{u}'"));
-        sql.push_str(&format!(
-            "('{}', {}, {}, {}::jsonb, {}, {})",
-            event.id,
-            quote(event.event_type)?,
-            quote(&event.key)?,
-            quote(&event.payload)?,
-            uuid(event.meta.correlation_id),
-            uuid(event.meta.causation_id)
-        ));
+        let [id, event_type, key, payload, correlation, causation] = literals(event)?;
+        sql.push_str(&format!("({id}, {event_type}, {key}, {payload}::jsonb, {correlation}, {causation})"));
     }
     Ok(sql)
 }
@@ -176,7 +182,7 @@ pub(crate) fn outbox_insert(outbox: &str, events: &[PendingEvent]) -> Result<Str
 pub(crate) fn prepare_publish_sql(outbox: &str) -> String {
     format!(
         "PREPARE moat_publish (uuid, text, text, text, uuid, uuid) AS \
-         INSERT INTO {outbox} (event_id, event_type, event_key, payload, correlation_id, causation_id) VALUES ($1, $2, $3, $4::jsonb, $5, $6)"
+         INSERT INTO {outbox} ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4::jsonb, $5, $6)"
     )
 }
 
@@ -184,22 +190,7 @@ pub(crate) fn prepare_publish_sql(outbox: &str) -> String {
 pub(crate) fn execute_publish(events: &[PendingEvent]) -> Result<String, Error> {
     let mut sql = String::new();
     for event in events {
-        let quote = |value: &str| {
-            literal_checked(value).map_err(|_| Error::InvalidEvent {
-                event_type: event.event_type,
-                reason: "its key holds a NUL character".into(),
-            })
-        };
-        let uuid = |value: Option<Uuid>| value.map_or_else(|| "NULL".to_owned(), |u| format!("'{u}'"));
-        sql.push_str(&format!(
-            "EXECUTE moat_publish('{}', {}, {}, {}, {}, {}); ",
-            event.id,
-            quote(event.event_type)?,
-            quote(&event.key)?,
-            quote(&event.payload)?,
-            uuid(event.meta.correlation_id),
-            uuid(event.meta.causation_id)
-        ));
+        sql.push_str(&format!("EXECUTE moat_publish({}); ", literals(event)?.join(", ")));
     }
     Ok(sql)
 }

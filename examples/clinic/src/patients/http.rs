@@ -130,7 +130,7 @@ pub async fn known_patient(clinic: &Clinic, id: Uuid) -> Result<(), AppError> {
     if super::exists(clinic.moat(), id).await? {
         Ok(())
     } else {
-        Err(AppError::not_found_code("unknown_patient", PatientError::NotFound(id).to_string()))
+        Err(AppError::client(StatusCode::NOT_FOUND, "unknown_patient", PatientError::NotFound(id).to_string()))
     }
 }
 
