@@ -1066,7 +1066,7 @@ async fn probe_role(
         .collect();
     let input = serde_json::to_string(&input).unwrap_or_else(|_| "[]".to_owned());
     let login = url.with_login(role, password_from_env(role).as_deref());
-    let (mut conn, method, login_error) = match crate::connect(&login).await {
+    let (mut conn, method, login_error) = match crate::connect_as(&login).await {
         Ok(conn) => (conn, ProbeMethod::Login, None),
         Err(e) => {
             let reason = match &e {

@@ -25,6 +25,15 @@ pub enum AdminError {
         source: sqlx::Error,
     },
 
+    /// A lock moat waited for was still held after `lock_timeout`.
+    #[error("gave up waiting for a lock while {doing}: it is held by {}\n  help: end that session (`SELECT pg_terminate_backend(<pid>)` as the admin) or wait for it to finish, then run moat again", crate::locks::describe_holders(.holders))]
+    LockTimeout {
+        /// What moat was doing.
+        doing: String,
+        /// Who holds the lock.
+        holders: Vec<crate::locks::LockHolder>,
+    },
+
     /// A statement failed.
     #[error("{context}: {}", describe_sqlx(.source))]
     Database {

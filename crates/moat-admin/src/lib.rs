@@ -10,6 +10,8 @@ pub mod embedded;
 pub mod error;
 pub mod events;
 pub mod internal;
+pub mod locks;
+pub mod login;
 pub mod migrate;
 pub mod plan;
 pub mod policy;
@@ -22,9 +24,23 @@ pub use target::DatabaseUrl;
 
 use sqlx::{ConnectOptions, PgConnection};
 
-/// Opens one connection, with an error that says how to reach a server.
+/// Opens an admin connection: its `search_path` is pinned to `pg_catalog`, so that nothing a
+/// module creates can shadow a function, operator or table the admin's SQL names, and every
+/// other object is named with its schema. Use [`connect_as`] for sessions of project roles.
 pub async fn connect(url: &DatabaseUrl) -> Result<PgConnection, AdminError> {
-    let options = url.connect_options()?.log_statements(tracing::log::LevelFilter::Trace);
+    let options = url.connect_options()?.options([("search_path", "pg_catalog")]);
+    open(url, options).await
+}
+
+/// Opens a connection as whatever role `url` names, with that role's own settings (its
+/// `search_path` included). Never used for admin work.
+pub async fn connect_as(url: &DatabaseUrl) -> Result<PgConnection, AdminError> {
+    let options = url.connect_options()?;
+    open(url, options).await
+}
+
+async fn open(url: &DatabaseUrl, options: sqlx::postgres::PgConnectOptions) -> Result<PgConnection, AdminError> {
+    let options = options.log_statements(tracing::log::LevelFilter::Trace);
     options.connect().await.map_err(|source| AdminError::Connect {
         target: url.to_string(),
         help: "is PostgreSQL running and does it accept this role? Start a local server (for example \

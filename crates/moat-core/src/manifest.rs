@@ -363,7 +363,7 @@ impl<'a> Parser<'a> {
                     contracts,
                     consumers: consumers.into_iter().map(|(c, _)| c).collect(),
                 };
-                self.role_collisions(&manifest, &module_tables, &consumer_tables);
+                self.role_collisions(&manifest, &module_tables, &consumer_tables, &contract_tables);
                 if self.errors.is_empty() { Ok(manifest) } else { Err(self.errors) }
             }
             _ => {
@@ -782,6 +782,7 @@ impl<'a> Parser<'a> {
         manifest: &Manifest,
         modules: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
         consumers: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
+        contracts: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
     ) {
         let roles = manifest.roles();
         let span_of = |entries: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)], name: &str| {
@@ -790,12 +791,21 @@ impl<'a> Parser<'a> {
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
         seen.insert(roles.contracts_owner(), "the contracts owner".into());
         seen.insert(roles.relay(), "the event relay".into());
+        seen.insert(roles.moat_owner(), "moat's own tables".into());
         let mut claims: Vec<(String, String, Range<usize>)> = Vec::new();
         for module in &manifest.modules {
             let span = span_of(modules, module.name.as_str());
             let key = format!("modules.{}", module.name);
             claims.push((roles.module_runtime(&module.name), key.clone(), span.clone()));
+            claims.push((roles.module_migrator(&module.name), key.clone(), span.clone()));
             claims.push((roles.module_owner(&module.name), key, span));
+        }
+        for contract in &manifest.contracts {
+            claims.push((
+                roles.contract_owner(&contract.name),
+                format!("contracts.{}", contract.name),
+                span_of(contracts, contract.name.as_str()),
+            ));
         }
         for consumer in &manifest.consumers {
             claims.push((

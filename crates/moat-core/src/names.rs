@@ -134,9 +134,28 @@ impl RoleNames {
         format!("{}_{}", self.project, module)
     }
 
-    /// `<project>_contracts`: NOLOGIN, owns the contract views.
+    /// `<project>_<module>_migrator`: LOGIN (one-time passwords only), NOINHERIT, a member of the
+    /// module's owner role: the session user that module migrations run under, so that a role
+    /// change inside a migration can only lose rights.
+    pub fn module_migrator(&self, module: &ModuleName) -> String {
+        format!("{}_{}_migrator", self.project, module)
+    }
+
+    /// `<project>_contracts`: NOLOGIN, owns schema `contracts` and moat's ledger in it.
     pub fn contracts_owner(&self) -> String {
         format!("{}_contracts", self.project)
+    }
+
+    /// `<project>_contract_<contract>`: owns one contract's views and may read exactly the
+    /// relations that contract lists in `reads`.
+    pub fn contract_owner(&self, contract: &ContractName) -> String {
+        format!("{}_contract_{}", self.project, contract)
+    }
+
+    /// `<project>_moat`: NOLOGIN, owns every module schema and moat's own tables in it, so that no
+    /// module role can drop, replace or hang code on what other principals touch.
+    pub fn moat_owner(&self) -> String {
+        format!("{}_moat", self.project)
     }
 
     /// `<project>_<consumer>`: LOGIN, reads the contract views that list it.
@@ -181,8 +200,14 @@ mod tests {
     #[test]
     fn the_longest_role_name_fits_postgres_identifier_limit() {
         let roles = RoleNames::new(&ProjectName::parse(&"p".repeat(20)).unwrap());
-        let owner = roles.module_owner(&ModuleName::parse(&"m".repeat(30)).unwrap());
-        assert!(owner.len() <= 63, "{} bytes", owner.len());
+        let module = ModuleName::parse(&"m".repeat(30)).unwrap();
+        for role in [
+            roles.module_owner(&module),
+            roles.module_migrator(&module),
+            roles.contract_owner(&ContractName::parse(&"c".repeat(30)).unwrap()),
+        ] {
+            assert!(role.len() <= 63, "`{role}` has {} bytes", role.len());
+        }
     }
 
     #[test]

@@ -102,7 +102,7 @@ impl TestDb {
 
     /// A connection that logs in as `role` (trust authentication on the test server).
     pub async fn connect_as(&self, role: &str) -> PgConnection {
-        moat_admin::connect(&self.url.with_login(role, None)).await.unwrap()
+        moat_admin::connect_as(&self.url.with_login(role, None)).await.unwrap()
     }
 
     /// A role name of this test's project: `<project>_<suffix>`.
