@@ -15,7 +15,8 @@ use rayon::prelude::*;
 
 use crate::ast::{self, Facts, Frame, Language, PathChange};
 use crate::fragment::{OffsetMap, sql_string_value};
-use crate::parse::{parse_script, parse_text};
+use crate::layout::{self, MigrationFormat};
+use crate::parse::{for_each_statement, parse_script, parse_text};
 use crate::resolve::{Resolver, SearchPath, Symbols};
 use crate::rules::{self, Cx, Hit, Owner};
 use crate::suppress::{self, Suppression};
@@ -59,6 +60,11 @@ fn analyze_here(input: &AnalysisInput<'_>) -> Analysis {
                     symbols.add(kind, &schema, &name.name);
                 }
             }
+            for (kind, name) in &unit.facts.implicit {
+                if let Some(schema) = Resolver::creation_schema(name, &unit.path) {
+                    symbols.add(*kind, &schema, &name.name);
+                }
+            }
         }
     }
     let resolver = Resolver::new(input.manifest, symbols);
@@ -69,6 +75,11 @@ fn analyze_here(input: &AnalysisInput<'_>) -> Analysis {
     for (findings, stats) in checked {
         analysis.findings.extend(findings);
         analysis.stats.add(&stats);
+    }
+    for file in &read {
+        if let (Some(format), SourceKind::Migration { module }) = (file.format, &file.source.kind) {
+            analysis.migration_formats.entry(module.clone()).or_default().insert(format);
+        }
     }
     sort(&mut analysis.findings);
     analysis
@@ -90,6 +101,8 @@ pub(crate) struct Unit {
     pub(crate) nested: bool,
     /// `EXECUTE` of strings that cannot be known, in its PL/pgSQL body: where, and whose body.
     pub(crate) dynamic: Vec<(Range<usize>, String)>,
+    /// `COMMIT`/`ROLLBACK` statements of its PL/pgSQL body (a procedure's or a DO block's).
+    pub(crate) transaction_control: Vec<(&'static str, Range<usize>)>,
     text: Arc<str>,
     base: usize,
     stmt: Range<usize>,
@@ -112,6 +125,15 @@ struct Top {
 struct FileRead<'a> {
     source: &'a Source<'a>,
     owner: Owner<'a>,
+    manifest: &'a Manifest,
+    /// Resolution for the tree checks, which run while the file is read.
+    tree_resolver: &'a Resolver<'a>,
+    /// The migration format the file follows (migrations only).
+    format: Option<MigrationFormat>,
+    /// Template placeholders in the file; statements that hold one are not checked.
+    placeholders: Vec<Range<usize>>,
+    /// Statements not checked because they hold a placeholder.
+    template_skipped: usize,
     index: LineIndex<'a>,
     units: Vec<Unit>,
     tops: Vec<Top>,
@@ -134,11 +156,16 @@ fn owner<'m>(kind: &'m SourceKind, manifest: &'m Manifest) -> Owner<'m> {
     }
 }
 
-fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &Resolver<'_>) -> FileRead<'a> {
+fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &'a Resolver<'a>) -> FileRead<'a> {
     let owner = owner(&source.kind, manifest);
     let mut file = FileRead {
         source,
         owner,
+        manifest,
+        tree_resolver: resolver,
+        format: None,
+        placeholders: Vec::new(),
+        template_skipped: 0,
         index: LineIndex::new(source.text),
         units: Vec::new(),
         tops: Vec::new(),
@@ -151,7 +178,34 @@ fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &Re
         Owner::Contract { .. } => vec![CONTRACTS_SCHEMA.to_owned()],
     };
     match &source.kind {
-        SourceKind::Migration { .. } | SourceKind::Contract { .. } => {
+        SourceKind::Migration { .. } => {
+            // What runs on the way up is analyzed; the down parts are read for syntax only.
+            let layout = layout::read(&source.file, source.text);
+            file.format = Some(layout.format);
+            let placeholders = layout::template_placeholders(source.text);
+            let (up, down) = if placeholders.is_empty() {
+                (layout.up, layout.down)
+            } else {
+                let fill = |t: &str| layout::fill_placeholders(t, &placeholders);
+                (fill(&layout.up), layout.down.as_deref().map(fill))
+            };
+            file.placeholders = placeholders;
+            file.read_sql(&up, &OffsetMap::identity(0), true, &default_path, &[]);
+            drop(up);
+            if let Some(down) = down {
+                file.read_syntax(&down);
+            }
+            if let Some(first) = file.placeholders.first().cloned() {
+                let hit = rules::template_placeholder::hit(
+                    first.clone(),
+                    &source.text[first],
+                    file.placeholders.len(),
+                    file.template_skipped,
+                );
+                file.hits.push((hit, None));
+            }
+        }
+        SourceKind::Contract { .. } => {
             file.read_sql(source.text, &OffsetMap::identity(0), true, &default_path, &[]);
         }
         SourceKind::RustSource { .. } => match embedded::extract(source.text) {
@@ -174,17 +228,6 @@ fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &Re
             }
         },
     }
-    // The tree checks, then the trees go: only facts are kept for the name checks.
-    let mut hits = Vec::new();
-    for unit in &mut file.units {
-        let cx = Cx { kind: &source.kind, owner, manifest, resolver, unit };
-        for check in rules::TREE_CHECKS {
-            check(&cx, &mut hits);
-        }
-        let top = unit.top;
-        file.hits.extend(hits.drain(..).map(|hit| (hit, Some(top))));
-        unit.node = None;
-    }
     file
 }
 
@@ -194,22 +237,72 @@ impl FileRead<'_> {
         self.hits.push((rules::parse_error::hit(span, message), top));
     }
 
+    /// Runs the tree checks on a unit whose bodies have been read, then drops its tree: the
+    /// name checks need only the facts, so no more than one group of trees exists at a time.
+    fn tree_checks(&mut self, index: usize) {
+        let unit = &self.units[index];
+        let cx = Cx {
+            kind: &self.source.kind,
+            owner: self.owner,
+            manifest: self.manifest,
+            resolver: self.tree_resolver,
+            unit,
+        };
+        let mut hits = Vec::new();
+        for check in rules::TREE_CHECKS {
+            check(&cx, &mut hits);
+        }
+        let top = unit.top;
+        self.hits.extend(hits.into_iter().map(|hit| (hit, Some(top))));
+        self.units[index].node = None;
+    }
+
+    /// Reads the down part of a migration for syntax only.
+    fn read_syntax(&mut self, text: &str) {
+        let script = script::split(text, true);
+        let placeholders = std::mem::take(&mut self.placeholders);
+        for_each_statement(&script, |statement| {
+            self.stats.statements += 1;
+            if let Err(error) = statement.parsed {
+                if placeholders.iter().any(|p| p.start < statement.range.end && statement.range.start < p.end) {
+                    return;
+                }
+                self.parse_error(error.span, &error.message, None);
+            }
+        });
+        self.placeholders = placeholders;
+    }
+
     /// Reads a SQL text (a file, or an embedded literal) whose offsets `map` takes to the file.
     fn read_sql(&mut self, text: &str, map: &OffsetMap, psql: bool, default_path: &SearchPath, anchors: &[u32]) {
         let script = script::split(text, psql);
         self.stats.meta_commands += script.meta_commands;
         self.stats.copy_data_lines += script.copy_data_lines;
+        if let Some((first, _)) = script.variables.first() {
+            let names: Vec<&str> = script.variables.iter().map(|(_, n)| n.as_str()).collect();
+            self.hits.push((rules::psql_variable::hit(map.map_range(first.clone()), &names), None));
+        }
+        for (range, path, relative) in &script.includes {
+            self.hits.push((rules::psql_include::hit(map.map_range(range.clone()), path, *relative), None));
+        }
         for &nul in &script.nuls {
             let at = map.map(nul);
             self.parse_error(at..at + 1, "the text holds a NUL character, which PostgreSQL cannot read", None);
         }
         self.suppressions.extend(suppress::in_sql(&script.text, map, &self.index));
-        let statements = parse_script(&script);
         let text: Arc<str> = Arc::from(script.text.as_str());
         let map = Arc::new(map.clone());
         let mut path = Arc::new(default_path.clone());
-        for statement in statements {
+        let placeholders = std::mem::take(&mut self.placeholders);
+        for_each_statement(&script, |statement| {
             self.stats.statements += 1;
+            if !placeholders.is_empty() {
+                let span = map.map_range(statement.range.clone());
+                if placeholders.iter().any(|p| p.start < span.end && span.start < p.end) {
+                    self.template_skipped += 1;
+                    return;
+                }
+            }
             let top = self.tops.len();
             let mut anchor_lines = vec![self.index.line_col(map.map(statement.first_token)).line];
             anchor_lines.extend_from_slice(anchors);
@@ -229,7 +322,8 @@ impl FileRead<'_> {
                     }
                 }
             }
-        }
+        });
+        self.placeholders = placeholders;
     }
 
     /// Collects one statement's facts, records it, and reads the bodies it holds; returns its
@@ -258,15 +352,30 @@ impl FileRead<'_> {
             top,
             nested: depth > 0,
             dynamic: Vec::new(),
+            transaction_control: Vec::new(),
             text: Arc::clone(text),
             base,
             stmt,
             map: Arc::clone(map),
         });
         let index = self.units.len() - 1;
-        if depth >= MAX_BODY_DEPTH {
-            return changes;
+        if depth < MAX_BODY_DEPTH {
+            self.bodies(bodies, index, path, top, depth, &label);
         }
+        self.tree_checks(index);
+        changes
+    }
+
+    /// Reads the function bodies and DO blocks of unit `index`.
+    fn bodies(
+        &mut self,
+        bodies: Vec<ast::Body>,
+        index: usize,
+        path: &Arc<SearchPath>,
+        top: usize,
+        depth: usize,
+        label: &str,
+    ) {
         for body in bodies {
             let body_path = body.pinned_path.clone().map_or_else(|| Arc::clone(path), Arc::new);
             match body.language {
@@ -274,6 +383,7 @@ impl FileRead<'_> {
                 Language::Plpgsql => match plpgsql::read(&body) {
                     Err(error) => self.parse_error(error.span, &error.message, Some(top)),
                     Ok(read) => {
+                        self.units[index].transaction_control.extend(read.transaction_control);
                         for expression in read.expressions {
                             if expression.dynamic {
                                 // A constant string runs known SQL; anything else cannot be checked.
@@ -284,7 +394,7 @@ impl FileRead<'_> {
                                     }
                                     None => {
                                         let span = expression.map.map_range(0..expression.query.len());
-                                        self.units[index].dynamic.push((span, label.clone()));
+                                        self.units[index].dynamic.push((span, label.to_owned()));
                                     }
                                 }
                                 continue;
@@ -308,7 +418,6 @@ impl FileRead<'_> {
                 },
             }
         }
-        changes
     }
 
     /// SQL inside a body or an `EXECUTE`d constant: its statements belong to `top`.

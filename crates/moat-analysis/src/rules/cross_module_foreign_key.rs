@@ -41,7 +41,10 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
     let Owner::Module { name: module, schema: own } = cx.owner else { return };
     for reference in cx.unit.facts.references.iter().filter(|r| r.foreign_key) {
         let Some(schema) = cx.resolve(reference) else { continue };
-        let Some(other) = cx.resolver.module_of(&schema).filter(|m| *m != module && schema != own) else { continue };
+        let Some(other) = cx.resolver.owner_of(&schema, &reference.name.name).filter(|m| *m != module && schema != own)
+        else {
+            continue;
+        };
         let object = reference.name.in_schema(&schema);
         out.push(
             Hit::new(
