@@ -2,7 +2,7 @@
 //! collect the facts of every statement, function body and embedded query), then learn which
 //! objects the files create and run the rules on every statement.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
@@ -20,7 +20,7 @@ use crate::parse::{for_each_statement, parse_script, parse_text};
 use crate::resolve::{Resolver, SearchPath, Symbols};
 use crate::rules::{self, Cx, Hit, Owner};
 use crate::suppress::{self, Suppression};
-use crate::{Analysis, AnalysisInput, Source, SourceKind, Stats, embedded, plpgsql, script};
+use crate::{Analysis, AnalysisInput, CouplingRow, CrossingKind, Source, SourceKind, Stats, embedded, plpgsql, script};
 
 /// Function bodies inside function bodies are followed this deep.
 const MAX_BODY_DEPTH: usize = 8;
@@ -68,14 +68,39 @@ fn analyze_here(input: &AnalysisInput<'_>) -> Analysis {
         }
     }
     let resolver = Resolver::new(input.manifest, symbols);
-
-    let checked: Vec<(Vec<Finding>, Stats)> =
-        read.par_iter().map(|file| check_file(file, input.manifest, &resolver)).collect();
-    let mut analysis = Analysis::default();
-    for (findings, stats) in checked {
-        analysis.findings.extend(findings);
-        analysis.stats.add(&stats);
+    // `ALTER FUNCTION f SET search_path` anywhere in a module pins the module's function `f`.
+    let mut pinned: HashSet<String> = HashSet::new();
+    for file in &read {
+        for unit in &file.units {
+            for name in &unit.facts.pinned_functions {
+                if let Some(schema) = Resolver::creation_schema(name, &unit.path) {
+                    pinned.insert(name.in_schema(&schema));
+                }
+            }
+        }
     }
+
+    let checked: Vec<Checked> =
+        read.par_iter().map(|file| check_file(file, input.manifest, &resolver, &pinned)).collect();
+    let mut analysis = Analysis::default();
+    let mut coupling: BTreeMap<(String, String), CouplingRow> = BTreeMap::new();
+    for checked in checked {
+        analysis.findings.extend(checked.findings);
+        analysis.stats.add(&checked.stats);
+        for (from, to, kind) in checked.crossings {
+            let row = coupling.entry((from.clone(), to.clone())).or_insert_with(|| CouplingRow {
+                from,
+                to,
+                ..CouplingRow::default()
+            });
+            match kind {
+                CrossingKind::ForeignKey => row.foreign_keys += 1,
+                CrossingKind::Reference => row.references += 1,
+                CrossingKind::FunctionCall => row.function_calls += 1,
+            }
+        }
+    }
+    analysis.coupling = coupling.into_values().collect();
     for file in &read {
         if let (Some(format), SourceKind::Migration { module }) = (file.format, &file.source.kind) {
             analysis.migration_formats.entry(module.clone()).or_default().insert(format);
@@ -467,8 +492,20 @@ fn constant_string(expression: &str) -> Option<(String, OffsetMap)> {
     Some((value, literal.shifted(token.start)))
 }
 
-fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>) -> (Vec<Finding>, Stats) {
+/// One file's findings, what it read, and its crossings `(from, to, kind)`.
+struct Checked {
+    findings: Vec<Finding>,
+    stats: Stats,
+    crossings: Vec<(String, String, CrossingKind)>,
+}
+
+fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>, pinned: &HashSet<String>) -> Checked {
     let mut hits: Vec<(Hit, Option<usize>)> = file.hits.clone();
+    for (hit, _) in &mut hits {
+        if let Some(object) = hit.object.as_deref().filter(|o| pinned.contains(*o)) {
+            rules::security_definer_function::pinned_later(hit, &object.to_owned());
+        }
+    }
     let mut unit_hits = Vec::new();
     for unit in &file.units {
         let cx = Cx { kind: &file.source.kind, owner: file.owner, manifest, resolver, unit };
@@ -482,6 +519,13 @@ fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>)
         Owner::Module { name, .. } => Some(name.to_owned()),
         Owner::Contract { .. } => None,
     };
+    let crossings = hits
+        .iter()
+        .filter_map(|(hit, _)| {
+            let (to, kind) = hit.crossing.as_ref()?;
+            Some((module.clone()?, to.clone(), *kind))
+        })
+        .collect();
     let finding = |hit: Hit| -> Finding {
         let position = file.index.line_col(hit.span.start);
         Finding {
@@ -531,5 +575,5 @@ fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>)
             findings.push(finding(rules::suppression_without_reason::hit(suppression)));
         }
     }
-    (findings, file.stats)
+    Checked { findings, stats: file.stats, crossings }
 }

@@ -102,6 +102,32 @@ pub struct Analysis {
     pub stats: Stats,
     /// The migration formats read, by module (see [`MigrationFormat`]).
     pub migration_formats: std::collections::BTreeMap<String, std::collections::BTreeSet<MigrationFormat>>,
+    /// How many foreign keys, references and function calls cross from each module to each
+    /// other, counted before suppressions and baselines: what couples the modules today.
+    pub coupling: Vec<CouplingRow>,
+}
+
+/// The crossings from one module to another.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CouplingRow {
+    /// The module whose SQL crosses.
+    pub from: String,
+    /// The module whose objects it uses.
+    pub to: String,
+    /// Foreign keys into `to`'s tables.
+    pub foreign_keys: usize,
+    /// References to `to`'s relations, types, sequences and schema.
+    pub references: usize,
+    /// Calls of `to`'s functions.
+    pub function_calls: usize,
+}
+
+/// What kind of crossing a finding is, for the coupling report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CrossingKind {
+    ForeignKey,
+    Reference,
+    FunctionCall,
 }
 
 /// Counts of what the analysis read.

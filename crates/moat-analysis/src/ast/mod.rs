@@ -168,6 +168,8 @@ pub(crate) struct Facts {
     /// `set_config` calls that can change any setting or the `search_path` to a value not known
     /// before it runs: what is not constant (`the setting's name`, `the search_path`), and where.
     pub(crate) dynamic_settings: Vec<(&'static str, Range<usize>)>,
+    /// Functions that `ALTER FUNCTION ... SET search_path` pins.
+    pub(crate) pinned_functions: Vec<QualifiedName>,
     /// Objects that exist after the statement without being created by name: the sequence of a
     /// `serial` or identity column, the new name of a renamed relation. Name resolution knows
     /// them; no rule reports them.
@@ -502,6 +504,13 @@ impl Collector<'_, '_> {
                 self.function_body(f);
             }
             NodeRef::DoStmt(d) => self.do_body(d),
+            NodeRef::AlterFunctionStmt(f) => {
+                if function_options(&f.actions).pinned_path.is_some()
+                    && let Some(name) = f.func.as_ref().and_then(|o| name_of(&o.objname))
+                {
+                    self.facts.pinned_functions.push(name);
+                }
+            }
             NodeRef::CreateConversionStmt(c) => self.create_named("conversion", None, &c.conversion_name),
             NodeRef::CreateOpClassStmt(c) => self.create_named("operator class", None, &c.opclassname),
             NodeRef::CreateOpFamilyStmt(c) => self.create_named("operator family", None, &c.opfamilyname),

@@ -3,6 +3,7 @@
 use moat_core::findings::Severity;
 
 use super::{Cx, Hit, Owner, Rule};
+use crate::CrossingKind;
 
 /// The rule.
 pub(crate) const RULE: Rule = Rule {
@@ -56,7 +57,8 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
                      `{other}.exists(id)`); keep an event-fed snapshot in `{own}` if you need its data"
                 ),
             )
-            .object(object),
+            .object(object)
+            .crossing(other, CrossingKind::ForeignKey),
         );
     }
 }

@@ -3,6 +3,7 @@
 use moat_core::findings::Severity;
 
 use super::{Cx, Hit, Owner, Rule};
+use crate::CrossingKind;
 use crate::resolve::ObjectKind;
 
 /// The rule.
@@ -74,7 +75,15 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
                      `{own}`, call module `{other}`'s API, or read a contract view declared in moat.toml"
                 ),
             )
-            .object(object),
+            .object(object)
+            .crossing(
+                other,
+                if reference.kind == ObjectKind::Function {
+                    CrossingKind::FunctionCall
+                } else {
+                    CrossingKind::Reference
+                },
+            ),
         );
     }
 }

@@ -28,10 +28,10 @@ use moat_core::findings::Severity;
 use moat_core::manifest::{Contract, Manifest};
 use moat_core::names::{CONTRACTS_SCHEMA, ModuleName};
 
-use crate::SourceKind;
 use crate::analyze::Unit;
 use crate::ast::{Frame, Reference};
 use crate::resolve::Resolver;
+use crate::{CrossingKind, SourceKind};
 
 /// A rule: its name, severity, one-line summary and documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,12 +112,20 @@ pub(crate) struct Hit {
     pub(crate) object: Option<String>,
     /// Where, in the file.
     pub(crate) span: Range<usize>,
+    /// For crossings into another module: that module, and how.
+    pub(crate) crossing: Option<(String, CrossingKind)>,
 }
 
 impl Hit {
     /// A hit of `rule` with its own severity.
     pub(crate) fn new(rule: &'static Rule, span: Range<usize>, message: String, help: String) -> Self {
-        Self { rule, severity: rule.severity, message, help, object: None, span }
+        Self { rule, severity: rule.severity, message, help, object: None, span, crossing: None }
+    }
+
+    /// Marks the hit as a crossing into module `to`.
+    pub(crate) fn crossing(mut self, to: &str, kind: CrossingKind) -> Self {
+        self.crossing = Some((to.to_owned(), kind));
+        self
     }
 
     /// Sets the object.

@@ -39,7 +39,11 @@ pub(crate) fn hit(first: Range<usize>, text: &str, count: usize, unread: usize) 
     let unread = if unread == 0 {
         String::new()
     } else {
-        format!("; {unread} statement{} that hold them are not checked", if unread == 1 { "" } else { "s" })
+        if unread == 1 {
+            "; 1 statement that holds one is not checked".to_owned()
+        } else {
+            format!("; {unread} statements that hold them are not checked")
+        }
     };
     Hit::new(
         &RULE,
