@@ -65,6 +65,7 @@ pub(crate) fn split(text: &str, psql: bool) -> Script {
         copy_data_lines: 0,
         variables: Vec::new(),
         includes: Vec::new(),
+        brackets: 0,
     };
     lexer.run();
     // Only whole characters were replaced, by ASCII spaces, so the text is still UTF-8.
@@ -136,6 +137,8 @@ struct Lexer {
     copy_data_lines: usize,
     variables: Vec<(Range<usize>, String)>,
     includes: Vec<(Range<usize>, String, bool)>,
+    /// Open square brackets: a `:` inside them is an array slice (`a[1:n]`), not a variable.
+    brackets: usize,
 }
 
 /// The state of the statement being read.
@@ -220,7 +223,12 @@ impl Lexer {
                         self.finish(&mut st, start);
                     }
                 }
-                b':' if self.psql => {
+                b'[' | b']' => {
+                    st.first_token.get_or_insert(self.i);
+                    self.brackets = if c == b'[' { self.brackets + 1 } else { self.brackets.saturating_sub(1) };
+                    self.i += 1;
+                }
+                b':' if self.psql && self.brackets == 0 => {
                     st.first_token.get_or_insert(self.i);
                     if !self.psql_variable() {
                         self.i += 1;
@@ -372,6 +380,7 @@ impl Lexer {
             }
         }
         *st = Statement { start: self.i, ..Statement::default() };
+        self.brackets = 0;
     }
 
     /// Blanks the lines after `COPY ... FROM stdin;` up to and including the `\.` line. Without
@@ -447,7 +456,7 @@ mod tests {
 
     #[test]
     fn psql_variables_become_placeholders_of_their_kind_and_includes_are_recorded() {
-        let sql = "CREATE ROLE :role PASSWORD :'pass';\nSELECT * FROM :\"table\" WHERE a::text = b AND c[1:2] = d;\n\\ir other.sql\n";
+        let sql = "CREATE ROLE :role PASSWORD :'pass';\nSELECT * FROM :\"table\" WHERE a::text = b AND c[1:n] = d;\n\\ir other.sql\n";
         let script = split(sql, true);
         assert_eq!(script.text.len(), sql.len());
         let names: Vec<&str> = script.variables.iter().map(|(_, n)| n.as_str()).collect();
