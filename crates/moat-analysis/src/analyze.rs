@@ -502,8 +502,8 @@ struct Checked {
 fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>, pinned: &HashSet<String>) -> Checked {
     let mut hits: Vec<(Hit, Option<usize>)> = file.hits.clone();
     for (hit, _) in &mut hits {
-        if let Some(object) = hit.object.as_deref().filter(|o| pinned.contains(*o)) {
-            rules::security_definer_function::pinned_later(hit, &object.to_owned());
+        if let Some(object) = hit.object.clone().filter(|o| pinned.contains(o)) {
+            rules::security_definer_function::pinned_later(hit, &object);
         }
     }
     let mut unit_hits = Vec::new();
