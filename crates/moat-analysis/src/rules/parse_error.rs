@@ -115,6 +115,14 @@ mod tests {
     }
 
     #[test]
+    fn down_sections_are_read_for_syntax_only() {
+        let sql = "-- +goose Up\nCREATE TABLE charges (id int);\n-- +goose Down\nSELECT * FROM patients.patients;\nDROP TABLEE charges;\n";
+        let findings = migration("billing", sql);
+        assert_eq!(rules(&findings), ["parse-error"]);
+        assert_eq!(findings[0].line, Some(5));
+    }
+
+    #[test]
     fn deep_expressions_are_read() {
         // Regression: prost's default recursion limit rejected `1+1+...` fifty terms long.
         let sql = format!("SELECT {};", vec!["1"; 2000].join("+"));
