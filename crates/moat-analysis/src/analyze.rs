@@ -2,7 +2,7 @@
 //! collect the facts of every statement, function body and embedded query), then learn which
 //! objects the files create and run the rules on every statement.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
@@ -15,11 +15,12 @@ use rayon::prelude::*;
 
 use crate::ast::{self, Facts, Frame, Language, PathChange};
 use crate::fragment::{OffsetMap, sql_string_value};
-use crate::parse::{parse_script, parse_text};
+use crate::layout::{self, MigrationFormat};
+use crate::parse::{for_each_statement, parse_script, parse_text};
 use crate::resolve::{Resolver, SearchPath, Symbols};
 use crate::rules::{self, Cx, Hit, Owner};
 use crate::suppress::{self, Suppression};
-use crate::{Analysis, AnalysisInput, Source, SourceKind, Stats, embedded, plpgsql, script};
+use crate::{Analysis, AnalysisInput, CouplingRow, CrossingKind, Source, SourceKind, Stats, embedded, plpgsql, script};
 
 /// Function bodies inside function bodies are followed this deep.
 const MAX_BODY_DEPTH: usize = 8;
@@ -59,16 +60,51 @@ fn analyze_here(input: &AnalysisInput<'_>) -> Analysis {
                     symbols.add(kind, &schema, &name.name);
                 }
             }
+            for (kind, name) in &unit.facts.implicit {
+                if let Some(schema) = Resolver::creation_schema(name, &unit.path) {
+                    symbols.add(*kind, &schema, &name.name);
+                }
+            }
         }
     }
     let resolver = Resolver::new(input.manifest, symbols);
+    // `ALTER FUNCTION f SET search_path` anywhere in a module pins the module's function `f`.
+    let mut pinned: HashSet<String> = HashSet::new();
+    for file in &read {
+        for unit in &file.units {
+            for name in &unit.facts.pinned_functions {
+                if let Some(schema) = Resolver::creation_schema(name, &unit.path) {
+                    pinned.insert(name.in_schema(&schema));
+                }
+            }
+        }
+    }
 
-    let checked: Vec<(Vec<Finding>, Stats)> =
-        read.par_iter().map(|file| check_file(file, input.manifest, &resolver)).collect();
+    let checked: Vec<Checked> =
+        read.par_iter().map(|file| check_file(file, input.manifest, &resolver, &pinned)).collect();
     let mut analysis = Analysis::default();
-    for (findings, stats) in checked {
-        analysis.findings.extend(findings);
-        analysis.stats.add(&stats);
+    let mut coupling: BTreeMap<(String, String), CouplingRow> = BTreeMap::new();
+    for checked in checked {
+        analysis.findings.extend(checked.findings);
+        analysis.stats.add(&checked.stats);
+        for (from, to, kind) in checked.crossings {
+            let row = coupling.entry((from.clone(), to.clone())).or_insert_with(|| CouplingRow {
+                from,
+                to,
+                ..CouplingRow::default()
+            });
+            match kind {
+                CrossingKind::ForeignKey => row.foreign_keys += 1,
+                CrossingKind::Reference => row.references += 1,
+                CrossingKind::FunctionCall => row.function_calls += 1,
+            }
+        }
+    }
+    analysis.coupling = coupling.into_values().collect();
+    for file in &read {
+        if let (Some(format), SourceKind::Migration { module }) = (file.format, &file.source.kind) {
+            analysis.migration_formats.entry(module.clone()).or_default().insert(format);
+        }
     }
     sort(&mut analysis.findings);
     analysis
@@ -90,6 +126,8 @@ pub(crate) struct Unit {
     pub(crate) nested: bool,
     /// `EXECUTE` of strings that cannot be known, in its PL/pgSQL body: where, and whose body.
     pub(crate) dynamic: Vec<(Range<usize>, String)>,
+    /// `COMMIT`/`ROLLBACK` statements of its PL/pgSQL body (a procedure's or a DO block's).
+    pub(crate) transaction_control: Vec<(&'static str, Range<usize>)>,
     text: Arc<str>,
     base: usize,
     stmt: Range<usize>,
@@ -112,6 +150,15 @@ struct Top {
 struct FileRead<'a> {
     source: &'a Source<'a>,
     owner: Owner<'a>,
+    manifest: &'a Manifest,
+    /// Resolution for the tree checks, which run while the file is read.
+    tree_resolver: &'a Resolver<'a>,
+    /// The migration format the file follows (migrations only).
+    format: Option<MigrationFormat>,
+    /// Template placeholders in the file; statements that hold one are not checked.
+    placeholders: Vec<Range<usize>>,
+    /// Statements not checked because they hold a placeholder.
+    template_skipped: usize,
     index: LineIndex<'a>,
     units: Vec<Unit>,
     tops: Vec<Top>,
@@ -134,11 +181,16 @@ fn owner<'m>(kind: &'m SourceKind, manifest: &'m Manifest) -> Owner<'m> {
     }
 }
 
-fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &Resolver<'_>) -> FileRead<'a> {
+fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &'a Resolver<'a>) -> FileRead<'a> {
     let owner = owner(&source.kind, manifest);
     let mut file = FileRead {
         source,
         owner,
+        manifest,
+        tree_resolver: resolver,
+        format: None,
+        placeholders: Vec::new(),
+        template_skipped: 0,
         index: LineIndex::new(source.text),
         units: Vec::new(),
         tops: Vec::new(),
@@ -151,7 +203,34 @@ fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &Re
         Owner::Contract { .. } => vec![CONTRACTS_SCHEMA.to_owned()],
     };
     match &source.kind {
-        SourceKind::Migration { .. } | SourceKind::Contract { .. } => {
+        SourceKind::Migration { .. } => {
+            // What runs on the way up is analyzed; the down parts are read for syntax only.
+            let layout = layout::read(&source.file, source.text);
+            file.format = Some(layout.format);
+            let placeholders = layout::template_placeholders(source.text);
+            let (up, down) = if placeholders.is_empty() {
+                (layout.up, layout.down)
+            } else {
+                let fill = |t: &str| layout::fill_placeholders(t, &placeholders);
+                (fill(&layout.up), layout.down.as_deref().map(fill))
+            };
+            file.placeholders = placeholders;
+            file.read_sql(&up, &OffsetMap::identity(0), true, &default_path, &[]);
+            drop(up);
+            if let Some(down) = down {
+                file.read_syntax(&down);
+            }
+            if let Some(first) = file.placeholders.first().cloned() {
+                let hit = rules::template_placeholder::hit(
+                    first.clone(),
+                    &source.text[first],
+                    file.placeholders.len(),
+                    file.template_skipped,
+                );
+                file.hits.push((hit, None));
+            }
+        }
+        SourceKind::Contract { .. } => {
             file.read_sql(source.text, &OffsetMap::identity(0), true, &default_path, &[]);
         }
         SourceKind::RustSource { .. } => match embedded::extract(source.text) {
@@ -174,17 +253,6 @@ fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &Re
             }
         },
     }
-    // The tree checks, then the trees go: only facts are kept for the name checks.
-    let mut hits = Vec::new();
-    for unit in &mut file.units {
-        let cx = Cx { kind: &source.kind, owner, manifest, resolver, unit };
-        for check in rules::TREE_CHECKS {
-            check(&cx, &mut hits);
-        }
-        let top = unit.top;
-        file.hits.extend(hits.drain(..).map(|hit| (hit, Some(top))));
-        unit.node = None;
-    }
     file
 }
 
@@ -194,22 +262,72 @@ impl FileRead<'_> {
         self.hits.push((rules::parse_error::hit(span, message), top));
     }
 
+    /// Runs the tree checks on a unit whose bodies have been read, then drops its tree: the
+    /// name checks need only the facts, so no more than one group of trees exists at a time.
+    fn tree_checks(&mut self, index: usize) {
+        let unit = &self.units[index];
+        let cx = Cx {
+            kind: &self.source.kind,
+            owner: self.owner,
+            manifest: self.manifest,
+            resolver: self.tree_resolver,
+            unit,
+        };
+        let mut hits = Vec::new();
+        for check in rules::TREE_CHECKS {
+            check(&cx, &mut hits);
+        }
+        let top = unit.top;
+        self.hits.extend(hits.into_iter().map(|hit| (hit, Some(top))));
+        self.units[index].node = None;
+    }
+
+    /// Reads the down part of a migration for syntax only.
+    fn read_syntax(&mut self, text: &str) {
+        let script = script::split(text, true);
+        let placeholders = std::mem::take(&mut self.placeholders);
+        for_each_statement(&script, |statement| {
+            self.stats.statements += 1;
+            if let Err(error) = statement.parsed {
+                if placeholders.iter().any(|p| p.start < statement.range.end && statement.range.start < p.end) {
+                    return;
+                }
+                self.parse_error(error.span, &error.message, None);
+            }
+        });
+        self.placeholders = placeholders;
+    }
+
     /// Reads a SQL text (a file, or an embedded literal) whose offsets `map` takes to the file.
     fn read_sql(&mut self, text: &str, map: &OffsetMap, psql: bool, default_path: &SearchPath, anchors: &[u32]) {
         let script = script::split(text, psql);
         self.stats.meta_commands += script.meta_commands;
         self.stats.copy_data_lines += script.copy_data_lines;
+        if let Some((first, _)) = script.variables.first() {
+            let names: Vec<&str> = script.variables.iter().map(|(_, n)| n.as_str()).collect();
+            self.hits.push((rules::psql_variable::hit(map.map_range(first.clone()), &names), None));
+        }
+        for (range, path, relative) in &script.includes {
+            self.hits.push((rules::psql_include::hit(map.map_range(range.clone()), path, *relative), None));
+        }
         for &nul in &script.nuls {
             let at = map.map(nul);
             self.parse_error(at..at + 1, "the text holds a NUL character, which PostgreSQL cannot read", None);
         }
         self.suppressions.extend(suppress::in_sql(&script.text, map, &self.index));
-        let statements = parse_script(&script);
         let text: Arc<str> = Arc::from(script.text.as_str());
         let map = Arc::new(map.clone());
         let mut path = Arc::new(default_path.clone());
-        for statement in statements {
+        let placeholders = std::mem::take(&mut self.placeholders);
+        for_each_statement(&script, |statement| {
             self.stats.statements += 1;
+            if !placeholders.is_empty() {
+                let span = map.map_range(statement.range.clone());
+                if placeholders.iter().any(|p| p.start < span.end && span.start < p.end) {
+                    self.template_skipped += 1;
+                    return;
+                }
+            }
             let top = self.tops.len();
             let mut anchor_lines = vec![self.index.line_col(map.map(statement.first_token)).line];
             anchor_lines.extend_from_slice(anchors);
@@ -229,7 +347,8 @@ impl FileRead<'_> {
                     }
                 }
             }
-        }
+        });
+        self.placeholders = placeholders;
     }
 
     /// Collects one statement's facts, records it, and reads the bodies it holds; returns its
@@ -258,15 +377,30 @@ impl FileRead<'_> {
             top,
             nested: depth > 0,
             dynamic: Vec::new(),
+            transaction_control: Vec::new(),
             text: Arc::clone(text),
             base,
             stmt,
             map: Arc::clone(map),
         });
         let index = self.units.len() - 1;
-        if depth >= MAX_BODY_DEPTH {
-            return changes;
+        if depth < MAX_BODY_DEPTH {
+            self.bodies(bodies, index, path, top, depth, &label);
         }
+        self.tree_checks(index);
+        changes
+    }
+
+    /// Reads the function bodies and DO blocks of unit `index`.
+    fn bodies(
+        &mut self,
+        bodies: Vec<ast::Body>,
+        index: usize,
+        path: &Arc<SearchPath>,
+        top: usize,
+        depth: usize,
+        label: &str,
+    ) {
         for body in bodies {
             let body_path = body.pinned_path.clone().map_or_else(|| Arc::clone(path), Arc::new);
             match body.language {
@@ -274,6 +408,7 @@ impl FileRead<'_> {
                 Language::Plpgsql => match plpgsql::read(&body) {
                     Err(error) => self.parse_error(error.span, &error.message, Some(top)),
                     Ok(read) => {
+                        self.units[index].transaction_control.extend(read.transaction_control);
                         for expression in read.expressions {
                             if expression.dynamic {
                                 // A constant string runs known SQL; anything else cannot be checked.
@@ -284,7 +419,7 @@ impl FileRead<'_> {
                                     }
                                     None => {
                                         let span = expression.map.map_range(0..expression.query.len());
-                                        self.units[index].dynamic.push((span, label.clone()));
+                                        self.units[index].dynamic.push((span, label.to_owned()));
                                     }
                                 }
                                 continue;
@@ -308,7 +443,6 @@ impl FileRead<'_> {
                 },
             }
         }
-        changes
     }
 
     /// SQL inside a body or an `EXECUTE`d constant: its statements belong to `top`.
@@ -358,8 +492,20 @@ fn constant_string(expression: &str) -> Option<(String, OffsetMap)> {
     Some((value, literal.shifted(token.start)))
 }
 
-fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>) -> (Vec<Finding>, Stats) {
+/// One file's findings, what it read, and its crossings `(from, to, kind)`.
+struct Checked {
+    findings: Vec<Finding>,
+    stats: Stats,
+    crossings: Vec<(String, String, CrossingKind)>,
+}
+
+fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>, pinned: &HashSet<String>) -> Checked {
     let mut hits: Vec<(Hit, Option<usize>)> = file.hits.clone();
+    for (hit, _) in &mut hits {
+        if let Some(object) = hit.object.clone().filter(|o| pinned.contains(o)) {
+            rules::security_definer_function::pinned_later(hit, &object);
+        }
+    }
     let mut unit_hits = Vec::new();
     for unit in &file.units {
         let cx = Cx { kind: &file.source.kind, owner: file.owner, manifest, resolver, unit };
@@ -373,6 +519,13 @@ fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>)
         Owner::Module { name, .. } => Some(name.to_owned()),
         Owner::Contract { .. } => None,
     };
+    let crossings = hits
+        .iter()
+        .filter_map(|(hit, _)| {
+            let (to, kind) = hit.crossing.as_ref()?;
+            Some((module.clone()?, to.clone(), *kind))
+        })
+        .collect();
     let finding = |hit: Hit| -> Finding {
         let position = file.index.line_col(hit.span.start);
         Finding {
@@ -422,5 +575,5 @@ fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>)
             findings.push(finding(rules::suppression_without_reason::hit(suppression)));
         }
     }
-    (findings, file.stats)
+    Checked { findings, stats: file.stats, crossings }
 }

@@ -16,7 +16,8 @@
 //! # }
 //! let toml = "[project]\nname = \"clinic\"\n[modules.patients]\n[modules.billing]\n";
 //! let manifest = Manifest::parse(Path::new("moat.toml"), toml, &Everything).unwrap();
-//! let sql = "SELECT c.id FROM charges c JOIN patients.patients p ON p.id = c.patient_id;";
+//! let sql = "CREATE TABLE charges (id uuid, patient_id uuid);\n\
+//!            SELECT c.id FROM charges c JOIN patients.patients p ON p.id = c.patient_id;";
 //! let input = AnalysisInput {
 //!     manifest: &manifest,
 //!     sources: vec![Source {
@@ -30,13 +31,14 @@
 //! let finding = &analysis.findings[0];
 //! assert_eq!(finding.rule, "cross-module-reference");
 //! assert_eq!(finding.object.as_deref(), Some("patients.patients"));
-//! assert_eq!((finding.line, finding.column), (Some(1), Some(33)));
+//! assert_eq!((finding.line, finding.column), (Some(2), Some(33)));
 //! ```
 
 mod analyze;
 mod ast;
 pub mod embedded;
 mod fragment;
+pub mod layout;
 mod parse;
 mod plpgsql;
 mod resolve;
@@ -48,6 +50,7 @@ use moat_core::findings::Finding;
 use moat_core::manifest::Manifest;
 
 pub use crate::analyze::analyze;
+pub use crate::layout::MigrationFormat;
 pub use crate::rules::{Rule, find_rule, rules};
 
 /// Everything the analysis reads: the manifest and the text of each source.
@@ -97,6 +100,34 @@ pub struct Analysis {
     pub findings: Vec<Finding>,
     /// Counts of what was read.
     pub stats: Stats,
+    /// The migration formats read, by module (see [`MigrationFormat`]).
+    pub migration_formats: std::collections::BTreeMap<String, std::collections::BTreeSet<MigrationFormat>>,
+    /// How many foreign keys, references and function calls cross from each module to each
+    /// other, counted before suppressions and baselines: what couples the modules today.
+    pub coupling: Vec<CouplingRow>,
+}
+
+/// The crossings from one module to another.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CouplingRow {
+    /// The module whose SQL crosses.
+    pub from: String,
+    /// The module whose objects it uses.
+    pub to: String,
+    /// Foreign keys into `to`'s tables.
+    pub foreign_keys: usize,
+    /// References to `to`'s relations, types, sequences and schema.
+    pub references: usize,
+    /// Calls of `to`'s functions.
+    pub function_calls: usize,
+}
+
+/// What kind of crossing a finding is, for the coupling report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CrossingKind {
+    ForeignKey,
+    Reference,
+    FunctionCall,
 }
 
 /// Counts of what the analysis read.

@@ -56,8 +56,15 @@ const GROUP: usize = 24;
 /// Parses every statement of a script, in groups of statements; a group that PostgreSQL rejects
 /// is parsed again statement by statement, so that one bad statement does not hide the others.
 pub(crate) fn parse_script(script: &Script) -> Vec<Statement> {
-    let text = script.text.as_str();
     let mut out = Vec::with_capacity(script.pieces.len());
+    for_each_statement(script, |statement| out.push(statement));
+    out
+}
+
+/// Like [`parse_script`], but hands each statement to `f` as soon as its group is parsed, so
+/// that only one group's trees exist at a time.
+pub(crate) fn for_each_statement(script: &Script, mut f: impl FnMut(Statement)) {
+    let text = script.text.as_str();
     for group in script.pieces.chunks(GROUP) {
         if group.len() > 1 && group.iter().all(|p| p.nesting <= MAX_NESTING) {
             let start = group[0].range.start;
@@ -67,18 +74,17 @@ pub(crate) fn parse_script(script: &Script) -> Vec<Statement> {
                     let from = start + usize::try_from(location).unwrap_or(0).min(end - start);
                     let to = if len <= 0 { end } else { (from + len as usize).min(end) };
                     let first_token = crate::script::skip_trivia(text, from);
-                    out.push(Statement { range: from..to, first_token, base: start, parsed: Ok(node) });
+                    f(Statement { range: from..to, first_token, base: start, parsed: Ok(node) });
                 }
                 continue;
             }
         }
         for piece in group {
             if let Some(statement) = parse_piece(text, piece) {
-                out.push(statement);
+                f(statement);
             }
         }
     }
-    out
 }
 
 /// Parses one statement; `None` for a piece that holds no statement.

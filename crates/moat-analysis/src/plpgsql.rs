@@ -27,6 +27,9 @@ pub(crate) struct Expression {
 pub(crate) struct Plpgsql {
     /// Its expressions and statements, in order.
     pub(crate) expressions: Vec<Expression>,
+    /// Its `COMMIT` and `ROLLBACK` statements (in procedures and DO blocks): the word, and where
+    /// its line starts, in the file.
+    pub(crate) transaction_control: Vec<(&'static str, Range<usize>)>,
 }
 
 /// PL/pgSQL rejected a body.
@@ -94,6 +97,15 @@ impl Reader<'_> {
                         );
                         self.expression(child, dynamic, line);
                     } else if key.starts_with("PLpgSQL_") {
+                        let word = match key.as_str() {
+                            "PLpgSQL_stmt_commit" => Some("COMMIT"),
+                            "PLpgSQL_stmt_rollback" => Some("ROLLBACK"),
+                            _ => None,
+                        };
+                        if let Some(word) = word {
+                            let line = child.get("lineno").and_then(Value::as_u64).map(|l| l as usize).or(line);
+                            self.transaction(word, line);
+                        }
                         self.walk(child, key, "", line);
                     } else {
                         self.walk(child, statement, key, line);
@@ -107,6 +119,19 @@ impl Reader<'_> {
             }
             _ => {}
         }
+    }
+
+    /// A `COMMIT`/`ROLLBACK` statement on body line `line`: the word on that line, or its start.
+    fn transaction(&mut self, word: &'static str, line: Option<usize>) {
+        let text = &self.body.text;
+        let start = line.and_then(|l| self.lines.get(l.saturating_sub(1))).copied().unwrap_or(0);
+        let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        let at = text[start..end]
+            .to_ascii_uppercase()
+            .find(word)
+            .map_or_else(|| crate::script::skip_trivia(text, start), |i| start + i);
+        let span = self.body.map.map_range(at..(at + word.len()).min(text.len()));
+        self.out.transaction_control.push((word, span));
     }
 
     fn expression(&mut self, expr: &Value, dynamic: bool, line: Option<usize>) {

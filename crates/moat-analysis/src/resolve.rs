@@ -2,10 +2,14 @@
 //!
 //! Qualified names name their schema. Unqualified names are looked up along the `search_path`
 //! in force where they are written (the module's schema unless the file changes it with `SET
-//! search_path` or `set_config('search_path', ...)`), after `pg_catalog`, as PostgreSQL does. The
-//! analyzer has no catalog, so it knows only the objects created in the files it reads; an
-//! unqualified relation it does not know resolves to the first module schema on the path, and an
-//! unqualified function or type it does not know is taken for a built-in.
+//! search_path` or `set_config('search_path', ...)`), after `pg_catalog` (and `pg_temp` for
+//! relations), as PostgreSQL does. The analyzer has no catalog: it knows the objects the files it
+//! reads create, across every module. An unqualified name that is not on the path but that
+//! another module creates resolves to that module's object (the reference crosses into it, as
+//! happens when an existing database is split into modules with its names left unqualified); an
+//! unqualified relation that no file creates is unresolved (it resolves to the first module
+//! schema on the path, and `unresolved-reference` reports it); an unqualified function or type
+//! that no file creates is taken for a built-in.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -130,8 +134,30 @@ impl Symbols {
     }
 
     fn contains(&self, kind: ObjectKind, schema: &str, name: &str) -> bool {
-        self.objects.get(&(kind.namespace(), name.to_owned())).is_some_and(|s| s.contains(schema))
+        self.schemas(kind, name).is_some_and(|s| s.contains(schema))
     }
+
+    /// The schemas that hold a `kind` named `name`.
+    fn schemas(&self, kind: ObjectKind, name: &str) -> Option<&HashSet<String>> {
+        self.objects.get(&(kind.namespace(), name.to_owned()))
+    }
+
+    /// Every relation name and the schemas that hold it.
+    fn relations(&self) -> impl Iterator<Item = (&str, &HashSet<String>)> {
+        self.objects.iter().filter(|((ns, _), _)| *ns == Namespace::Relation).map(|((_, name), s)| (name.as_str(), s))
+    }
+}
+
+/// The schema of temporary objects, searched first for relations.
+pub(crate) const TEMP_SCHEMA: &str = "pg_temp";
+
+/// What the analysis knows of an unresolved name: the nearest object some module creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Suggestion {
+    /// `schema.name` of the similar object, if one is close enough.
+    pub(crate) object: Option<String>,
+    /// The module it belongs to (or whose name the reference starts with).
+    pub(crate) module: Option<String>,
 }
 
 /// Resolves names against the manifest and the objects the files create.
@@ -158,13 +184,84 @@ impl<'m> Resolver<'m> {
         if name.name.starts_with("pg_") {
             return None;
         }
+        let relation = matches!(kind, ObjectKind::Relation | ObjectKind::Sequence);
+        if relation && self.symbols.contains(kind, TEMP_SCHEMA, &name.name) {
+            return Some(TEMP_SCHEMA.to_owned());
+        }
         if let Some(schema) = path.iter().find(|s| self.symbols.contains(kind, s, &name.name)) {
             return Some(schema.clone());
         }
-        match kind {
-            ObjectKind::Relation | ObjectKind::Sequence => path.iter().find(|s| self.is_known_schema(s)).cloned(),
-            _ => None,
+        if let Some(schema) = self.elsewhere(kind, &name.name) {
+            return Some(schema);
         }
+        if relation { path.iter().find(|s| self.is_known_schema(s)).cloned() } else { None }
+    }
+
+    /// The schema of an object that is not on the path but that some file creates: a module's
+    /// schema first (in manifest order), else the first by name.
+    fn elsewhere(&self, kind: ObjectKind, name: &str) -> Option<String> {
+        let schemas = self.symbols.schemas(kind, name)?;
+        let rank = |schema: &String| {
+            let module = self.manifest.modules.iter().position(|m| m.schema.as_str() == schema.as_str());
+            (module.unwrap_or(usize::MAX), schema.clone())
+        };
+        schemas.iter().filter(|s| s.as_str() != TEMP_SCHEMA).min_by_key(|s| rank(s)).cloned()
+    }
+
+    /// Whether an unqualified relation or sequence is created by no file at all.
+    pub(crate) fn is_unresolved(&self, kind: ObjectKind, name: &QualifiedName) -> bool {
+        name.schema.is_none()
+            && matches!(kind, ObjectKind::Relation | ObjectKind::Sequence)
+            && !name.name.starts_with("pg_")
+            && self.symbols.schemas(kind, &name.name).is_none_or(HashSet::is_empty)
+    }
+
+    /// The object some module creates whose name is closest to `name` (at most two edits, or a
+    /// third of its length, apart), and the module: that object's, or the module whose name or
+    /// schema `name` starts with.
+    pub(crate) fn suggest(&self, name: &str) -> Suggestion {
+        let limit = (name.chars().count() / 3).clamp(1, 2);
+        let mut best: Option<(usize, usize, String, String)> = None;
+        for (candidate, schemas) in self.symbols.relations() {
+            if candidate.len().abs_diff(name.len()) > limit {
+                continue;
+            }
+            let Some(distance) = bounded_distance(name, candidate, limit) else { continue };
+            for schema in schemas {
+                let Some(index) = self.manifest.modules.iter().position(|m| m.schema.as_str() == schema.as_str())
+                else {
+                    continue;
+                };
+                let key = (distance, index, schema.clone(), candidate.to_owned());
+                if best.as_ref().is_none_or(|b| key < *b) {
+                    best = Some(key);
+                }
+            }
+        }
+        if let Some((_, index, schema, candidate)) = best {
+            return Suggestion {
+                object: Some(format!("{schema}.{candidate}")),
+                module: Some(self.manifest.modules[index].name.to_string()),
+            };
+        }
+        // `customer_notes`: the module whose name (or schema), or its singular, starts the name.
+        let module = self
+            .manifest
+            .modules
+            .iter()
+            .filter_map(|m| {
+                let stems = [m.name.as_str(), m.schema.as_str()];
+                stems
+                    .iter()
+                    .flat_map(|s| [*s, s.strip_suffix('s').unwrap_or(s)])
+                    .filter(|stem| stem.len() >= 3 && name.starts_with(stem))
+                    .map(str::len)
+                    .max()
+                    .map(|len| (len, m.name.to_string()))
+            })
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)))
+            .map(|(_, module)| module);
+        Suggestion { object: None, module }
     }
 
     /// The schema a new object named `name` is created in: its own schema, or the first schema
@@ -185,11 +282,56 @@ impl<'m> Resolver<'m> {
     pub(crate) fn module_of(&self, schema: &str) -> Option<&'m str> {
         self.manifest.module_by_schema(schema).map(|m| m.name.as_str())
     }
+
+    /// The module that owns `schema.name`: the schema's module, or the module that claims it.
+    pub(crate) fn owner_of(&self, schema: &str, name: &str) -> Option<&'m str> {
+        self.manifest.owner_of(schema, name).map(|m| m.name.as_str())
+    }
+
+    /// The module that owns what a reference of `kind` resolves to in `schema`.
+    pub(crate) fn owner_of_reference(&self, kind: ObjectKind, schema: &str, name: &QualifiedName) -> Option<&'m str> {
+        if kind == ObjectKind::Schema { self.module_of(schema) } else { self.owner_of(schema, &name.name) }
+    }
+
+    /// Whether some file creates a `kind` named `name` in `schema`.
+    pub(crate) fn is_created(&self, kind: ObjectKind, schema: &str, name: &str) -> bool {
+        self.symbols.contains(kind, schema, name)
+    }
+}
+
+/// The edit distance between `a` and `b`, when it is at most `limit`.
+fn bounded_distance(a: &str, b: &str, limit: usize) -> Option<usize> {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        current[0] = i + 1;
+        let mut row_min = current[0];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            current[j + 1] = (previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1);
+            row_min = row_min.min(current[j + 1]);
+        }
+        if row_min > limit {
+            return None;
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    let distance = previous[b.len()];
+    (distance <= limit).then_some(distance)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distances_are_bounded() {
+        assert_eq!(bounded_distance("customer", "customers", 2), Some(1));
+        assert_eq!(bounded_distance("orders", "order_items", 2), None);
+        assert_eq!(bounded_distance("abc", "abc", 1), Some(0));
+    }
 
     #[test]
     fn search_path_values_fold_case_unless_quoted() {

@@ -24,6 +24,12 @@ pub(crate) struct Script {
     pub(crate) copy_data_lines: usize,
     /// Offsets of NUL characters (PostgreSQL cannot read them).
     pub(crate) nuls: Vec<usize>,
+    /// psql variables (`:name`, `:'name'`, `:"name"`), replaced in `text` by a placeholder of the
+    /// same length and kind (an identifier, a string, a quoted identifier): where, and the name.
+    pub(crate) variables: Vec<(Range<usize>, String)>,
+    /// psql includes (`\i`, `\ir`, `\include`, `\include_relative`): where, the path, and
+    /// whether it is relative to the including file.
+    pub(crate) includes: Vec<(Range<usize>, String, bool)>,
 }
 
 /// One statement of a script.
@@ -50,7 +56,17 @@ pub(crate) fn split(text: &str, psql: bool) -> Script {
             nuls.push(i);
         }
     }
-    let mut lexer = Lexer { b: out, i: 0, psql, pieces: Vec::new(), meta_commands: 0, copy_data_lines: 0 };
+    let mut lexer = Lexer {
+        b: out,
+        i: 0,
+        psql,
+        pieces: Vec::new(),
+        meta_commands: 0,
+        copy_data_lines: 0,
+        variables: Vec::new(),
+        includes: Vec::new(),
+        brackets: 0,
+    };
     lexer.run();
     // Only whole characters were replaced, by ASCII spaces, so the text is still UTF-8.
     let text = String::from_utf8(lexer.b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
@@ -60,6 +76,8 @@ pub(crate) fn split(text: &str, psql: bool) -> Script {
         meta_commands: lexer.meta_commands,
         copy_data_lines: lexer.copy_data_lines,
         nuls,
+        variables: lexer.variables,
+        includes: lexer.includes,
     }
 }
 
@@ -117,6 +135,10 @@ struct Lexer {
     pieces: Vec<Piece>,
     meta_commands: usize,
     copy_data_lines: usize,
+    variables: Vec<(Range<usize>, String)>,
+    includes: Vec<(Range<usize>, String, bool)>,
+    /// Open square brackets: a `:` inside them is an array slice (`a[1:n]`), not a variable.
+    brackets: usize,
 }
 
 /// The state of the statement being read.
@@ -187,6 +209,11 @@ impl Lexer {
                     let name_end =
                         (start + 1..end).find(|&k| !self.b[k].is_ascii_alphanumeric()).unwrap_or(end).max(start + 1);
                     let name = String::from_utf8_lossy(&self.b[start + 1..name_end]).to_ascii_lowercase();
+                    if matches!(name.as_str(), "i" | "ir" | "include" | "include_relative") {
+                        let argument = String::from_utf8_lossy(&self.b[name_end..end]).trim().to_owned();
+                        let argument = argument.trim_matches('\'').to_owned();
+                        self.includes.push((start..end, argument, name == "ir" || name == "include_relative"));
+                    }
                     for byte in &mut self.b[start..end] {
                         *byte = b' ';
                     }
@@ -194,6 +221,17 @@ impl Lexer {
                     self.i = end;
                     if SENDING_META_COMMANDS.contains(&name.as_str()) {
                         self.finish(&mut st, start);
+                    }
+                }
+                b'[' | b']' => {
+                    st.first_token.get_or_insert(self.i);
+                    self.brackets = if c == b'[' { self.brackets + 1 } else { self.brackets.saturating_sub(1) };
+                    self.i += 1;
+                }
+                b':' if self.psql && self.brackets == 0 => {
+                    st.first_token.get_or_insert(self.i);
+                    if !self.psql_variable() {
+                        self.i += 1;
                     }
                 }
                 c if is_ident_start(c) => {
@@ -215,6 +253,53 @@ impl Lexer {
         }
         let end = self.b.len();
         self.finish(&mut st, end);
+    }
+
+    /// A psql variable at `self.i` (`:name`, `:'name'`, `:"name"`, not `::` or `:=`): replaced by
+    /// a placeholder of the same length and kind (`_name`, `'name' `, `"name" `), and skipped.
+    /// `false` when there is none.
+    fn psql_variable(&mut self) -> bool {
+        let start = self.i;
+        if start > 0 && self.b[start - 1] == b':' {
+            return false;
+        }
+        let (quote, name_start) = match self.b.get(start + 1) {
+            Some(&q @ (b'\'' | b'"')) => (Some(q), start + 2),
+            Some(&c) if is_ident_start(c) => (None, start + 1),
+            _ => return false,
+        };
+        let mut end = name_start;
+        while end < self.b.len() && (self.b[end].is_ascii_alphanumeric() || self.b[end] == b'_' || self.b[end] >= 0x80)
+        {
+            end += 1;
+        }
+        if end == name_start {
+            return false;
+        }
+        let name = String::from_utf8_lossy(&self.b[name_start..end]).into_owned();
+        match quote {
+            Some(q) => {
+                if self.b.get(end) != Some(&q) {
+                    return false;
+                }
+                end += 1;
+                // `:'name'` becomes `'name' `, `:"name"` becomes `"name" `: the same length.
+                self.b.copy_within(start + 1..end, start);
+                self.b[end - 1] = b' ';
+            }
+            None => {
+                // `_name`: an identifier, which the grammar takes wherever psql could put text.
+                self.b[start] = b'_';
+                for byte in &mut self.b[start + 1..end] {
+                    if *byte >= 0x80 {
+                        *byte = b'_';
+                    }
+                }
+            }
+        }
+        self.variables.push((start..end, name));
+        self.i = end;
+        true
     }
 
     fn identifier(&mut self, st: &mut Statement, word: &str) {
@@ -295,6 +380,7 @@ impl Lexer {
             }
         }
         *st = Statement { start: self.i, ..Statement::default() };
+        self.brackets = 0;
     }
 
     /// Blanks the lines after `COPY ... FROM stdin;` up to and including the `\.` line. Without
@@ -364,7 +450,21 @@ mod tests {
         assert_eq!(script.meta_commands, 3);
         assert_eq!(script.text.len(), sql.len());
         assert!(!script.text.contains('\\'));
-        assert_eq!(pieces(sql), vec!["SELECT 1 AS a", "SELECT :'x'"]);
+        // The psql variable is replaced by a string of the same length.
+        assert_eq!(pieces(sql), vec!["SELECT 1 AS a", "SELECT 'x'"]);
+    }
+
+    #[test]
+    fn psql_variables_become_placeholders_of_their_kind_and_includes_are_recorded() {
+        let sql = "CREATE ROLE :role PASSWORD :'pass';\nSELECT * FROM :\"table\" WHERE a::text = b AND c[1:n] = d;\n\\ir other.sql\n";
+        let script = split(sql, true);
+        assert_eq!(script.text.len(), sql.len());
+        let names: Vec<&str> = script.variables.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["role", "pass", "table"]);
+        assert!(script.text.starts_with("CREATE ROLE _role PASSWORD 'pass' ;\nSELECT * FROM \"table\"  WHERE a::text"));
+        assert_eq!(script.includes.len(), 1);
+        assert_eq!((script.includes[0].1.as_str(), script.includes[0].2), ("other.sql", true));
+        assert!(split(":x", false).variables.is_empty());
     }
 
     #[test]

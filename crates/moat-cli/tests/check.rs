@@ -103,8 +103,13 @@ fn machine_formats_carry_both_locations() {
     assert_eq!(output.status.code(), Some(1));
     let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
     let keys: Vec<&String> = document.as_object().expect("object").keys().collect();
-    assert_eq!(keys, ["version", "findings", "summary"]);
+    assert_eq!(keys, ["version", "findings", "summary", "coupling"]);
     assert_eq!(document["summary"], serde_json::json!({"errors": 2, "warnings": 0, "files": 19}));
+    // The coupling report: what crosses from each module to each other.
+    assert_eq!(
+        document["coupling"],
+        serde_json::json!([{"from": "billing", "to": "patients", "foreign_keys": 0, "references": 2, "function_calls": 0}])
+    );
     let places: Vec<String> = document["findings"]
         .as_array()
         .expect("findings")

@@ -50,6 +50,74 @@ pub struct Module {
     pub sources: Vec<PathBuf>,
     /// Modules whose API or events it uses.
     pub depends_on: Vec<ModuleName>,
+    /// Objects it owns outside its schema while it is being split out of a shared one
+    /// (`claims = ["public.customer_*"]`).
+    pub claims: Vec<Claim>,
+}
+
+/// `schema.name` or `schema.pattern` (`*` matches any run of characters): objects in a schema
+/// that is not the module's own (such as `public`) that the module owns for now. A table's
+/// indexes, constraints, triggers and owned sequences follow the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The schema (not a module's).
+    pub schema: String,
+    /// The object's name, or a pattern with `*`.
+    pub pattern: String,
+}
+
+impl Claim {
+    /// Parses `schema.pattern`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let Some((schema, pattern)) = value.split_once('.') else {
+            return Err(format!("claim `{value}` names no schema"));
+        };
+        let word = |s: &str, star: bool| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$' || (star && c == '*'))
+        };
+        if !word(schema, false) || !word(pattern, true) {
+            return Err(format!("claim `{value}` is not `schema.name` or `schema.pattern`"));
+        }
+        Ok(Self { schema: schema.to_owned(), pattern: pattern.to_owned() })
+    }
+
+    /// Whether the claim covers `schema.name`.
+    pub fn matches(&self, schema: &str, name: &str) -> bool {
+        schema == self.schema && glob(&self.pattern, name)
+    }
+
+    /// How specific the claim is: an exact name beats any pattern, a longer pattern a shorter one.
+    fn specificity(&self) -> (bool, usize) {
+        (!self.pattern.contains('*'), self.pattern.len())
+    }
+}
+
+impl fmt::Display for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.pattern)
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// A contract: read-only views, the one allowed cross-module read.
@@ -184,6 +252,26 @@ impl Manifest {
         self.modules.iter().find(|m| m.schema.as_str() == schema)
     }
 
+    /// The module that claims `schema.name` (see [`Claim`]): the most specific claim wins, then
+    /// the module declared first. `None` for objects in a module's own schema (see
+    /// [`Manifest::module_by_schema`]) and for objects nobody claims.
+    pub fn claimant(&self, schema: &str, name: &str) -> Option<&Module> {
+        let mut best: Option<((bool, usize), &Module)> = None;
+        for module in &self.modules {
+            for claim in module.claims.iter().filter(|c| c.matches(schema, name)) {
+                if best.is_none_or(|(b, _)| claim.specificity() > b) {
+                    best = Some((claim.specificity(), module));
+                }
+            }
+        }
+        best.map(|(_, m)| m)
+    }
+
+    /// The module that owns `schema.name`: the module whose schema it is, or the one that claims it.
+    pub fn owner_of(&self, schema: &str, name: &str) -> Option<&Module> {
+        self.module_by_schema(schema).or_else(|| self.claimant(schema, name))
+    }
+
     /// Role names of this project.
     pub fn roles(&self) -> RoleNames {
         RoleNames::new(&self.project)
@@ -266,6 +354,8 @@ struct Parser<'a> {
     /// Schemas of every module with a valid name, even one with other errors, so that one
     /// error does not cascade into "belongs to no module" errors elsewhere.
     declared_schemas: Vec<SchemaName>,
+    /// Every module's claims, with where they are written, for the checks across modules.
+    claim_spans: Vec<(String, Claim, Range<usize>)>,
 }
 
 type Table<'i> = DeTable<'i>;
@@ -282,6 +372,7 @@ impl<'a> Parser<'a> {
             errors: Vec::new(),
             dependency_graph: Vec::new(),
             declared_schemas: Vec::new(),
+            claim_spans: Vec::new(),
         }
     }
 
@@ -511,6 +602,7 @@ impl<'a> Parser<'a> {
             let mut migrations_raw = (format!("modules/{name}/migrations"), key.span());
             let mut sources = Vec::new();
             let mut depends_on = Vec::new();
+            let mut claims: Vec<(Claim, Range<usize>)> = Vec::new();
             let mut ok = true;
             let mut graph_deps = Vec::new();
             for (k, v) in table.iter() {
@@ -562,9 +654,44 @@ impl<'a> Parser<'a> {
                             }
                         }
                     }
-                    other => {
-                        self.unknown_key(k.span(), other, &prefix, &["schema", "migrations", "sources", "depends_on"])
+                    "claims" => {
+                        for (s, span) in self.string_array(v, &field) {
+                            match Claim::parse(&s) {
+                                Ok(claim) if claims.iter().any(|(c, _)| *c == claim) => {
+                                    self.error(span, field.clone(), format!("`{claim}` is listed twice"), None);
+                                    ok = false;
+                                }
+                                Ok(claim) if reserved_schema(&claim.schema) && claim.schema != "public" => {
+                                    self.error(
+                                        span,
+                                        field.clone(),
+                                        format!("schema `{}` cannot be claimed", claim.schema),
+                                        Some("claims name objects in `public` or another shared schema".into()),
+                                    );
+                                    ok = false;
+                                }
+                                Ok(claim) => claims.push((claim, span)),
+                                Err(message) => {
+                                    self.error(
+                                        span,
+                                        field.clone(),
+                                        message,
+                                        Some(
+                                            "write `schema.table` or `schema.prefix_*`, such as `public.customer_*`"
+                                                .into(),
+                                        ),
+                                    );
+                                    ok = false;
+                                }
+                            }
+                        }
                     }
+                    other => self.unknown_key(
+                        k.span(),
+                        other,
+                        &prefix,
+                        &["schema", "migrations", "sources", "depends_on", "claims"],
+                    ),
                 }
             }
             self.dependency_graph.push((name.to_string(), graph_deps, key.span()));
@@ -602,7 +729,24 @@ impl<'a> Parser<'a> {
                 ok = false;
             }
             if ok && let Some(migrations) = migrations {
-                modules.push((Module { name, schema: schema.0, migrations, sources, depends_on }, key.span()));
+                self.claim_spans.extend(claims.iter().map(|(c, span)| (name.to_string(), c.clone(), span.clone())));
+                let claims = claims.into_iter().map(|(c, _)| c).collect();
+                modules.push((Module { name, schema: schema.0, migrations, sources, depends_on, claims }, key.span()));
+            }
+        }
+        // A claim in a module's own schema means nothing; the same claim in two modules is ambiguous.
+        let claim_spans = std::mem::take(&mut self.claim_spans);
+        for (i, (module, claim, span)) in claim_spans.iter().enumerate() {
+            let key = format!("modules.{module}.claims");
+            if let Some(owner) = modules.iter().find(|(m, _)| m.schema.as_str() == claim.schema) {
+                self.error(
+                    span.clone(),
+                    key,
+                    format!("claim `{claim}` is in schema `{}` of module `{}`", claim.schema, owner.0.name),
+                    Some("a module can claim objects only in a schema that is no module's, such as `public`".into()),
+                );
+            } else if let Some((other, _, _)) = claim_spans[..i].iter().find(|(m, c, _)| c == claim && m != module) {
+                self.error(span.clone(), key, format!("`{claim}` is also claimed by module `{other}`"), None);
             }
         }
         modules

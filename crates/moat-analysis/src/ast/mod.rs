@@ -11,7 +11,7 @@ use pg_query::protobuf::{self, Node, ObjectType};
 use pg_query::{NodeEnum, NodeRef};
 
 use crate::fragment::{OffsetMap, sql_string_value};
-use crate::resolve::{ObjectKind, QualifiedName, SearchPath, parse_search_path};
+use crate::resolve::{ObjectKind, QualifiedName, SearchPath, TEMP_SCHEMA, parse_search_path};
 
 /// A text being analyzed, where one statement sits in it, and where the text sits in the file.
 #[derive(Debug, Clone)]
@@ -165,6 +165,15 @@ pub(crate) struct Facts {
     pub(crate) path_changes: Vec<PathChange>,
     /// `set_config('role' | 'session_authorization', ...)` calls: a `SET ROLE` in disguise.
     pub(crate) role_changes: Vec<(String, Range<usize>)>,
+    /// `set_config` calls that can change any setting or the `search_path` to a value not known
+    /// before it runs: what is not constant (`the setting's name`, `the search_path`), and where.
+    pub(crate) dynamic_settings: Vec<(&'static str, Range<usize>)>,
+    /// Functions that `ALTER FUNCTION ... SET search_path` pins.
+    pub(crate) pinned_functions: Vec<QualifiedName>,
+    /// Objects that exist after the statement without being created by name: the sequence of a
+    /// `serial` or identity column, the new name of a renamed relation. Name resolution knows
+    /// them; no rule reports them.
+    pub(crate) implicit: Vec<(ObjectKind, QualifiedName)>,
 }
 
 /// Collects the facts of one statement.
@@ -210,6 +219,14 @@ pub(crate) fn const_string(node: Option<&Node>) -> Option<(&str, i32)> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// The string value of a constant, also behind casts (`'search_path'::text`).
+fn const_string_through_casts(node: Option<&Node>) -> Option<(&str, i32)> {
+    match node?.node.as_ref()? {
+        NodeEnum::TypeCast(cast) => const_string_through_casts(cast.arg.as_deref()),
+        _ => const_string(node),
     }
 }
 
@@ -336,6 +353,9 @@ impl Collector<'_, '_> {
     fn create_range_var(&mut self, what: &'static str, kind: ObjectKind, rv: &protobuf::RangeVar) {
         self.skip.push(address(rv));
         if rv.relpersistence == "t" {
+            // Temporary: not a module's object, but later statements may name it.
+            let name = QualifiedName { schema: Some(TEMP_SCHEMA.to_owned()), name: rv.relname.clone() };
+            self.facts.implicit.push((kind, name));
             return;
         }
         let name = range_var_name(rv);
@@ -411,9 +431,29 @@ impl Collector<'_, '_> {
                 self.unlocated(kind, QualifiedName::from_parts(&parts));
             }
             NodeRef::CommonTableExpr(cte) => self.ctes.push(cte.ctename.clone()),
+            // The walk reaches `WITH` after `FROM`: learn the names first.
+            NodeRef::SelectStmt(q) => self.with_names(q.with_clause.as_ref()),
+            NodeRef::InsertStmt(q) => self.with_names(q.with_clause.as_ref()),
+            NodeRef::UpdateStmt(q) => self.with_names(q.with_clause.as_ref()),
+            NodeRef::DeleteStmt(q) => self.with_names(q.with_clause.as_ref()),
+            NodeRef::MergeStmt(q) => self.with_names(q.with_clause.as_ref()),
             NodeRef::CreateStmt(s) => {
                 if let Some(rv) = &s.relation {
                     self.create_range_var("table", ObjectKind::Relation, rv);
+                    self.implicit_sequences(rv, &s.table_elts);
+                }
+            }
+            NodeRef::AlterTableStmt(a) => {
+                if let Some(rv) = &a.relation {
+                    let columns: Vec<&Node> = a
+                        .cmds
+                        .iter()
+                        .filter_map(|c| match &c.node {
+                            Some(NodeEnum::AlterTableCmd(cmd)) => cmd.def.as_deref(),
+                            _ => None,
+                        })
+                        .collect();
+                    self.implicit_sequences_of(rv, columns.into_iter());
                 }
             }
             NodeRef::CreateTableAsStmt(s) => {
@@ -464,6 +504,13 @@ impl Collector<'_, '_> {
                 self.function_body(f);
             }
             NodeRef::DoStmt(d) => self.do_body(d),
+            NodeRef::AlterFunctionStmt(f) => {
+                if function_options(&f.actions).pinned_path.is_some()
+                    && let Some(name) = f.func.as_ref().and_then(|o| name_of(&o.objname))
+                {
+                    self.facts.pinned_functions.push(name);
+                }
+            }
             NodeRef::CreateConversionStmt(c) => self.create_named("conversion", None, &c.conversion_name),
             NodeRef::CreateOpClassStmt(c) => self.create_named("operator class", None, &c.opclassname),
             NodeRef::CreateOpFamilyStmt(c) => self.create_named("operator family", None, &c.opfamilyname),
@@ -531,6 +578,18 @@ impl Collector<'_, '_> {
             }
             NodeRef::CommentStmt(c) => self.object_reference(c.objtype, c.object.as_deref()),
             NodeRef::RenameStmt(r) => {
+                let relation_kind = match ObjectType::try_from(r.rename_type).unwrap_or(ObjectType::Undefined) {
+                    ObjectType::ObjectTable
+                    | ObjectType::ObjectView
+                    | ObjectType::ObjectMatview
+                    | ObjectType::ObjectForeignTable => Some(ObjectKind::Relation),
+                    ObjectType::ObjectSequence => Some(ObjectKind::Sequence),
+                    _ => None,
+                };
+                if let (Some(kind), Some(rv)) = (relation_kind, &r.relation) {
+                    let schema = (!rv.schemaname.is_empty()).then(|| rv.schemaname.clone());
+                    self.facts.implicit.push((kind, QualifiedName { schema, name: r.newname.clone() }));
+                }
                 if r.rename_type == ObjectType::ObjectSchema as i32 {
                     self.unlocated(ObjectKind::Schema, Some(QualifiedName { schema: None, name: r.subname.clone() }));
                 } else {
@@ -613,6 +672,44 @@ impl Collector<'_, '_> {
         self.unlocated(kind, QualifiedName::from_parts(&object_parts(object)));
     }
 
+    fn with_names(&mut self, with: Option<&protobuf::WithClause>) {
+        for cte in with.into_iter().flat_map(|w| &w.ctes) {
+            if let Some(NodeEnum::CommonTableExpr(cte)) = &cte.node {
+                self.ctes.push(cte.ctename.clone());
+            }
+        }
+    }
+
+    /// The sequences of `serial` and identity columns of `table`: `<table>_<column>_seq`.
+    fn implicit_sequences(&mut self, table: &protobuf::RangeVar, elements: &[Node]) {
+        self.implicit_sequences_of(table, elements.iter());
+    }
+
+    fn implicit_sequences_of<'n>(&mut self, table: &protobuf::RangeVar, elements: impl Iterator<Item = &'n Node>) {
+        for element in elements {
+            let Some(NodeEnum::ColumnDef(column)) = &element.node else { continue };
+            let serial = column.type_name.as_ref().is_some_and(|t| {
+                strings(&t.names).last().is_some_and(|n| {
+                    matches!(n.as_str(), "serial" | "bigserial" | "smallserial" | "serial2" | "serial4" | "serial8")
+                })
+            });
+            let identity = column.constraints.iter().any(|c| {
+                matches!(&c.node, Some(NodeEnum::Constraint(c)) if c.contype == protobuf::ConstrType::ConstrIdentity as i32)
+            });
+            if serial || identity {
+                let schema = if table.relpersistence == "t" {
+                    Some(TEMP_SCHEMA.to_owned())
+                } else {
+                    (!table.schemaname.is_empty())
+                        .then(|| table.schemaname.clone())
+                        .or_else(|| self.schema_default.clone())
+                };
+                let name = format!("{}_{}_seq", table.relname, column.colname);
+                self.facts.implicit.push((ObjectKind::Sequence, QualifiedName { schema, name }));
+            }
+        }
+    }
+
     fn func_call(&mut self, call: &protobuf::FuncCall) {
         let parts = strings(&call.funcname);
         let Some(name) = QualifiedName::from_parts(&parts) else { return };
@@ -630,8 +727,8 @@ impl Collector<'_, '_> {
                 }
             }
             "set_config" => {
-                let setting = const_string(call.args.first()).map(|(s, _)| s.to_lowercase());
-                let value = const_string(call.args.get(1));
+                let setting = const_string_through_casts(call.args.first()).map(|(s, _)| s.to_lowercase());
+                let value = const_string_through_casts(call.args.get(1));
                 match (setting.as_deref(), value) {
                     (Some("search_path"), Some((value, _))) => {
                         self.facts.path_changes.push(PathChange::Set(parse_search_path(value)));
@@ -639,6 +736,14 @@ impl Collector<'_, '_> {
                     (Some(setting @ ("role" | "session_authorization")), _) => {
                         let span = self.frame.name_span(call.location, None);
                         self.facts.role_changes.push((setting.to_owned(), span));
+                    }
+                    (None, _) if !call.args.is_empty() => {
+                        let span = self.frame.name_span(call.location, None);
+                        self.facts.dynamic_settings.push(("the setting's name", span));
+                    }
+                    (Some("search_path"), None) if call.args.len() > 1 => {
+                        let span = self.frame.name_span(call.location, None);
+                        self.facts.dynamic_settings.push(("the `search_path` it sets", span));
                     }
                     _ => {}
                 }

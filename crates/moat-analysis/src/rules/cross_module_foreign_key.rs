@@ -3,6 +3,7 @@
 use moat_core::findings::Severity;
 
 use super::{Cx, Hit, Owner, Rule};
+use crate::CrossingKind;
 
 /// The rule.
 pub(crate) const RULE: Rule = Rule {
@@ -41,7 +42,10 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
     let Owner::Module { name: module, schema: own } = cx.owner else { return };
     for reference in cx.unit.facts.references.iter().filter(|r| r.foreign_key) {
         let Some(schema) = cx.resolve(reference) else { continue };
-        let Some(other) = cx.resolver.module_of(&schema).filter(|m| *m != module && schema != own) else { continue };
+        let Some(other) = cx.resolver.owner_of(&schema, &reference.name.name).filter(|m| *m != module && schema != own)
+        else {
+            continue;
+        };
         let object = reference.name.in_schema(&schema);
         out.push(
             Hit::new(
@@ -53,7 +57,8 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
                      `{other}.exists(id)`); keep an event-fed snapshot in `{own}` if you need its data"
                 ),
             )
-            .object(object),
+            .object(object)
+            .crossing(other, CrossingKind::ForeignKey),
         );
     }
 }

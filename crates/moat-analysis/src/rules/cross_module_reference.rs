@@ -3,6 +3,7 @@
 use moat_core::findings::Severity;
 
 use super::{Cx, Hit, Owner, Rule};
+use crate::CrossingKind;
 use crate::resolve::ObjectKind;
 
 /// The rule.
@@ -44,6 +45,8 @@ patients module's API at run time. For a report that must span modules, declare 
 /// Reports references that resolve into another module's schema.
 pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
     let Owner::Module { name: module, schema: own } = cx.owner else { return };
+    // One finding per object and statement: a column's type and its default's cast are one crossing.
+    let mut reported: Vec<String> = Vec::new();
     for reference in &cx.unit.facts.references {
         if reference.foreign_key {
             continue;
@@ -52,12 +55,16 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
         if schema == own {
             continue;
         }
-        let Some(other) = cx.resolver.module_of(&schema) else { continue };
+        let Some(other) = cx.resolver.owner_of_reference(reference.kind, &schema, &reference.name) else { continue };
         if other == module {
             continue;
         }
         let object =
             if reference.kind == ObjectKind::Schema { schema.clone() } else { reference.name.in_schema(&schema) };
+        if reported.contains(&object) {
+            continue;
+        }
+        reported.push(object.clone());
         out.push(
             Hit::new(
                 &RULE,
@@ -68,7 +75,15 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
                      `{own}`, call module `{other}`'s API, or read a contract view declared in moat.toml"
                 ),
             )
-            .object(object),
+            .object(object)
+            .crossing(
+                other,
+                if reference.kind == ObjectKind::Function {
+                    CrossingKind::FunctionCall
+                } else {
+                    CrossingKind::Reference
+                },
+            ),
         );
     }
 }

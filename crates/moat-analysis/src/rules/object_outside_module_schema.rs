@@ -71,6 +71,26 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
         if schema == own || schema == "pg_temp" || schema.starts_with("pg_temp_") {
             continue;
         }
+        let claimant = if creation.what == "schema" || cx.resolver.module_of(&schema).is_some() {
+            None
+        } else {
+            cx.resolver.owner_of(&schema, &name.name)
+        };
+        if creation.what != "schema" {
+            // Claimed by this module (`claims` in moat.toml): its own, for now.
+            if claimant.is_some() && claimant == cx.module() {
+                continue;
+            }
+            // An index, trigger, policy or rule on a table in a shared schema that the files create:
+            // the table is reported (once), not each object on it.
+            if creation.attached
+                && claimant.is_none()
+                && cx.resolver.module_of(&schema).is_none()
+                && cx.resolver.is_created(ObjectKind::Relation, &schema, &name.name)
+            {
+                continue;
+            }
+        }
         let (message, object) = if creation.what == "schema" {
             (format!("creates schema `{schema}`; {whose} owns only schema `{own}`"), schema.clone())
         } else if creation.what == "moved" {
@@ -86,7 +106,8 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
             )
         } else {
             let object = name.in_schema(&schema);
-            (format!("creates {} `{object}` outside schema `{own}`", creation.what), object)
+            let claimed = claimant.map_or_else(String::new, |other| format!(", claimed by module `{other}`"));
+            (format!("creates {} `{object}` outside schema `{own}`{claimed}", creation.what), object)
         };
         out.push(
             Hit::new(

@@ -38,7 +38,10 @@ them.
 
 /// A parse error at `span` with PostgreSQL's `message`.
 pub(crate) fn hit(span: Range<usize>, message: &str) -> Hit {
-    let help = if message.contains("at or near \":\"") {
+    let help = if message.contains("moat reads at most") || message.contains("too deeply to analyze") {
+        "PostgreSQL accepts this, but it is nested deeper than moat analyzes, so its references are not checked: \
+         split it into simpler statements (or functions), or record it in the baseline"
+    } else if message.contains("at or near \":\"") {
         "psql variables (`:name`) are not SQL; migrations are applied by moat, not by psql"
     } else if message.contains("PL/pgSQL") {
         "fix the function body; PostgreSQL would reject the function when it is created"
@@ -94,6 +97,29 @@ mod tests {
     fn does_not_fire_on_valid_sql_with_psql_meta_commands() {
         let sql = "\\set ON_ERROR_STOP on\nCREATE TABLE t (id int);\n\\d t\nSELECT 1 \\gset\n";
         assert!(migration("billing", sql).is_empty());
+    }
+
+    #[test]
+    fn analysis_limits_do_not_claim_postgresql_rejects_the_sql() {
+        let sql = format!("SELECT {}1{};", "(".repeat(450), ")".repeat(450));
+        let findings = migration("billing", &sql);
+        assert_eq!(rules(&findings), ["parse-error"]);
+        let help = findings[0].help.as_deref().unwrap_or_default();
+        assert!(help.starts_with("PostgreSQL accepts this"), "{help}");
+        assert!(!help.contains("would reject"), "{help}");
+        let ifs = format!("DO $$ BEGIN {} NULL; {} END $$;", "IF true THEN ".repeat(60), "END IF; ".repeat(60));
+        for finding in migration("billing", &ifs) {
+            let help = finding.help.as_deref().unwrap_or_default();
+            assert!(!help.contains("would reject"), "{}: {help}", finding.message);
+        }
+    }
+
+    #[test]
+    fn down_sections_are_read_for_syntax_only() {
+        let sql = "-- +goose Up\nCREATE TABLE charges (id int);\n-- +goose Down\nSELECT * FROM patients.patients;\nDROP TABLEE charges;\n";
+        let findings = migration("billing", sql);
+        assert_eq!(rules(&findings), ["parse-error"]);
+        assert_eq!(findings[0].line, Some(5));
     }
 
     #[test]

@@ -61,6 +61,59 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
         );
     }
     let Some(node) = cx.node() else { return };
+    // `CREATE FUNCTION ... SET role = ...`: every call switches the role.
+    let function_settings = match node {
+        NodeEnum::CreateFunctionStmt(f) => Some(&f.options),
+        NodeEnum::AlterFunctionStmt(f) => Some(&f.actions),
+        _ => None,
+    };
+    for option in function_settings.into_iter().flatten() {
+        if let Some(NodeEnum::DefElem(def)) = &option.node
+            && def.defname == "set"
+            && let Some(NodeEnum::VariableSetStmt(set)) = def.arg.as_deref().and_then(|a| a.node.as_ref())
+            && matches!(set.name.as_str(), "role" | "session_authorization")
+        {
+            let span = frame.offset(def.location).map_or_else(|| frame.keyword_span(), |o| frame.file_span(o..o + 3));
+            out.push(
+                Hit::new(
+                    &RULE,
+                    span,
+                    format!("`SET {}` on a function in a migration: every call changes the role", set.name),
+                    role_help(),
+                )
+                .object(format!("SET {}", set.name)),
+            );
+        }
+    }
+    // `DROP SCHEMA` of a schema that is no module's (another module's is a cross-module reference).
+    if let NodeEnum::DropStmt(d) = node
+        && d.remove_type == ObjectType::ObjectSchema as i32
+    {
+        for object in &d.objects {
+            let Some(NodeEnum::String(schema)) = &object.node else { continue };
+            if schema.sval == cx.own_schema() || cx.manifest.module_by_schema(&schema.sval).is_some() {
+                continue;
+            }
+            let cascade =
+                if d.behavior == pg_query::protobuf::DropBehavior::DropCascade as i32 { " CASCADE" } else { "" };
+            out.push(
+                Hit::new(
+                    &RULE,
+                    frame.word_span(&schema.sval),
+                    format!(
+                        "`DROP SCHEMA{cascade}` of `{}` in a migration, outside schema `{}`",
+                        schema.sval,
+                        cx.own_schema()
+                    ),
+                    "a module may drop only objects of its own schema; schemas that are no module's belong to the \
+                     database's setup"
+                        .to_owned(),
+                )
+                .object(format!("DROP SCHEMA {}", schema.sval)),
+            );
+        }
+        return;
+    }
     let (object, help) = match node {
         NodeEnum::CreateRoleStmt(r) => (r.role.clone(), roles_help()),
         NodeEnum::AlterRoleStmt(r) => (r.role.as_ref().map(|r| r.rolename.clone()).unwrap_or_default(), roles_help()),
@@ -79,7 +132,15 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
         NodeEnum::AlterExtensionStmt(e) => (e.extname.clone(), extension_help()),
         NodeEnum::AlterExtensionContentsStmt(e) => (e.extname.clone(), extension_help()),
         NodeEnum::DropStmt(d) if d.remove_type == ObjectType::ObjectExtension as i32 => {
-            (String::new(), extension_help())
+            let names: Vec<String> = d
+                .objects
+                .iter()
+                .filter_map(|o| match &o.node {
+                    Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+                    _ => None,
+                })
+                .collect();
+            (names.join(", "), extension_help())
         }
         NodeEnum::VariableSetStmt(set) if matches!(set.name.as_str(), "role" | "session_authorization") => {
             let verb =
@@ -132,6 +193,19 @@ mod tests {
                    DO $$ BEGIN CREATE ROLE sneaky; END $$;";
         let findings = migration("billing", sql);
         assert_eq!(rules(&findings), ["privileged-statement-in-migration"; 12]);
+        insta::assert_snapshot!(render(sql, &findings));
+    }
+
+    #[test]
+    fn names_drop_extension_and_fires_on_drop_schema_elsewhere_and_role_settings_of_functions() {
+        let sql = "DROP EXTENSION IF EXISTS pgcrypto;\nDROP SCHEMA public CASCADE;\nDROP SCHEMA billing_data;\n\
+                   CREATE FUNCTION f() RETURNS int LANGUAGE sql SET role = 'postgres' AS 'SELECT 1';\n\
+                   ALTER FUNCTION f() SET session_authorization = 'postgres';";
+        let findings = migration("billing", sql);
+        assert_eq!(rules(&findings), ["privileged-statement-in-migration"; 4]);
+        assert_eq!(findings[0].message, "`DROP EXTENSION` of `pgcrypto` in a migration");
+        assert_eq!(findings[1].object.as_deref(), Some("DROP SCHEMA public"));
+        assert_eq!((findings[2].line, findings[2].column), (Some(4), Some(46)));
         insta::assert_snapshot!(render(sql, &findings));
     }
 

@@ -87,6 +87,19 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
     out.push(hit.object(name));
 }
 
+/// An unpinned SECURITY DEFINER function whose `search_path` an `ALTER FUNCTION ... SET
+/// search_path` of the module pins: a warning, as if it had been pinned where it was created.
+pub(crate) fn pinned_later(hit: &mut Hit, object: &str) {
+    if hit.rule != &RULE || hit.severity != Severity::Error {
+        return;
+    }
+    hit.severity = Severity::Warning;
+    hit.message = format!("function `{object}` is SECURITY DEFINER (with `search_path` pinned by `ALTER FUNCTION`)");
+    hit.help = "it runs with its owner's rights for every caller: REVOKE EXECUTE ON FUNCTION ... FROM PUBLIC and \
+                grant it only to the roles that need it"
+        .to_owned();
+}
+
 #[cfg(test)]
 mod tests {
     use moat_core::findings::Severity;
@@ -103,6 +116,18 @@ mod tests {
         let severities: Vec<_> = findings.iter().map(|f| f.severity).collect();
         assert_eq!(severities, [Severity::Error, Severity::Warning, Severity::Error]);
         insta::assert_snapshot!(render(sql, &findings));
+    }
+
+    #[test]
+    fn a_later_alter_function_set_search_path_pins_it() {
+        let sql = "CREATE FUNCTION patient_exists(id uuid) RETURNS boolean LANGUAGE sql SECURITY DEFINER AS 'SELECT true';\n\
+                   ALTER FUNCTION patient_exists(uuid) SET search_path = patients, pg_temp;\n\
+                   CREATE FUNCTION other() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';";
+        let findings = migration("patients", sql);
+        assert_eq!(rules(&findings), ["security-definer-function"; 2]);
+        let severities: Vec<_> = findings.iter().map(|f| f.severity).collect();
+        assert_eq!(severities, [Severity::Warning, Severity::Error]);
+        assert!(findings[0].message.contains("pinned by `ALTER FUNCTION`"), "{}", findings[0].message);
     }
 
     #[test]

@@ -63,7 +63,11 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     print_stale(&manifest, &outcome);
     match cli.format {
         Format::Human => print_human(&analysis, &outcome, &sources)?,
-        Format::Json => output::json(&render::json(&outcome.new, analysis.stats.files))?,
+        Format::Json => {
+            let mut document = render::json(&outcome.new, analysis.stats.files);
+            document["coupling"] = serde_json::to_value(&analysis.coupling)?;
+            output::json(&document)?;
+        }
         Format::Sarif | Format::Github => print_machine(cli.format, &outcome.new, &sources)?,
     }
     Ok(u8::from(outcome.new.iter().any(|f| f.severity == Severity::Error)))
@@ -82,7 +86,7 @@ fn read_sources(manifest: &Manifest) -> anyhow::Result<Vec<File>> {
     let mut files = Vec::new();
     for module in &manifest.modules {
         let kind = SourceKind::Migration { module: module.name.to_string() };
-        for path in list(&module.migrations, "sql", false)? {
+        for path in migration_files(&module.migrations)? {
             files.push(read(manifest, &path, kind.clone())?);
         }
         for source in &module.sources {
@@ -97,6 +101,21 @@ fn read_sources(manifest: &Manifest) -> anyhow::Result<Vec<File>> {
         files.push(read(manifest, &contract.sql, SourceKind::Contract { contract: contract.name.to_string() })?);
     }
     Ok(files)
+}
+
+/// A module's migration files: `*.sql` in its folder, and diesel's `<folder>/up.sql` and
+/// `down.sql` one level down, sorted by path.
+fn migration_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = list(dir, "sql", false)?;
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read folder `{}`", dir.display()))?;
+    for entry in entries {
+        let path = entry.with_context(|| format!("cannot read folder `{}`", dir.display()))?.path();
+        if path.is_dir() && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            out.extend(["up.sql", "down.sql"].iter().map(|f| path.join(f)).filter(|p| p.is_file()));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The files of `dir` whose extension is `extension`, sorted; with `recursive`, also in its
@@ -187,6 +206,22 @@ fn print_human(analysis: &Analysis, outcome: &BaselineOutcome, sources: &Sources
     if outcome.accepted > 0 {
         line.push_str(&format!(", {} accepted by the baseline", outcome.accepted));
     }
+    let formats: Vec<String> = {
+        let mut by_format: std::collections::BTreeMap<moat_analysis::MigrationFormat, Vec<&str>> = Default::default();
+        for (module, formats) in &analysis.migration_formats {
+            for format in formats {
+                by_format.entry(*format).or_default().push(module);
+            }
+        }
+        by_format
+            .into_iter()
+            .filter(|(f, _)| *f != moat_analysis::MigrationFormat::Plain)
+            .map(|(f, modules)| format!("{f} ({})", modules.join(", ")))
+            .collect()
+    };
+    if !formats.is_empty() {
+        line.push_str(&format!("; migrations read as {}", formats.join(", ")));
+    }
     if stats.meta_commands > 0 {
         line.push_str(&format!(
             "; {} psql meta-command{} skipped",
@@ -198,6 +233,10 @@ fn print_human(analysis: &Analysis, outcome: &BaselineOutcome, sources: &Sources
         output::status("Failed", style::BAD, line)?;
     } else {
         output::status("Checked", style::GOOD, line)?;
+    }
+    if !analysis.coupling.is_empty() {
+        output::text(format!("\n{}", render::coupling(&analysis.coupling).trim_end_matches('\n')))?;
+        output::line("")?;
     }
     Ok(())
 }

@@ -31,6 +31,26 @@ pub fn json(findings: &[Finding], files: usize) -> serde_json::Value {
     })
 }
 
+/// The module-to-module table of `moat check`: how many foreign keys, references and function
+/// calls cross from each module to each other (before suppressions and the baseline).
+pub fn coupling(rows: &[moat_analysis::CouplingRow]) -> String {
+    let from_width = rows.iter().map(|r| r.from.len()).max().unwrap_or(0).max("from".len());
+    let to_width = rows.iter().map(|r| r.to.len()).max().unwrap_or(0).max("to".len());
+    let mut out = String::from("coupling between modules (before suppressions and the baseline):\n");
+    out.push_str(&format!(
+        "  {:from_width$}    {:to_width$}  {:>12}  {:>10}  {:>14}\n",
+        "from", "to", "foreign keys", "references", "function calls"
+    ));
+    for r in rows {
+        out.push_str(&format!(
+            "  {:from_width$} -> {:to_width$}  {:>12}  {:>10}  {:>14}\n",
+            r.from, r.to, r.foreign_keys, r.references, r.function_calls
+        ));
+    }
+    out.push('\n');
+    out
+}
+
 /// The 1-based end line and column of a finding's span, when its file's text is known.
 fn end_position(finding: &Finding, sources: &Sources) -> Option<(u32, u32)> {
     let text = sources.get(finding.file.as_deref()?)?;

@@ -101,7 +101,7 @@ password = "x"
     /p/moat.toml:3:1: `project.owner`: unknown key `owner`
       help: known keys here: `name`
     /p/moat.toml:6:1: `modules.patients.schmea`: unknown key `schmea`
-      help: known keys here: `schema`, `migrations`, `sources`, `depends_on`
+      help: known keys here: `schema`, `migrations`, `sources`, `depends_on`, `claims`
     /p/moat.toml:9:1: `consumers.reporting.password`: unknown key `password`
       help: `consumers.reporting` takes no keys
     /p/moat.toml:11:2: `extra`: unknown key `extra`
@@ -275,5 +275,70 @@ name = "clinic"
 fn invalid_toml_names_the_line() {
     insta::assert_snapshot!(errors("[project]\nname = \"clinic\"\n[modules.a\n"), @r#"
     /p/moat.toml:3:11: not valid TOML: unclosed table, expected `]`
+    "#);
+}
+
+#[test]
+fn claims_name_objects_in_a_shared_schema_and_the_most_specific_wins() {
+    let manifest = parse(
+        r#"[project]
+name = "shop"
+[modules.customers]
+claims = ["public.customer_*", "public.customers"]
+[modules.orders]
+claims = ["public.order*", "legacy.*"]
+[modules.audit]
+claims = ["public.customer_audit"]
+"#,
+    )
+    .expect("valid");
+    let owner = |schema: &str, name: &str| manifest.owner_of(schema, name).map(|m| m.name.to_string());
+    assert_eq!(owner("public", "customers").as_deref(), Some("customers"));
+    assert_eq!(owner("public", "customer_addresses").as_deref(), Some("customers"));
+    assert_eq!(owner("public", "customer_audit").as_deref(), Some("audit"));
+    assert_eq!(owner("public", "orders").as_deref(), Some("orders"));
+    assert_eq!(owner("legacy", "anything").as_deref(), Some("orders"));
+    assert_eq!(owner("orders", "x").as_deref(), Some("orders"));
+    assert_eq!(owner("public", "products"), None);
+    assert_eq!(owner("public", "customer"), None);
+    assert!(Claim::parse("public.a*b*c").expect("claim").matches("public", "a_b_c"));
+    assert!(!Claim::parse("public.a*b*c").expect("claim").matches("public", "a_c"));
+}
+
+#[test]
+fn bad_claims_are_reported_with_their_key() {
+    insta::assert_snapshot!(errors(
+        r#"[project]
+name = "shop"
+[modules.customers]
+claims = ["customers", "orders.orders", "pg_catalog.pg_class", "public.Customers", "public.x", "public.x"]
+[modules.orders]
+claims = ["public.x"]
+"#
+    ), @r#"
+    /p/moat.toml:4:11: `modules.customers.claims`: claim `customers` names no schema
+      help: write `schema.table` or `schema.prefix_*`, such as `public.customer_*`
+    /p/moat.toml:4:41: `modules.customers.claims`: schema `pg_catalog` cannot be claimed
+      help: claims name objects in `public` or another shared schema
+    /p/moat.toml:4:64: `modules.customers.claims`: claim `public.Customers` is not `schema.name` or `schema.pattern`
+      help: write `schema.table` or `schema.prefix_*`, such as `public.customer_*`
+    /p/moat.toml:4:96: `modules.customers.claims`: `public.x` is listed twice
+    "#);
+}
+
+#[test]
+fn claims_in_a_module_schema_or_in_two_modules_are_refused() {
+    insta::assert_snapshot!(errors(
+        r#"[project]
+name = "shop"
+[modules.customers]
+claims = ["orders.orders", "public.customers"]
+[modules.orders]
+claims = ["public.customers"]
+"#
+    ), @r#"
+    /p/moat.toml:4:11: `modules.customers.claims`: claim `orders.orders` is in schema `orders` of module `orders`
+      help: a module can claim objects only in a schema that is no module's, such as `public`
+    /p/moat.toml:6:11: `modules.orders.claims`: `public.customers` is also claimed by module `customers`
     "#);
 }

@@ -1,0 +1,102 @@
+//! `transaction-control-in-migration`: a migration that ends, starts or splits its transaction.
+
+use moat_core::findings::Severity;
+use pg_query::NodeEnum;
+use pg_query::protobuf::TransactionStmtKind as K;
+
+use super::{Cx, Hit, Rule};
+
+/// The rule.
+pub(crate) const RULE: Rule = Rule {
+    name: "transaction-control-in-migration",
+    severity: Severity::Error,
+    summary: "BEGIN, COMMIT, ROLLBACK, SAVEPOINT or PREPARE TRANSACTION in a module migration",
+    doc: r#"# transaction-control-in-migration
+
+**What it finds.** In a module migration: `BEGIN`/`START TRANSACTION`, `COMMIT`/`END`,
+`ROLLBACK`/`ABORT`, `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`, `PREPARE TRANSACTION`, `COMMIT
+PREPARED` and `ROLLBACK PREPARED`, and `COMMIT`/`ROLLBACK` inside the DO blocks and procedures it
+creates.
+
+**Why it matters.** moat runs each migration in one transaction that it opens, with the module's
+owner role, and records it as applied in the same transaction. A `COMMIT` in the middle ends that
+transaction: what follows runs outside it (in autocommit, without the role moat set for the
+transaction, and is not undone when the migration fails), and the history no longer says what
+ran. It is also how a migration escapes the owner role it was given.
+
+**Example.**
+
+```sql
+CREATE TABLE charges (id uuid PRIMARY KEY);
+COMMIT;
+CREATE TABLE public.stolen AS SELECT * FROM patients.patients;
+```
+
+**Fix.** Remove the transaction commands: moat opens and commits the transaction. A statement
+that cannot run in a transaction (`CREATE INDEX CONCURRENTLY`) goes in a migration of its own
+marked `-- moat:no-transaction`.
+"#,
+};
+
+/// Reports transaction control in migrations.
+pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
+    if !cx.is_migration() {
+        return;
+    }
+    let help = || {
+        "moat runs each migration in one transaction it opens and commits; remove the command (a statement that \
+         cannot run in a transaction goes in its own migration marked `-- moat:no-transaction`)"
+            .to_owned()
+    };
+    for (word, span) in &cx.unit.transaction_control {
+        out.push(
+            Hit::new(&RULE, span.clone(), format!("`{word}` in a PL/pgSQL body of a migration"), help())
+                .object((*word).to_owned()),
+        );
+    }
+    let Some(NodeEnum::TransactionStmt(t)) = cx.node() else { return };
+    let label = match K::try_from(t.kind).unwrap_or(K::Undefined) {
+        K::TransStmtBegin => "BEGIN",
+        K::TransStmtStart => "START TRANSACTION",
+        K::TransStmtCommit => "COMMIT",
+        K::TransStmtRollback => "ROLLBACK",
+        K::TransStmtSavepoint => "SAVEPOINT",
+        K::TransStmtRelease => "RELEASE SAVEPOINT",
+        K::TransStmtRollbackTo => "ROLLBACK TO SAVEPOINT",
+        K::TransStmtPrepare => "PREPARE TRANSACTION",
+        K::TransStmtCommitPrepared => "COMMIT PREPARED",
+        K::TransStmtRollbackPrepared => "ROLLBACK PREPARED",
+        K::Undefined => "a transaction command",
+    };
+    out.push(Hit::new(&RULE, cx.frame().keyword_span(), format!("`{label}` in a migration"), help()).object(label));
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::rules::test_support::{migration, render, rules, rust};
+
+    #[test]
+    fn fires_on_every_transaction_command_and_commit_in_bodies() {
+        let sql = "BEGIN;\nCREATE TABLE charges (id uuid);\nCOMMIT;\nSTART TRANSACTION;\nSAVEPOINT a;\n\
+                   RELEASE SAVEPOINT a;\nROLLBACK TO SAVEPOINT a;\nEND;\nABORT;\nPREPARE TRANSACTION 'x';\n\
+                   COMMIT PREPARED 'x';\nDO $$\nBEGIN\n  INSERT INTO charges VALUES (NULL);\n  COMMIT;\nEND $$;\n\
+                   CREATE PROCEDURE p() LANGUAGE plpgsql AS $$\nBEGIN\n  ROLLBACK;\nEND $$;";
+        let findings = migration("billing", sql);
+        assert_eq!(rules(&findings), ["transaction-control-in-migration"; 12]);
+        assert_eq!((findings[10].line, findings[10].column), (Some(15), Some(3)));
+        assert_eq!((findings[11].line, findings[11].column), (Some(19), Some(3)));
+        insta::assert_snapshot!(render(sql, &findings));
+    }
+
+    #[test]
+    fn does_not_fire_on_blocks_or_outside_migrations() {
+        for sql in [
+            "DO $$ BEGIN PERFORM 1; END $$;",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;",
+            "CREATE FUNCTION g() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;",
+        ] {
+            assert!(migration("billing", sql).is_empty(), "{sql}");
+        }
+        assert!(rust("billing", "fn f() { client.batch_execute(\"BEGIN; COMMIT\"); }").is_empty());
+    }
+}

@@ -1,0 +1,70 @@
+//! Data-driven fixtures: each folder of `tests/fixtures` is a project (`moat.toml` and module
+//! folders) and `expected.txt` lists every finding of `moat check` over it, one per line as
+//! `file:line:column severity rule object`, in the analysis's order. A fixture passes only when
+//! the findings are exactly those.
+
+use std::path::{Path, PathBuf};
+
+use moat_analysis::{AnalysisInput, Source, SourceKind, analyze};
+use moat_core::manifest::Manifest;
+
+fn sql_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).expect("read fixture folder").map(|e| e.expect("entry").path()).collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            sql_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "sql") {
+            out.push(path);
+        }
+    }
+}
+
+/// The findings of a fixture project, rendered one per line.
+fn findings_of(project: &Path) -> String {
+    let manifest = Manifest::load(&project.join("moat.toml")).unwrap_or_else(|e| panic!("{}: {e}", project.display()));
+    let mut files = Vec::new();
+    for module in &manifest.modules {
+        let mut paths = Vec::new();
+        sql_files(&module.migrations, &mut paths);
+        for path in paths {
+            let text = std::fs::read_to_string(&path).expect("read migration");
+            files.push((manifest.relative(&path), text, SourceKind::Migration { module: module.name.to_string() }));
+        }
+    }
+    let sources =
+        files.iter().map(|(file, text, kind)| Source { file: file.clone(), text, kind: kind.clone() }).collect();
+    let analysis = analyze(&AnalysisInput { manifest: &manifest, sources });
+    let mut out = String::new();
+    for f in &analysis.findings {
+        out.push_str(&format!(
+            "{}:{}:{} {} {} {}\n",
+            f.file.as_deref().unwrap_or("-"),
+            f.line.unwrap_or(0),
+            f.column.unwrap_or(0),
+            f.severity.as_str(),
+            f.rule,
+            f.object.as_deref().unwrap_or("-"),
+        ));
+    }
+    out
+}
+
+#[test]
+fn every_fixture_reports_exactly_its_expected_findings() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut cases: Vec<PathBuf> =
+        std::fs::read_dir(&root).expect("tests/fixtures").map(|e| e.expect("entry").path()).collect();
+    cases.sort();
+    let mut failures = Vec::new();
+    for case in cases.iter().filter(|c| c.join("moat.toml").is_file()) {
+        let expected = std::fs::read_to_string(case.join("expected.txt")).unwrap_or_default();
+        let actual = findings_of(case);
+        if expected != actual {
+            failures.push(format!("{}:\n--- expected\n{expected}--- actual\n{actual}", case.display()));
+        }
+    }
+    assert!(cases.len() >= 2, "the fixtures are missing");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
