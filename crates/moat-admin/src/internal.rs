@@ -157,6 +157,12 @@ pub fn inbox_ddl(schema: &str, owner: &str) -> Vec<String> {
     ]
 }
 
+/// `GRANT <privilege> (<columns>) ON TABLE <schema>.<relation> TO <grantee>`.
+pub fn column_grant_sql(schema: &str, relation: &str, privilege: &str, columns: &[&str], grantee: &str) -> String {
+    let columns: Vec<String> = columns.iter().map(|c| ident(c)).collect();
+    format!("GRANT {privilege} ({}) ON TABLE {} TO {}", columns.join(", "), qualified(schema, relation), ident(grantee))
+}
+
 /// Statements that keep the progress rows of the outbox in `schema` in step with the manifest:
 /// a row for each subscriber in `add` (one that has consumed nothing, so retention keeps every
 /// event for it from now on, whether or not its dispatcher has started), none for those in

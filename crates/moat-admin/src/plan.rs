@@ -574,6 +574,10 @@ impl<'a> Planner<'a> {
                 created.extend((0..internal::OUTBOX_SLOTS).map(|slot| (internal::outbox_partition(slot), "r")));
                 created.push((internal::OUTBOX_PROGRESS.to_owned(), "r"));
                 self.grant_on_created(module, &created);
+                for (grantee, privilege, columns) in self.policy().column_privileges(schema, internal::OUTBOX) {
+                    let sql = internal::column_grant_sql(schema, internal::OUTBOX, privilege, columns, &grantee);
+                    self.push(Section::InternalTables, sql);
+                }
             }
             self.progress_rows(module);
             if !module.depends_on.is_empty() && self.snapshot.relation(schema, internal::SUBSCRIPTIONS).is_none() {
@@ -662,6 +666,19 @@ impl<'a> Planner<'a> {
                 qualified(&relation.schema, &relation.name)
             );
             statements.extend(acl_statements(&plain(object), &actual, &wanted, &self.managed));
+            // A table-level grant that stands for a column-level one is revoked above (which
+            // revokes the column grants too); grant the columns afterwards.
+            for (grantee, privilege, columns) in policy.column_privileges(&relation.schema, &relation.name) {
+                if actual.get(&grantee).is_some_and(|have| have.iter().any(|(p, _)| p == privilege)) {
+                    statements.push(internal::column_grant_sql(
+                        &relation.schema,
+                        &relation.name,
+                        privilege,
+                        columns,
+                        &grantee,
+                    ));
+                }
+            }
         }
         for function in &self.snapshot.functions {
             if function.extension {

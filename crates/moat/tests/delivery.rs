@@ -727,3 +727,29 @@ async fn events_retry_runs_as_the_subscribers_runtime_role_so_an_inbox_trigger_g
     assert_eq!(superuser, 0);
     app.close().await;
 }
+
+#[tokio::test]
+async fn the_runtime_role_can_insert_only_the_outbox_columns_publishing_needs() {
+    let db = TestDb::new().await;
+    let project = project(&db);
+    let app = start(&db, &project).await;
+    let mut runtime = db.connect_as(&db.role("customers")).await;
+    for (column, value) in [("id", "1"), ("tx", "'1'"), ("slot", "0"), ("published_at", "now()")] {
+        let sql = format!(
+            "INSERT INTO customers.moat_outbox ({column}, event_id, event_type, event_key, payload) \
+             VALUES ({value}, gen_random_uuid(), 'CustomerRenamed', '1', '{{}}')"
+        );
+        assert_eq!(
+            moat_testkit::sqlstate_of(&mut runtime, &sql).await.as_deref(),
+            Some("42501"),
+            "the runtime role set `{column}`"
+        );
+    }
+    // What publishing writes still works, and a rerun of provisioning changes nothing.
+    publish_renamed(&app, 1, 1).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM customers.moat_outbox").await, 1);
+    let mut admin = db.connect().await;
+    let plan = moat::admin::provision::compute_plan(&mut admin, &project.manifest()).await.unwrap();
+    assert!(plan.steps.is_empty(), "{plan:?}");
+    app.close().await;
+}
