@@ -1,13 +1,17 @@
-//! Operations on module events (`moat events status | dead | retry`), read as the admin.
+//! Operations on module events (`moat events status | dead | retry`). The admin session only
+//! reads the catalog; module tables are read and written as the module's runtime role, outboxes
+//! and progress as the relay.
 
 use moat_core::manifest::Manifest;
 use moat_core::quote::qualified;
 use serde::Serialize;
 use sqlx::Row;
 
+use sqlx::PgConnection;
+
 use crate::error::{AdminError, db};
-use crate::internal::{INBOX, OUTBOX, SUBSCRIPTIONS};
-use crate::target::DatabaseUrl;
+use crate::internal::{INBOX, InboxState, OUTBOX, OUTBOX_PROGRESS, SUBSCRIPTIONS};
+use crate::target::{DatabaseUrl, password_from_env};
 
 /// Delivery state of one subscription (a subscriber module and a module it depends on).
 #[derive(Debug, Clone, Serialize)]
@@ -18,11 +22,20 @@ pub struct SubscriptionStatus {
     pub publisher: String,
     /// Whether a dispatcher has registered it.
     pub started: bool,
-    /// Outbox events not yet consumed.
+    /// Event types some process of the subscriber handles.
+    pub handled_types: Vec<String>,
+    /// Event types the subscriber declared ignored.
+    pub ignored_types: Vec<String>,
+    /// Outbox events of the handled types not yet consumed.
     pub lag_events: i64,
-    /// Age of the oldest unconsumed event, in seconds.
+    /// Age of the oldest of them, in seconds.
     pub lag_seconds: f64,
-    /// Held events waiting behind a failed event of their key.
+    /// Outbox events beyond the cursor that no process of the subscriber handles (they are
+    /// passed over, not delivered).
+    pub ignored: i64,
+    /// Held events (waiting and retrying).
+    pub held: i64,
+    /// Held events waiting behind a failed event of their key, or for a process that handles them.
     pub waiting: i64,
     /// Held events being retried.
     pub retrying: i64,
@@ -30,6 +43,25 @@ pub struct SubscriptionStatus {
     pub dead: i64,
     /// When the cursor last moved.
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A subscriber that is no longer in the manifest but still has a progress row beside a
+/// publisher's outbox (`moat provision` removes it; until then it holds retention back).
+#[derive(Debug, Clone, Serialize)]
+pub struct RemovedSubscriber {
+    /// Publishing module.
+    pub publisher: String,
+    /// The subscriber's name as recorded.
+    pub subscriber: String,
+}
+
+/// `moat events status`: every subscription, and subscribers that left the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventsStatus {
+    /// One per (subscriber, publisher) pair whose tables exist.
+    pub subscriptions: Vec<SubscriptionStatus>,
+    /// Progress rows of subscribers no longer in the manifest.
+    pub removed_subscribers: Vec<RemovedSubscriber>,
 }
 
 /// A dead letter.
@@ -74,78 +106,150 @@ fn pairs(manifest: &Manifest) -> Vec<(&moat_core::manifest::Module, &moat_core::
     pairs
 }
 
-/// `moat events status`.
-pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<Vec<SubscriptionStatus>, AdminError> {
-    let mut conn = crate::connect(url).await?;
+/// Logs in as `role` (its password from the environment, as the runtime library does).
+async fn login(url: &DatabaseUrl, role: &str) -> Result<PgConnection, AdminError> {
+    crate::connect(&url.with_login(role, password_from_env(role).as_deref())).await
+}
+
+/// Whether `relation` exists, read from the catalog as the admin (no module object is touched).
+async fn exists(conn: &mut PgConnection, relation: &str) -> Result<bool, AdminError> {
+    sqlx::query_scalar("SELECT pg_catalog.to_regclass($1) IS NOT NULL")
+        .bind(relation)
+        .fetch_one(conn)
+        .await
+        .map_err(db("looking up event tables"))
+}
+
+/// `moat events status`. The subscriber's cursor and inbox are read as the subscriber's runtime
+/// role, the publisher's outbox and progress as the relay: never as the admin.
+pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStatus, AdminError> {
+    let mut admin = crate::connect(url).await?;
+    let roles = manifest.roles();
+    let mut relay = None;
     let mut statuses = Vec::new();
+    let mut removed = Vec::new();
+    for publisher in manifest.modules.iter() {
+        let progress = qualified(publisher.schema.as_str(), OUTBOX_PROGRESS);
+        if !manifest.uses_events() || !exists(&mut admin, &progress).await? {
+            continue;
+        }
+        let relay = match &mut relay {
+            Some(relay) => relay,
+            None => relay.insert(login(url, &roles.relay()).await?),
+        };
+        let recorded: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT subscriber FROM {progress} ORDER BY subscriber")))
+                .fetch_all(&mut *relay)
+                .await
+                .map_err(db("reading outbox progress"))?;
+        for subscriber in recorded {
+            let subscribes = manifest
+                .module(&subscriber)
+                .is_some_and(|m| m.depends_on.iter().any(|d| d.as_str() == publisher.name.as_str()));
+            if !subscribes {
+                removed.push(RemovedSubscriber { publisher: publisher.name.to_string(), subscriber });
+            }
+        }
+    }
     for (subscriber, publisher) in pairs(manifest) {
         let subscriptions = qualified(subscriber.schema.as_str(), SUBSCRIPTIONS);
         let inbox = qualified(subscriber.schema.as_str(), INBOX);
         let outbox = qualified(publisher.schema.as_str(), OUTBOX);
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL")
-            .bind(&subscriptions)
-            .bind(&outbox)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(db("looking up event tables"))?;
-        if !exists {
+        if !exists(&mut admin, &subscriptions).await? || !exists(&mut admin, &outbox).await? {
             continue;
         }
+        let mut runtime = login(url, &roles.module_runtime(&subscriber.name)).await?;
+        let cursor = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT lo::text, hi::text, last_id, handled, ignored, updated_at FROM {subscriptions} WHERE publisher = $1"
+        )))
+        .bind(publisher.name.as_str())
+        .fetch_optional(&mut runtime)
+        .await
+        .map_err(db("reading the subscription"))?;
         let sql = format!(
-            "WITH s AS (SELECT lo, hi, last_id, updated_at FROM {subscriptions} WHERE publisher = $1), \
-             pending AS (SELECT o.published_at FROM {outbox} o, s \
-               WHERE o.tx >= pg_snapshot_xmin(s.lo) AND NOT (pg_visible_in_snapshot(o.tx, s.lo) \
-                 OR (s.hi IS NOT NULL AND pg_visible_in_snapshot(o.tx, s.hi) AND o.id <= s.last_id))) \
-             SELECT (SELECT count(*) FROM s) > 0 AS started, \
-                    (SELECT count(*) FROM pending) AS lag_events, \
-                    coalesce((SELECT extract(epoch FROM now() - min(published_at))::float8 FROM pending), 0) AS lag_seconds, \
-                    (SELECT count(*) FROM {inbox} WHERE publisher = $1 AND state = 'waiting') AS waiting, \
-                    (SELECT count(*) FROM {inbox} WHERE publisher = $1 AND state = 'retry') AS retrying, \
-                    (SELECT count(*) FROM {inbox} WHERE publisher = $1 AND state = 'dead') AS dead, \
-                    (SELECT updated_at FROM s) AS updated_at"
+            "SELECT count(*) FILTER (WHERE state = {waiting}) AS waiting, count(*) FILTER (WHERE state = {retry}) AS retrying, \
+             count(*) FILTER (WHERE state = {dead}) AS dead FROM {inbox} WHERE publisher = $1",
+            waiting = InboxState::Waiting.sql(),
+            retry = InboxState::Retry.sql(),
+            dead = InboxState::Dead.sql(),
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let held = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(publisher.name.as_str())
-            .fetch_one(&mut conn)
+            .fetch_one(&mut runtime)
             .await
-            .map_err(db("reading subscription status"))?;
-        let started: bool = row.get("started");
-        statuses.push(SubscriptionStatus {
+            .map_err(db("reading the inbox"))?;
+        crate::provision::close(runtime).await;
+        let (waiting, retrying, dead): (i64, i64, i64) = (held.get("waiting"), held.get("retrying"), held.get("dead"));
+        let mut status = SubscriptionStatus {
             subscriber: subscriber.name.to_string(),
             publisher: publisher.name.to_string(),
-            started,
-            lag_events: if started { row.get("lag_events") } else { 0 },
-            lag_seconds: if started { row.get("lag_seconds") } else { 0.0 },
-            waiting: row.get("waiting"),
-            retrying: row.get("retrying"),
-            dead: row.get("dead"),
-            updated_at: row.get("updated_at"),
-        });
+            started: cursor.is_some(),
+            handled_types: Vec::new(),
+            ignored_types: Vec::new(),
+            lag_events: 0,
+            lag_seconds: 0.0,
+            ignored: 0,
+            held: waiting + retrying,
+            waiting,
+            retrying,
+            dead,
+            updated_at: None,
+        };
+        if let Some(cursor) = cursor {
+            status.handled_types = cursor.get("handled");
+            status.ignored_types = cursor.get("ignored");
+            status.updated_at = cursor.get("updated_at");
+            let relay = match &mut relay {
+                Some(relay) => relay,
+                None => relay.insert(login(url, &roles.relay()).await?),
+            };
+            let sql = format!(
+                "WITH pending AS (SELECT o.event_type, o.published_at FROM {outbox} o \
+                   WHERE o.tx >= pg_snapshot_xmin($1::pg_snapshot) AND NOT (pg_visible_in_snapshot(o.tx, $1::pg_snapshot) \
+                     OR ($2::pg_snapshot IS NOT NULL AND pg_visible_in_snapshot(o.tx, $2::pg_snapshot) AND o.id <= $3))) \
+                 SELECT count(*) FILTER (WHERE event_type = ANY ($4)) AS lag_events, \
+                        coalesce(extract(epoch FROM now() - min(published_at) FILTER (WHERE event_type = ANY ($4)))::float8, 0) AS lag_seconds, \
+                        count(*) FILTER (WHERE event_type <> ALL ($4)) AS ignored FROM pending"
+            );
+            let lag = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(cursor.get::<String, _>("lo"))
+                .bind(cursor.get::<Option<String>, _>("hi"))
+                .bind(cursor.get::<i64, _>("last_id"))
+                .bind(&status.handled_types)
+                .fetch_one(&mut *relay)
+                .await
+                .map_err(db("reading subscription lag"))?;
+            status.lag_events = lag.get("lag_events");
+            status.lag_seconds = lag.get("lag_seconds");
+            status.ignored = lag.get("ignored");
+        }
+        statuses.push(status);
     }
-    crate::provision::close(conn).await;
-    Ok(statuses)
+    if let Some(relay) = relay {
+        crate::provision::close(relay).await;
+    }
+    crate::provision::close(admin).await;
+    Ok(EventsStatus { subscriptions: statuses, removed_subscribers: removed })
 }
 
-/// `moat events dead`.
+/// `moat events dead`, read as each subscriber's runtime role.
 pub async fn dead(url: &DatabaseUrl, manifest: &Manifest) -> Result<Vec<DeadLetter>, AdminError> {
-    let mut conn = crate::connect(url).await?;
+    let mut admin = crate::connect(url).await?;
     let mut letters = Vec::new();
     for subscriber in manifest.modules.iter().filter(|m| !m.depends_on.is_empty()) {
         let inbox = qualified(subscriber.schema.as_str(), INBOX);
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(&inbox)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(db("looking up the inbox"))?;
-        if !exists {
+        if !exists(&mut admin, &inbox).await? {
             continue;
         }
+        let mut runtime = login(url, &manifest.roles().module_runtime(&subscriber.name)).await?;
         let sql = format!(
-            "SELECT publisher, event_id, event_type, event_key, attempts, last_error, published_at FROM {inbox} WHERE state = 'dead' ORDER BY id"
+            "SELECT publisher, event_id, event_type, event_key, attempts, last_error, published_at FROM {inbox} WHERE state = {} ORDER BY id",
+            InboxState::Dead.sql()
         );
-        for row in
-            sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await.map_err(db("reading dead letters"))?
-        {
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut runtime).await.map_err(db("reading dead letters"))?;
+        crate::provision::close(runtime).await;
+        for row in rows {
             letters.push(DeadLetter {
                 subscriber: subscriber.name.to_string(),
                 publisher: row.get("publisher"),
@@ -158,39 +262,36 @@ pub async fn dead(url: &DatabaseUrl, manifest: &Manifest) -> Result<Vec<DeadLett
             });
         }
     }
-    crate::provision::close(conn).await;
+    crate::provision::close(admin).await;
     Ok(letters)
 }
 
 /// `moat events retry`: dead letters go back to the retry queue with their attempts reset; the
-/// running dispatcher applies them (in key order) on its next round. Returns how many.
+/// running dispatcher applies them (in key order) on its next round. Returns how many. The
+/// inbox is written as the subscriber's runtime role (whatever its owner hung on the table runs
+/// with that role's rights, never the admin's).
 pub async fn retry(url: &DatabaseUrl, manifest: &Manifest, target: RetryTarget) -> Result<u64, AdminError> {
-    let mut conn = crate::connect(url).await?;
+    let mut admin = crate::connect(url).await?;
     let mut count = 0;
     for subscriber in manifest.modules.iter().filter(|m| !m.depends_on.is_empty()) {
         let inbox = qualified(subscriber.schema.as_str(), INBOX);
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(&inbox)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(db("looking up the inbox"))?;
-        if !exists {
+        if !exists(&mut admin, &inbox).await? {
             continue;
         }
         let sql = format!(
-            "UPDATE {inbox} SET state = 'retry', attempts = 0, next_attempt_at = now() WHERE state = 'dead' AND ($1::uuid IS NULL OR event_id = $1)"
+            "UPDATE {inbox} SET state = {retry}, attempts = 0, next_attempt_at = now() WHERE state = {dead} AND ($1::uuid IS NULL OR event_id = $1)",
+            retry = InboxState::Retry.sql(),
+            dead = InboxState::Dead.sql(),
         );
         let event = match target {
             RetryTarget::Event(id) => Some(id),
             RetryTarget::All => None,
         };
-        count += sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(event)
-            .execute(&mut conn)
-            .await
-            .map_err(db("retrying dead letters"))?
-            .rows_affected();
+        let mut runtime = login(url, &manifest.roles().module_runtime(&subscriber.name)).await?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event).execute(&mut runtime).await;
+        crate::provision::close(runtime).await;
+        count += done.map_err(db("retrying dead letters"))?.rows_affected();
     }
-    crate::provision::close(conn).await;
+    crate::provision::close(admin).await;
     Ok(count)
 }

@@ -18,6 +18,48 @@ pub const INBOX: &str = "moat_inbox";
 /// The ledger of installed contracts, in the contracts schema.
 pub const CONTRACTS_LEDGER: &str = "moat_contracts";
 
+/// The state of an event held in a subscriber's inbox (`moat_inbox.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboxState {
+    /// Waiting behind an earlier held event of its key, or for a process that handles its type.
+    Waiting,
+    /// Its handler failed; retried with backoff.
+    Retry,
+    /// Its handler failed `max_attempts` times; only `moat events retry` revives it.
+    Dead,
+}
+
+impl InboxState {
+    /// Every state.
+    pub const ALL: [Self; 3] = [Self::Waiting, Self::Retry, Self::Dead];
+
+    /// The value stored in `moat_inbox.state`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Retry => "retry",
+            Self::Dead => "dead",
+        }
+    }
+
+    /// The state as an SQL literal (`'waiting'`).
+    pub fn sql(self) -> String {
+        literal(self.as_str())
+    }
+}
+
+impl std::fmt::Display for InboxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outbox columns a publishing transaction writes (the runtime role may INSERT only these);
+/// `id`, `tx`, `slot` and `published_at` are always set by the database.
+pub const OUTBOX_PUBLISH_COLUMNS: [&str; 6] =
+    ["event_id", "event_type", "event_key", "payload", "correlation_id", "causation_id"];
+
 /// How many time slots the outbox rotates through; a slot is truncated once every subscriber
 /// has consumed it and it is neither the current slot nor the next one.
 pub const OUTBOX_SLOTS: u16 = 4;
@@ -97,20 +139,55 @@ pub fn inbox_ddl(schema: &str, owner: &str) -> Vec<String> {
     vec![
         format!(
             "CREATE TABLE {subscriptions} (publisher text PRIMARY KEY, lo pg_snapshot NOT NULL, hi pg_snapshot, \
-             last_id bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now())"
+             last_id bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now(), \
+             handled text[] NOT NULL DEFAULT '{{}}', ignored text[] NOT NULL DEFAULT '{{}}')"
         ),
         format!(
             "CREATE TABLE {inbox} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, publisher text NOT NULL, \
              outbox_id bigint NOT NULL, event_id uuid NOT NULL, event_type text NOT NULL, event_key text NOT NULL, \
              payload jsonb NOT NULL, correlation_id uuid, causation_id uuid, published_at timestamptz NOT NULL, \
-             state text NOT NULL CHECK (state IN ('waiting', 'retry', 'dead')), attempts integer NOT NULL DEFAULT 0, \
+             state text NOT NULL CHECK (state IN ({states})), attempts integer NOT NULL DEFAULT 0, \
              next_attempt_at timestamptz NOT NULL DEFAULT now(), last_error text, held_at timestamptz NOT NULL DEFAULT now(), \
-             UNIQUE (publisher, event_id))"
+             UNIQUE (publisher, event_id))",
+            states = InboxState::ALL.iter().map(|s| s.sql()).collect::<Vec<_>>().join(", ")
         ),
         format!("CREATE INDEX {} ON {inbox} (publisher, event_key, id)", ident("moat_inbox_key")),
         format!("ALTER TABLE {subscriptions} OWNER TO {owner}"),
         format!("ALTER TABLE {inbox} OWNER TO {owner}"),
     ]
+}
+
+/// `GRANT <privilege> (<columns>) ON TABLE <schema>.<relation> TO <grantee>`.
+pub fn column_grant_sql(schema: &str, relation: &str, privilege: &str, columns: &[&str], grantee: &str) -> String {
+    let columns: Vec<String> = columns.iter().map(|c| ident(c)).collect();
+    format!("GRANT {privilege} ({}) ON TABLE {} TO {}", columns.join(", "), qualified(schema, relation), ident(grantee))
+}
+
+/// Statements that keep the progress rows of the outbox in `schema` in step with the manifest:
+/// a row for each subscriber in `add` (one that has consumed nothing, so retention keeps every
+/// event for it from now on, whether or not its dispatcher has started), none for those in
+/// `remove` (subscribers that left the manifest, which must not hold retention back).
+pub fn progress_rows_sql(schema: &str, add: &[&str], remove: &[&str]) -> Vec<String> {
+    let table = qualified(schema, OUTBOX_PROGRESS);
+    let mut sql = Vec::new();
+    if !add.is_empty() {
+        let rows: Vec<String> = add.iter().map(|s| format!("({}, '0')", literal(s))).collect();
+        sql.push(format!(
+            "INSERT INTO {table} (subscriber, consumed_below) VALUES {} ON CONFLICT (subscriber) DO NOTHING",
+            rows.join(", ")
+        ));
+    }
+    if !remove.is_empty() {
+        let names: Vec<String> = remove.iter().map(|s| literal(s)).collect();
+        sql.push(format!("DELETE FROM {table} WHERE subscriber IN ({})", names.join(", ")));
+    }
+    sql
+}
+
+/// `SELECT subscriber FROM <progress>` of the outbox in `schema` (what provisioning compares
+/// with the manifest).
+pub fn progress_subscribers_sql(schema: &str) -> String {
+    format!("SELECT subscriber FROM {} ORDER BY subscriber", qualified(schema, OUTBOX_PROGRESS))
 }
 
 /// Statements that create the contracts ledger, owned by the contracts owner.

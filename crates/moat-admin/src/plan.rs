@@ -207,6 +207,8 @@ pub struct PlanInputs {
     pub installed_contracts: BTreeMap<String, InstalledContract>,
     /// Passwords for login roles, by role (from the environment); used only when creating a role.
     pub passwords: BTreeMap<String, String>,
+    /// Subscribers with a progress row beside the outbox, by module schema (where the table exists).
+    pub progress: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// A role the manifest wants.
@@ -572,7 +574,12 @@ impl<'a> Planner<'a> {
                 created.extend((0..internal::OUTBOX_SLOTS).map(|slot| (internal::outbox_partition(slot), "r")));
                 created.push((internal::OUTBOX_PROGRESS.to_owned(), "r"));
                 self.grant_on_created(module, &created);
+                for (grantee, privilege, columns) in self.policy().column_privileges(schema, internal::OUTBOX) {
+                    let sql = internal::column_grant_sql(schema, internal::OUTBOX, privilege, columns, &grantee);
+                    self.push(Section::InternalTables, sql);
+                }
             }
+            self.progress_rows(module);
             if !module.depends_on.is_empty() && self.snapshot.relation(schema, internal::SUBSCRIPTIONS).is_none() {
                 for sql in internal::inbox_ddl(schema, &owner) {
                     self.push(Section::InternalTables, sql);
@@ -591,6 +598,33 @@ impl<'a> Planner<'a> {
             for sql in internal::contracts_ledger_ddl(&roles.contracts_owner()) {
                 self.push(Section::InternalTables, sql);
             }
+        }
+    }
+
+    /// Progress rows beside the outbox of `module`: one per subscriber in the manifest (so that
+    /// retention keeps its events before its dispatcher first starts), none for the others.
+    fn progress_rows(&mut self, module: &moat_core::manifest::Module) {
+        let schema = module.schema.as_str();
+        let existing = self.inputs.progress.get(schema);
+        let creating = self.manifest.is_depended_on(&module.name)
+            && existing.is_none()
+            && self.snapshot.relation(schema, internal::OUTBOX_PROGRESS).is_none();
+        if existing.is_none() && !creating {
+            return;
+        }
+        let wanted: BTreeSet<&str> = self
+            .manifest
+            .modules
+            .iter()
+            .filter(|m| m.depends_on.iter().any(|d| d.as_str() == module.name.as_str()))
+            .map(|m| m.name.as_str())
+            .collect();
+        let empty = BTreeSet::new();
+        let existing = existing.unwrap_or(&empty);
+        let add: Vec<&str> = wanted.iter().copied().filter(|s| !existing.contains(*s)).collect();
+        let remove: Vec<&str> = existing.iter().map(String::as_str).filter(|s| !wanted.contains(s)).collect();
+        for sql in internal::progress_rows_sql(schema, &add, &remove) {
+            self.push(Section::InternalTables, sql);
         }
     }
 
@@ -632,6 +666,19 @@ impl<'a> Planner<'a> {
                 qualified(&relation.schema, &relation.name)
             );
             statements.extend(acl_statements(&plain(object), &actual, &wanted, &self.managed));
+            // A table-level grant that stands for a column-level one is revoked above (which
+            // revokes the column grants too); grant the columns afterwards.
+            for (grantee, privilege, columns) in policy.column_privileges(&relation.schema, &relation.name) {
+                if actual.get(&grantee).is_some_and(|have| have.iter().any(|(p, _)| p == privilege)) {
+                    statements.push(internal::column_grant_sql(
+                        &relation.schema,
+                        &relation.name,
+                        privilege,
+                        columns,
+                        &grantee,
+                    ));
+                }
+            }
         }
         for function in &self.snapshot.functions {
             if function.extension {

@@ -94,7 +94,7 @@ impl<'a> Policy<'a> {
         match (relation, kind) {
             (internal::MIGRATIONS, _) => {}
             (internal::OUTBOX, _) => {
-                wanted.insert(runtime, BTreeSet::from(["INSERT"]));
+                // The runtime role's INSERT is column-level (`column_privileges`), never on the table.
                 wanted.insert(relay, BTreeSet::from(["SELECT"]));
             }
             (name, _) if internal::is_outbox_partition(name) => {
@@ -123,6 +123,24 @@ impl<'a> Policy<'a> {
             wanted.entry(roles.contracts_owner()).or_default().insert("SELECT");
         }
         wanted
+    }
+
+    /// Column-level privileges on a relation in a managed schema: `(grantee, privilege,
+    /// columns)`. The runtime role of a publishing module may INSERT into its outbox only the
+    /// columns publishing writes; `id`, `tx`, `slot` and `published_at` are set by the database.
+    pub fn column_privileges(
+        &self,
+        schema: &str,
+        relation: &str,
+    ) -> Vec<(String, &'static str, &'static [&'static str])> {
+        match self.manifest.module_by_schema(schema) {
+            Some(module) if relation == internal::OUTBOX => vec![(
+                self.manifest.roles().module_runtime(&module.name),
+                "INSERT",
+                &internal::OUTBOX_PUBLISH_COLUMNS[..],
+            )],
+            _ => Vec::new(),
+        }
     }
 
     /// A routine in a managed schema: its owner role and who may execute it.

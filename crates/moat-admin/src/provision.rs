@@ -41,6 +41,19 @@ pub async fn read_state(conn: &mut PgConnection, manifest: &Manifest) -> Result<
             );
         }
     }
+    for module in &manifest.modules {
+        let schema = module.schema.as_str();
+        // Only a plain table: a view or anything else in its place is never read (the audit
+        // reports it), so no code a module owner wrote runs here.
+        if snapshot.relation(schema, crate::internal::OUTBOX_PROGRESS).is_some_and(|r| r.kind == "r") {
+            let subscribers: Vec<String> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(crate::internal::progress_subscribers_sql(schema)))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(db("reading outbox progress"))?;
+            inputs.progress.insert(schema.to_owned(), subscribers.into_iter().collect());
+        }
+    }
     for role in wanted_roles(manifest).into_iter().filter(|r| r.login) {
         if let Some(password) = password_from_env(&role.name) {
             inputs.passwords.insert(role.name, password);

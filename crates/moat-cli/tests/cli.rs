@@ -340,7 +340,7 @@ async fn events_status_dead_and_retry() {
     assert_exit(&moat(&project, Some(&url), &["up"]), 0);
     // What a dispatcher leaves behind: a cursor at the start, two outbox events, one dead letter.
     db.exec(
-        "INSERT INTO orders.moat_subscriptions (publisher, lo) VALUES ('customers', '1:1:');
+        "INSERT INTO orders.moat_subscriptions (publisher, lo, handled) VALUES ('customers', '1:1:', '{CustomerRenamed}');
          INSERT INTO customers.moat_outbox (event_id, event_type, event_key, payload)
            VALUES (gen_random_uuid(), 'CustomerRenamed', '1', '{}'), (gen_random_uuid(), 'CustomerRenamed', '2', '{}');
          INSERT INTO orders.moat_inbox (publisher, outbox_id, event_id, event_type, event_key, payload, published_at, state, attempts, last_error)

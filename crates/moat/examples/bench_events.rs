@@ -6,7 +6,10 @@
 //! * `publish_tps`: the same transactions each also publishing one event; `publish_overhead` is
 //!   publish_tps / baseline_tps (both measured alternately, medians);
 //! * `drain_eps`: a backlog of 200,000 events delivered to 3 subscribers that each upsert a
-//!   snapshot row per event (and count it), in events per second per subscriber;
+//!   snapshot row per event (and count it), in events per second per subscriber, with the
+//!   handler's `handle_batch` (one upsert per run of events);
+//! * `drain_eps_per_event`: the same backlog drained afterwards by a fourth subscriber whose
+//!   handler has only `handle` (one upsert per event), in events per second;
 //! * `p50_ms`, `p99_ms`: commit-to-handled latency at a steady 1,000 events per second;
 //! * `lost`, `duplicated`: counted from the subscribers' own records against what was published;
 //! * `outbox_dead_tuples`: `n_dead_tup` of the outbox partitions after the run.
@@ -86,6 +89,34 @@ impl Handler<Tick> for Upsert {
     }
 }
 
+/// The same upsert with only the per-event `handle` (the default `handle_batch` calls it).
+struct PerEvent;
+
+impl Handler<Tick> for PerEvent {
+    async fn handle(&self, ctx: &mut HandlerContext<'_>, event: &Envelope<Tick>) -> Result<(), HandlerError> {
+        Upsert.handle(ctx, event).await
+    }
+}
+
+/// Waits until every subscriber applied the whole backlog; returns the seconds it took from
+/// `started` (0 when it did not finish within ten minutes).
+async fn wait_drained(db: &TestDb, subscribers: &[&str], started: Instant) -> f64 {
+    loop {
+        let mut done = true;
+        for subscriber in subscribers {
+            done &= scalar(db, &format!("SELECT coalesce(sum(applied), 0)::bigint FROM {subscriber}.snapshots")).await
+                >= BACKLOG;
+        }
+        if done {
+            return started.elapsed().as_secs_f64();
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return 0.0;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Records the commit-to-handled latency and the event id.
 struct Latency(Arc<Mutex<Vec<f64>>>);
 
@@ -158,7 +189,7 @@ async fn main() {
     let db = TestDb::new().await;
     let project = TestProject::new(
         &db.project,
-        "[project]\nname = \"{project}\"\n[modules.source]\n[modules.sub_a]\ndepends_on = [\"source\"]\n[modules.sub_b]\ndepends_on = [\"source\"]\n[modules.sub_c]\ndepends_on = [\"source\"]\n",
+        "[project]\nname = \"{project}\"\n[modules.source]\n[modules.sub_a]\ndepends_on = [\"source\"]\n[modules.sub_b]\ndepends_on = [\"source\"]\n[modules.sub_c]\ndepends_on = [\"source\"]\n[modules.sub_d]\ndepends_on = [\"source\"]\n",
         &[
             (
                 "modules/source/migrations/0001_business.sql",
@@ -167,6 +198,7 @@ async fn main() {
             ("modules/sub_a/migrations/0001_snapshots.sql", SUBSCRIBER),
             ("modules/sub_b/migrations/0001_snapshots.sql", SUBSCRIBER),
             ("modules/sub_c/migrations/0001_snapshots.sql", SUBSCRIBER),
+            ("modules/sub_d/migrations/0001_snapshots.sql", SUBSCRIBER),
         ],
     );
     let app = Moat::start(Config::new(project.manifest()).database_url(db.url.expose()).pool_size(CLIENTS as u32 + 2))
@@ -207,30 +239,35 @@ async fn main() {
     }
     let started = Instant::now();
     let dispatcher = bus.start().await.unwrap();
-    let mut drain_secs = 0.0;
-    loop {
-        let mut done = true;
-        for subscriber in subscribers {
-            done &= scalar(&db, &format!("SELECT coalesce(sum(applied), 0)::bigint FROM {subscriber}.snapshots")).await
-                >= BACKLOG;
-        }
-        if done {
-            drain_secs = started.elapsed().as_secs_f64();
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let drain_secs = wait_drained(&db, &subscribers, started).await;
     dispatcher.shutdown().await;
     let drain_eps = if drain_secs > 0.0 { BACKLOG as f64 / drain_secs } else { 0.0 };
     println!(
         "drained {BACKLOG} events to each of 3 subscribers in {drain_secs:.2}s: {drain_eps:.0} events/s per subscriber"
     );
+    // The same backlog, one upsert per event.
+    let started = Instant::now();
+    let dispatcher = app
+        .events()
+        .config(DispatcherConfig {
+            batch_size: 1_000,
+            poll_interval: Duration::from_millis(50),
+            ..DispatcherConfig::default()
+        })
+        .subscribe::<Tick, _>("sub_d", PerEvent)
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let per_event_secs = wait_drained(&db, &["sub_d"], started).await;
+    dispatcher.shutdown().await;
+    let drain_eps_per_event = if per_event_secs > 0.0 { BACKLOG as f64 / per_event_secs } else { 0.0 };
+    println!(
+        "drained {BACKLOG} events to 1 subscriber with per-event handling in {per_event_secs:.2}s: {drain_eps_per_event:.0} events/s"
+    );
     let mut lost = 0;
     let mut duplicated = 0;
-    for subscriber in subscribers {
+    for subscriber in subscribers.into_iter().chain(["sub_d"]) {
         let applied =
             scalar(&db, &format!("SELECT coalesce(sum(applied), 0)::bigint FROM {subscriber}.snapshots")).await;
         let per_key = BACKLOG / KEYS;
@@ -317,6 +354,7 @@ async fn main() {
         "publish_tps": publish_tps.round(),
         "publish_overhead": (publish_tps / baseline_tps * 1000.0).round() / 1000.0,
         "drain_eps": drain_eps.round(),
+        "drain_eps_per_event": drain_eps_per_event.round(),
         "p50_ms": (p50 * 100.0).round() / 100.0,
         "p99_ms": (p99 * 100.0).round() / 100.0,
         "lost": lost,

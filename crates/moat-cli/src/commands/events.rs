@@ -29,25 +29,37 @@ pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
     let target = super::target_quiet(cli, &manifest).await?;
     match command {
         EventsCommand::Status => {
-            let statuses = status(&target.url, &manifest).await?;
+            let status = status(&target.url, &manifest).await?;
             if cli.format == Format::Json {
-                output::json(&serde_json::json!({"version": 1, "subscriptions": statuses}))?;
-            } else if statuses.is_empty() {
+                output::json(&serde_json::json!({
+                    "version": 1,
+                    "subscriptions": status.subscriptions,
+                    "removed_subscribers": status.removed_subscribers,
+                }))?;
+            } else if status.subscriptions.is_empty() && status.removed_subscribers.is_empty() {
                 output::line("no subscriptions: no module declares `depends_on`, or `moat up` has not run")?;
             } else {
                 let header = format!(
-                    "{:<20} {:<20} {:>10} {:>10} {:>8} {:>8} {:>6}",
-                    "subscriber", "publisher", "lag", "lag (s)", "waiting", "retrying", "dead"
+                    "{:<20} {:<20} {:>11} {:>10} {:>8} {:>8} {:>8} {:>6} {:>8}",
+                    "subscriber", "publisher", "lag", "lag (s)", "held", "waiting", "retrying", "dead", "ignored"
                 );
                 output::line(paint(style::BOLD, header))?;
-                for s in &statuses {
+                for s in &status.subscriptions {
                     let dead =
                         if s.dead > 0 { paint(style::BAD, format!("{:>6}", s.dead)) } else { format!("{:>6}", s.dead) };
                     let lag =
-                        if s.started { format!("{:>10}", s.lag_events) } else { format!("{:>10}", "not started") };
+                        if s.started { format!("{:>11}", s.lag_events) } else { format!("{:>11}", "not started") };
                     output::line(format!(
-                        "{:<20} {:<20} {lag} {:>10.1} {:>8} {:>8} {dead}",
-                        s.subscriber, s.publisher, s.lag_seconds, s.waiting, s.retrying
+                        "{:<20} {:<20} {lag} {:>10.1} {:>8} {:>8} {:>8} {dead} {:>8}",
+                        s.subscriber, s.publisher, s.lag_seconds, s.held, s.waiting, s.retrying, s.ignored
+                    ))?;
+                }
+                for r in &status.removed_subscribers {
+                    output::line(format!(
+                        "{} `{}` is no longer a subscriber of `{}` in moat.toml but still holds its outbox back\n  help: run `moat provision` to drop its progress",
+                        paint(style::WARN, "removed:"),
+                        r.subscriber,
+                        r.publisher
                     ))?;
                 }
             }

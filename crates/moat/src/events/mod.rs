@@ -15,17 +15,55 @@
 //!   that commits after a later-numbered one is never skipped.
 //! * **Failures.** A failing handler is retried with exponential backoff, then parked as a dead
 //!   letter; later events of the same key wait behind it, events of other keys flow on.
+//! * **Order.** Events of one key are applied in publish order, however many dispatcher
+//!   processes share a subscription and while events of the key are held: a dispatcher reads the
+//!   held keys after it holds the cursor (in a statement of its own, so never from a snapshot
+//!   older than the previous holder's commit), and only the oldest held event of a key is retried.
+//!
+//! # Handler sets and rolling deploys
+//!
+//! All processes of a subscriber module share one cursor per publisher. When a dispatcher
+//! starts, it registers in the subscription row (`moat_subscriptions.handled`) the event types
+//! it has handlers for; the row holds the union over every process that ever started, minus the
+//! types declared ignored ([`EventBus::ignore`], stored in `ignored`). Then:
+//!
+//! * A batch takes every event of a type in the union. An event whose type this process has no
+//!   handler for is not skipped: it is held in the subscriber's inbox (state `waiting`, its key
+//!   blocked behind it) and applied by the next process that has a handler for it; later events
+//!   of its key wait behind it. `moat events status` shows them as held.
+//! * **Adding a handler.** The new version registers its type when it starts; from the batch
+//!   after that on (the registration takes the cursor's row lock, so it falls between two
+//!   batches) every event of that type is delivered, to the new version, even while old
+//!   versions run beside it. Events of that type that the cursor had passed before the first
+//!   registration are not replayed (as with a single process).
+//! * **Rolling back** a version that added a handler keeps the type registered: its events are
+//!   held until a version with the handler runs again, or until the type is declared ignored.
+//! * **Removing a handler.** The version without it declares the type ignored
+//!   (`.ignore::<E>(subscriber)`): the type leaves the union, its events are no longer delivered,
+//!   and held events of that type are dropped (so their keys flow again). Starting a version that
+//!   subscribes to it again takes it back from then on.
+//! * Types that no process ever registered are not delivered (they are passed over, and counted
+//!   as `ignored` by `moat events status`).
 
-mod dispatch;
+mod bus;
+mod fetch;
+mod handler;
+mod inbox;
 mod publish;
+mod retention;
 mod snapshot;
+mod subscription;
+mod tx;
+mod wake;
 
-pub use dispatch::{Dispatcher, DispatcherConfig, EventBus, Handler, HandlerContext, HandlerError};
+pub use bus::{Dispatcher, DispatcherConfig, EventBus};
+pub use handler::{Handler, HandlerContext, HandlerError};
 pub use publish::{EventMeta, ModuleTx};
 pub use snapshot::SnapshotUpsert;
 
-pub use dispatch::truncate_consumed;
+pub use moat_admin::internal::InboxState;
 pub(crate) use publish::{outbox_table as publish_outbox, prepare_publish_sql};
+pub use retention::truncate_consumed;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

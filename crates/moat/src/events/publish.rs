@@ -9,6 +9,7 @@ use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 use super::Event;
+use super::tx::RawTx;
 use crate::Error;
 use crate::notify::Notifier;
 
@@ -37,7 +38,7 @@ pub(crate) struct PendingEvent {
 /// round trip as the `COMMIT`. Dropping it without committing rolls it back.
 #[derive(Debug)]
 pub struct ModuleTx {
-    conn: Option<PoolConnection<Postgres>>,
+    tx: Option<RawTx>,
     module: String,
     outbox: Option<String>,
     prepared: bool,
@@ -47,14 +48,14 @@ pub struct ModuleTx {
 
 impl ModuleTx {
     pub(crate) async fn begin(
-        mut conn: PoolConnection<Postgres>,
+        conn: PoolConnection<Postgres>,
         module: &str,
         outbox: Option<String>,
         prepared: bool,
         notifier: Arc<Notifier>,
     ) -> Result<Self, Error> {
-        sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
-        Ok(Self { conn: Some(conn), module: module.to_owned(), outbox, prepared, events: Vec::new(), notifier })
+        let tx = RawTx::begin(conn).await?;
+        Ok(Self { tx: Some(tx), module: module.to_owned(), outbox, prepared, events: Vec::new(), notifier })
     }
 
     /// The module this transaction belongs to.
@@ -75,20 +76,19 @@ impl ModuleTx {
         Ok(id)
     }
 
-    /// Writes the published events to the outbox and commits, in one round trip.
+    /// Writes the published events to the outbox and commits, in one round trip. An error means
+    /// that nothing of the transaction was stored: a failed statement earlier in it, a failed
+    /// INSERT or COMMIT, or a transaction that a statement sent through it had already ended.
     pub async fn commit(mut self) -> Result<(), Error> {
-        let mut conn = self.conn.take().ok_or(Error::TransactionFinished)?;
-        let sql = match (&self.outbox, self.events.is_empty()) {
-            (_, true) => "COMMIT".to_owned(),
-            (Some(_), false) if self.prepared => format!("{}COMMIT", execute_publish(&self.events)?),
-            (Some(outbox), false) => format!("{}; COMMIT", outbox_insert(outbox, &self.events)?),
-            (None, false) => unreachable_no_outbox(),
+        let tx = self.tx.take().ok_or(Error::TransactionFinished)?;
+        let sql = match &self.outbox {
+            _ if self.events.is_empty() => String::new(),
+            Some(_) if self.prepared => execute_publish(&self.events)?,
+            Some(outbox) => format!("{}; ", outbox_insert(outbox, &self.events)?),
+            // publish() refuses events when the module has no outbox.
+            None => String::new(),
         };
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await {
-            // The INSERT failed and aborted the transaction (or the COMMIT failed): end it.
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-            return Err(e.into());
-        }
+        tx.commit(&sql).await?;
         if !self.events.is_empty() {
             self.notifier.published(&self.module);
         }
@@ -97,16 +97,11 @@ impl ModuleTx {
 
     /// Rolls back; the published events are discarded.
     pub async fn rollback(mut self) -> Result<(), Error> {
-        if let Some(mut conn) = self.conn.take() {
-            sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+        match self.tx.take() {
+            Some(tx) => tx.rollback().await,
+            None => Ok(()),
         }
-        Ok(())
     }
-}
-
-fn unreachable_no_outbox() -> String {
-    // publish() refuses events when the module has no outbox, so there is nothing to write.
-    "COMMIT".to_owned()
 }
 
 /// Validates and serializes an event published by `module`.
@@ -204,8 +199,8 @@ impl Deref for ModuleTx {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
-        match &self.conn {
-            Some(conn) => conn,
+        match &self.tx {
+            Some(tx) => tx,
             None => finished(),
         }
     }
@@ -213,8 +208,8 @@ impl Deref for ModuleTx {
 
 impl DerefMut for ModuleTx {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        match &mut self.conn {
-            Some(conn) => conn,
+        match &mut self.tx {
+            Some(tx) => tx,
             None => finished(),
         }
     }
@@ -226,23 +221,7 @@ fn finished() -> ! {
     panic!("BUG: a finished ModuleTx was used")
 }
 
-impl Drop for ModuleTx {
-    fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else { return };
-        // Roll back in the background; without a runtime, close the connection instead (the
-        // server rolls back when it goes).
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
-                        conn.close_on_drop();
-                    }
-                });
-            }
-            Err(_) => conn.close_on_drop(),
-        }
-    }
-}
+// Dropping a ModuleTx drops its RawTx, which rolls back.
 
 #[cfg(test)]
 mod tests {
