@@ -17,35 +17,35 @@ pub(crate) struct MigratorRoles {
     pub migrator: String,
     /// `<project>_<module>_owner`: the role migrations run as.
     pub owner: String,
-    /// `<project>_`: every role of the project starts with it.
-    pub prefix: String,
 }
 
 impl MigratorRoles {
+    /// The migrator and the owner.
+    pub fn both(&self) -> [String; 2] {
+        [self.migrator.clone(), self.owner.clone()]
+    }
+
     pub fn of(manifest: &Manifest, module: &Module) -> Self {
         let roles = manifest.roles();
-        Self {
-            migrator: roles.module_migrator(&module.name),
-            owner: roles.module_owner(&module.name),
-            prefix: roles.prefix(),
-        }
+        Self { migrator: roles.module_migrator(&module.name), owner: roles.module_owner(&module.name) }
     }
 }
 
-/// A digest of everything about the project's roles that a migrator session could change and
-/// that outlives the migration: memberships involving a project role (a migrator, as session
-/// user, may `GRANT` itself to anyone in PostgreSQL 15), role-level settings and attributes of
-/// project roles.
+/// A digest of everything about the module's migrator and owner that the migration session could
+/// change and that outlives the migration: memberships in or of either (a migrator, as session
+/// user, may `GRANT` itself to anyone in PostgreSQL 15), their role-level settings (a role may
+/// set its own) and their attributes. `$1` is the two role names. Other roles are left out: the
+/// session cannot change them, and other moat processes may (logins, provisioning).
 const FINGERPRINT_SQL: &str = "SELECT pg_catalog.md5(pg_catalog.concat_ws('|', \
      (SELECT pg_catalog.string_agg(pg_catalog.format('%s>%s:%s', m.roleid, m.member, m.admin_option), ',' ORDER BY m.roleid, m.member) \
         FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles r ON r.oid = m.roleid JOIN pg_catalog.pg_roles u ON u.oid = m.member \
-        WHERE pg_catalog.starts_with(r.rolname::text, $1) OR pg_catalog.starts_with(u.rolname::text, $1)), \
+        WHERE r.rolname::text = ANY($1::text[]) OR u.rolname::text = ANY($1::text[])), \
      (SELECT pg_catalog.string_agg(pg_catalog.format('%s@%s=%s', s.setrole, s.setdatabase, s.setconfig), ',' ORDER BY s.setrole, s.setdatabase) \
         FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_roles r ON r.oid = s.setrole \
-        WHERE pg_catalog.starts_with(r.rolname::text, $1)), \
-     (SELECT pg_catalog.string_agg(pg_catalog.format('%s:%s%s%s%s%s%s%s:%s:%s', r.oid, r.rolsuper, r.rolinherit, r.rolcreaterole, \
-             r.rolcreatedb, r.rolcanlogin, r.rolreplication, r.rolbypassrls, r.rolconnlimit, r.rolvaliduntil), ',' ORDER BY r.oid) \
-        FROM pg_catalog.pg_roles r WHERE pg_catalog.starts_with(r.rolname::text, $1))))";
+        WHERE r.rolname::text = ANY($1::text[])), \
+     (SELECT pg_catalog.string_agg(pg_catalog.format('%s:%s%s%s%s%s%s%s:%s', r.oid, r.rolsuper, r.rolinherit, r.rolcreaterole, \
+             r.rolcreatedb, r.rolcanlogin, r.rolreplication, r.rolbypassrls, r.rolconnlimit), ',' ORDER BY r.oid) \
+        FROM pg_catalog.pg_roles r WHERE r.rolname::text = ANY($1::text[]))))";
 
 /// What the session looks like at a check: `(transaction id if assigned, current_user,
 /// session_user, fingerprint)`.
@@ -64,7 +64,7 @@ pub(crate) async fn state(conn: &mut PgConnection, roles: &MigratorRoles) -> Res
     );
     let (xid, current_user, session_user, fingerprint): (Option<String>, String, String, Option<String>) =
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(&roles.prefix)
+            .bind(roles.both())
             .fetch_one(&mut *conn)
             .await
             .map_err(db("checking the migration's session"))?;
@@ -86,7 +86,7 @@ pub(crate) async fn begin(
     );
     let (xid, current_user, session_user, fingerprint): (Option<String>, String, String, Option<String>) =
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(&roles.prefix)
+            .bind(roles.both())
             .fetch_one(&mut *conn)
             .await
             .map_err(db("starting a migration"))?;
@@ -137,18 +137,18 @@ pub(crate) async fn role_facts(admin: &mut PgConnection, roles: &MigratorRoles) 
     let memberships: Vec<(String, String)> = sqlx::query_as(
         "SELECT r.rolname::text, u.rolname::text FROM pg_catalog.pg_auth_members m \
          JOIN pg_catalog.pg_roles r ON r.oid = m.roleid JOIN pg_catalog.pg_roles u ON u.oid = m.member \
-         WHERE pg_catalog.starts_with(r.rolname::text, $1) OR pg_catalog.starts_with(u.rolname::text, $1) ORDER BY 1, 2",
+         WHERE r.rolname::text = ANY($1::text[]) OR u.rolname::text = ANY($1::text[]) ORDER BY 1, 2",
     )
-    .bind(&roles.prefix)
+    .bind(roles.both())
     .fetch_all(&mut *admin)
     .await
     .map_err(db("reading the project's role memberships"))?;
     let settings: Vec<(String, String, Vec<String>)> = sqlx::query_as(
         "SELECT r.rolname::text, coalesce(d.datname::text, ''), s.setconfig FROM pg_catalog.pg_db_role_setting s \
          JOIN pg_catalog.pg_roles r ON r.oid = s.setrole LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase \
-         WHERE r.rolname = ANY($1) ORDER BY 1, 2",
+         WHERE r.rolname::text = ANY($1::text[]) ORDER BY 1, 2",
     )
-    .bind([roles.migrator.clone(), roles.owner.clone()])
+    .bind(roles.both())
     .fetch_all(&mut *admin)
     .await
     .map_err(db("reading the migrator's role settings"))?;
@@ -196,15 +196,30 @@ pub(crate) async fn clear_migrator_password(
     admin: &mut PgConnection,
     roles: &MigratorRoles,
 ) -> Result<bool, AdminError> {
+    // Under the lock `login_as` holds while a one-time password exists, so that another moat
+    // process's one-time password is never taken for one the module set.
+    let key = format!("moat:login:{}", roles.migrator);
+    crate::locks::advisory_lock(admin, &key, &format!("checking the password of `{}`", roles.migrator)).await?;
+    let result = clear_password_locked(admin, roles).await;
+    crate::locks::advisory_unlock(admin, &key).await;
+    result
+}
+
+async fn clear_password_locked(admin: &mut PgConnection, roles: &MigratorRoles) -> Result<bool, AdminError> {
     use moat_core::quote::ident;
-    let has: bool = sqlx::query_scalar(
+    let has: Result<bool, sqlx::Error> = sqlx::query_scalar(
         "SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_authid WHERE rolname = $1 AND rolpassword IS NOT NULL",
     )
     .bind(&roles.migrator)
     .fetch_one(&mut *admin)
-    .await
-    .map_err(db(format!("checking the password of `{}`", roles.migrator)))?;
-    if has {
+    .await;
+    // Only a superuser reads `pg_authid`; another admin removes any password without looking.
+    let (has, clear) = match has {
+        Ok(has) => (has, has),
+        Err(e) if crate::error::sqlstate(&e).as_deref() == Some("42501") => (false, true),
+        Err(e) => return Err(db(format!("checking the password of `{}`", roles.migrator))(e)),
+    };
+    if clear {
         let sql = format!("ALTER ROLE {} PASSWORD NULL VALID UNTIL 'infinity'", ident(&roles.migrator));
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut *admin)
