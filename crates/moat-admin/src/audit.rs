@@ -590,6 +590,11 @@ fn role_findings(manifest: &Manifest, snapshot: &Snapshot, findings: &mut Vec<Fi
     for membership in &snapshot.memberships {
         let member_ours = ours.contains(membership.member.as_str());
         let role_ours = ours.contains(membership.role.as_str());
+        if member_ours
+            && crate::plan::wanted_membership(manifest, &membership.member).as_deref() == Some(membership.role.as_str())
+        {
+            continue;
+        }
         if member_ours {
             let why = if DANGEROUS_PREDEFINED_ROLES.contains(&membership.role.as_str()) {
                 "a predefined role that reaches every table or the server itself"

@@ -224,6 +224,20 @@ pub struct WantedRole {
     pub kind: RoleKind,
 }
 
+impl WantedRole {
+    /// Whether the role inherits the privileges of roles it is a member of (all but migrators,
+    /// which must `SET ROLE` to act as the owner, so that `RESET ROLE` loses the owner's rights).
+    pub fn inherit(&self) -> bool {
+        !matches!(self.kind, RoleKind::ModuleMigrator(_))
+    }
+}
+
+/// The one membership moat wants for `member`: a migrator is a member of its module's owner.
+pub fn wanted_membership(manifest: &Manifest, member: &str) -> Option<String> {
+    let roles = manifest.roles();
+    manifest.modules.iter().find(|m| roles.module_migrator(&m.name) == member).map(|m| roles.module_owner(&m.name))
+}
+
 /// The kinds of role moat creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoleKind {
@@ -231,6 +245,9 @@ pub enum RoleKind {
     ModuleOwner(String),
     /// A module's runtime role.
     ModuleRuntime(String),
+    /// A module's migrator: LOGIN, NOINHERIT, member of the module's owner only; migrations log
+    /// in as it and `SET ROLE` to the owner.
+    ModuleMigrator(String),
     /// The contracts owner.
     ContractsOwner,
     /// A consumer.
@@ -255,6 +272,12 @@ pub fn wanted_roles(manifest: &Manifest) -> Vec<WantedRole> {
             login: true,
             search_path: Some(module.schema.to_string()),
             kind: RoleKind::ModuleRuntime(module.name.to_string()),
+        });
+        wanted.push(WantedRole {
+            name: roles.module_migrator(&module.name),
+            login: true,
+            search_path: None,
+            kind: RoleKind::ModuleMigrator(module.name.to_string()),
         });
     }
     if !manifest.contracts.is_empty() {
@@ -424,8 +447,9 @@ impl<'a> Planner<'a> {
             match self.snapshot.roles.get(&role.name) {
                 None => {
                     let login = if role.login { "LOGIN" } else { "NOLOGIN" };
+                    let inherit = if role.inherit() { "INHERIT" } else { "NOINHERIT" };
                     let base = format!(
-                        "CREATE ROLE {} {login} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT",
+                        "CREATE ROLE {} {login} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS {inherit}",
                         ident(&role.name)
                     );
                     match self.inputs.passwords.get(&role.name).filter(|_| role.login) {
@@ -446,7 +470,7 @@ impl<'a> Planner<'a> {
                         (actual.createrole, "NOCREATEROLE"),
                         (actual.replication, "NOREPLICATION"),
                         (actual.bypassrls, "NOBYPASSRLS"),
-                        (!actual.inherit, "INHERIT"),
+                        (actual.inherit != role.inherit(), if role.inherit() { "INHERIT" } else { "NOINHERIT" }),
                     ];
                     for (differs, attribute) in checks {
                         if differs {
@@ -461,11 +485,20 @@ impl<'a> Planner<'a> {
         }
         // moat's roles are members of nothing (the admin's membership in owner roles aside).
         for membership in &self.snapshot.memberships {
-            if self.managed.contains(&membership.member) {
+            if self.managed.contains(&membership.member)
+                && wanted_membership(self.manifest, &membership.member).as_deref() != Some(membership.role.as_str())
+            {
                 self.plan.steps.push(Step::sql(
                     Section::Roles,
                     format!("REVOKE {} FROM {}", ident(&membership.role), ident(&membership.member)),
                 ));
+            }
+        }
+        for role in &wanted {
+            if let Some(owner) = wanted_membership(self.manifest, &role.name)
+                && !self.snapshot.is_member(&role.name, &owner)
+            {
+                self.push(Section::Roles, format!("GRANT {} TO {}", ident(&owner), ident(&role.name)));
             }
         }
         if !self.snapshot.superuser {
@@ -564,6 +597,7 @@ impl<'a> Planner<'a> {
                 for sql in internal::migrations_ddl(schema, &owner) {
                     self.push(Section::InternalTables, sql);
                 }
+                self.grant_on_created(module, &[(internal::MIGRATIONS.to_owned(), "r")]);
             }
             if self.manifest.is_depended_on(&module.name) && self.snapshot.relation(schema, internal::OUTBOX).is_none()
             {

@@ -43,6 +43,8 @@ impl<'a> Policy<'a> {
         if let Some(module) = self.manifest.module_by_schema(schema) {
             let mut wanted = Wanted::new();
             wanted.insert(roles.module_runtime(&module.name), BTreeSet::from(["USAGE"]));
+            // The migrator reads and writes the history as itself (it inherits nothing).
+            wanted.insert(roles.module_migrator(&module.name), BTreeSet::from(["USAGE"]));
             let read_by_contract =
                 self.manifest.contracts.iter().flat_map(|c| c.reads.iter()).any(|r| r.schema == module.schema);
             if read_by_contract {
@@ -92,7 +94,9 @@ impl<'a> Policy<'a> {
         let relay = roles.relay();
         let mut wanted = Wanted::new();
         match (relation, kind) {
-            (internal::MIGRATIONS, _) => {}
+            (internal::MIGRATIONS, _) => {
+                wanted.insert(roles.module_migrator(&module.name), BTreeSet::from(["SELECT", "INSERT", "UPDATE"]));
+            }
             (internal::OUTBOX, _) => {
                 // The runtime role's INSERT is column-level (`column_privileges`), never on the table.
                 wanted.insert(relay, BTreeSet::from(["SELECT"]));

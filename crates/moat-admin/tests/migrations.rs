@@ -83,7 +83,7 @@ async fn a_migration_failing_on_its_third_statement_leaves_no_trace() {
     // Other modules were migrated.
     assert!(exists(&db, "patients.patients").await);
     let mut conn = db.connect().await;
-    let statuses = status(&mut conn, &project.manifest()).await.unwrap();
+    let statuses = status(&mut conn, &db.url, &project.manifest()).await.unwrap();
     let billing = statuses.iter().find(|s| s.module == "billing").unwrap();
     assert_eq!(billing.count(MigrationState::Applied), 1);
     assert_eq!(billing.count(MigrationState::Pending), 2);
@@ -108,7 +108,7 @@ async fn an_edited_migration_is_refused_and_shown_as_modified() {
     );
     assert!(!exists(&db, "billing.more").await);
     let mut conn = db.connect().await;
-    let statuses = status(&mut conn, &project.manifest()).await.unwrap();
+    let statuses = status(&mut conn, &db.url, &project.manifest()).await.unwrap();
     let billing = statuses.iter().find(|s| s.module == "billing").unwrap();
     assert_eq!(billing.migrations[0].state, MigrationState::Modified);
     assert_eq!(billing.migrations[1].state, MigrationState::Pending);
@@ -117,7 +117,7 @@ async fn an_edited_migration_is_refused_and_shown_as_modified() {
         "modules/billing/migrations/0001_create_charges.sql",
         "CREATE TABLE charges (id serial PRIMARY KEY, amount numeric NOT NULL);\r\n",
     );
-    let statuses = status(&mut conn, &project.manifest()).await.unwrap();
+    let statuses = status(&mut conn, &db.url, &project.manifest()).await.unwrap();
     assert_eq!(statuses.iter().find(|s| s.module == "billing").unwrap().migrations[0].state, MigrationState::Applied);
 }
 
@@ -131,7 +131,7 @@ async fn a_deleted_migration_is_refused_and_shown_as_missing() {
     let error = up_error(&db, &project).await;
     assert!(error.contains("module `patients`: applied migration is no longer on disk: `0002_admissions`"), "{error}");
     let mut conn = db.connect().await;
-    let statuses = status(&mut conn, &project.manifest()).await.unwrap();
+    let statuses = status(&mut conn, &db.url, &project.manifest()).await.unwrap();
     let states: Vec<MigrationState> =
         statuses.iter().find(|s| s.module == "patients").unwrap().migrations.iter().map(|m| m.state).collect();
     assert_eq!(states, [MigrationState::Applied, MigrationState::Missing, MigrationState::Pending]);
@@ -165,14 +165,28 @@ async fn a_migration_may_not_end_its_transaction_or_change_its_role() {
         "modules/billing/migrations/0002_commit.sql",
         "CREATE TABLE a (id int);\nCOMMIT;\nCREATE TABLE b (id int);\n",
     );
+    // Refused before anything of it runs, located at the statement.
     let error = up_error(&db, &project).await;
-    assert!(error.contains("ended its transaction"), "{error}");
+    assert!(error.contains("modules/billing/migrations/0002_commit.sql:2:1: `COMMIT` is not allowed"), "{error}");
+    assert!(error.contains("help: moat runs each migration in one transaction"), "{error}");
+    assert!(!exists(&db, "billing.a").await);
+    assert!(!exists(&db, "billing.b").await);
     std::fs::remove_file(project.dir.path().join("modules/billing/migrations/0002_commit.sql")).unwrap();
 
     project
         .write("modules/billing/migrations/0002_escape.sql", "RESET ROLE;\nCREATE TABLE patients.stolen (id int);\n");
     let error = up_error(&db, &project).await;
-    assert!(error.contains("changed its role"), "{error}");
+    assert!(error.contains("0002_escape.sql:1:1: `RESET ROLE` is not allowed"), "{error}");
+    assert!(!exists(&db, "patients.stolen").await);
+    std::fs::remove_file(project.dir.path().join("modules/billing/migrations/0002_escape.sql")).unwrap();
+
+    // The same, hidden from the keywords: the database refuses it, and moat's check rolls back.
+    project.write(
+        "modules/billing/migrations/0002_escape.sql",
+        "SELECT set_config('ro' || 'le', 'none', true);\nCREATE TABLE patients.stolen (id int);\n",
+    );
+    let error = up_error(&db, &project).await;
+    assert!(error.contains("permission denied for schema patients"), "{error}");
     assert!(!exists(&db, "patients.stolen").await);
 }
 

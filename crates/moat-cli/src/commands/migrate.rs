@@ -57,7 +57,7 @@ pub async fn status(cli: &Cli) -> anyhow::Result<u8> {
     let manifest = load_manifest(cli)?;
     let target = super::target_quiet(cli, &manifest).await?;
     let mut conn = moat_admin::connect(&target.url).await?;
-    let statuses = moat_admin::migrate::status(&mut conn, &manifest).await?;
+    let statuses = moat_admin::migrate::status(&mut conn, &target.url, &manifest).await?;
     moat_admin::provision::close(conn).await;
     match cli.format {
         Format::Json => output::json(&serde_json::json!({"version": 1, "modules": statuses}))?,
