@@ -35,7 +35,17 @@ pub struct Manifest {
     pub contracts: Vec<Contract>,
     /// Consumers in declaration order.
     pub consumers: Vec<ConsumerName>,
+    /// `[project] connection_limit`: the `CONNECTION LIMIT` of every login role moat creates
+    /// (default [`DEFAULT_CONNECTION_LIMIT`]); a module's own `connection_limit` overrides it for
+    /// its runtime role.
+    pub connection_limit: u32,
 }
+
+/// The `CONNECTION LIMIT` of moat's login roles when the manifest does not set one.
+pub const DEFAULT_CONNECTION_LIMIT: u32 = 32;
+
+/// The largest `connection_limit` the manifest accepts.
+pub const MAX_CONNECTION_LIMIT: u32 = 10_000;
 
 /// A module: one schema, two roles, one migration folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +60,8 @@ pub struct Module {
     pub sources: Vec<PathBuf>,
     /// Modules whose API or events it uses.
     pub depends_on: Vec<ModuleName>,
+    /// `connection_limit` of its runtime role, when the module sets one.
+    pub connection_limit: Option<u32>,
 }
 
 /// A contract: read-only views, the one allowed cross-module read.
@@ -266,6 +278,8 @@ struct Parser<'a> {
     /// Schemas of every module with a valid name, even one with other errors, so that one
     /// error does not cascade into "belongs to no module" errors elsewhere.
     declared_schemas: Vec<SchemaName>,
+    /// `[project] connection_limit`, when set.
+    connection_limit: Option<u32>,
 }
 
 type Table<'i> = DeTable<'i>;
@@ -282,6 +296,7 @@ impl<'a> Parser<'a> {
             errors: Vec::new(),
             dependency_graph: Vec::new(),
             declared_schemas: Vec::new(),
+            connection_limit: None,
         }
     }
 
@@ -362,6 +377,7 @@ impl<'a> Parser<'a> {
                     modules: modules.into_iter().map(|(m, _)| m).collect(),
                     contracts,
                     consumers: consumers.into_iter().map(|(c, _)| c).collect(),
+                    connection_limit: self.connection_limit.unwrap_or(DEFAULT_CONNECTION_LIMIT),
                 };
                 self.role_collisions(&manifest, &module_tables, &consumer_tables, &contract_tables);
                 if self.errors.is_empty() { Ok(manifest) } else { Err(self.errors) }
@@ -405,6 +421,26 @@ impl<'a> Parser<'a> {
             format!("known keys here: {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
         };
         self.error(span, full.clone(), format!("unknown key `{key}`"), Some(help));
+    }
+
+    /// A connection limit: an integer from 1 to [`MAX_CONNECTION_LIMIT`].
+    fn limit(&mut self, value: &Spanned<DeValue<'_>>, key: &str) -> Option<u32> {
+        let parsed = match value.get_ref() {
+            DeValue::Integer(i) if i.radix() == 10 => i.as_str().replace('_', "").parse::<u32>().ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(n) if (1..=MAX_CONNECTION_LIMIT).contains(&n) => Some(n),
+            _ => {
+                self.error(
+                    value.span(),
+                    key,
+                    format!("expected a whole number of connections from 1 to {MAX_CONNECTION_LIMIT}"),
+                    Some(format!("for example `connection_limit = {DEFAULT_CONNECTION_LIMIT}`")),
+                );
+                None
+            }
+        }
     }
 
     fn string(&mut self, value: &Spanned<DeValue<'_>>, key: &str) -> Option<String> {
@@ -476,7 +512,8 @@ impl<'a> Parser<'a> {
                         name = self.name(ProjectName::parse, &s, value.span(), "project.name");
                     }
                 }
-                other => self.unknown_key(key.span(), other, "project", &["name"]),
+                "connection_limit" => self.connection_limit = self.limit(value, "project.connection_limit"),
+                other => self.unknown_key(key.span(), other, "project", &["name", "connection_limit"]),
             }
         }
         if name.is_none() && !self.errors.iter().any(|e| e.key == "project.name") {
@@ -511,6 +548,7 @@ impl<'a> Parser<'a> {
             let mut migrations_raw = (format!("modules/{name}/migrations"), key.span());
             let mut sources = Vec::new();
             let mut depends_on = Vec::new();
+            let mut connection_limit = None;
             let mut ok = true;
             let mut graph_deps = Vec::new();
             for (k, v) in table.iter() {
@@ -562,9 +600,16 @@ impl<'a> Parser<'a> {
                             }
                         }
                     }
-                    other => {
-                        self.unknown_key(k.span(), other, &prefix, &["schema", "migrations", "sources", "depends_on"])
-                    }
+                    "connection_limit" => match self.limit(v, &field) {
+                        Some(n) => connection_limit = Some(n),
+                        None => ok = false,
+                    },
+                    other => self.unknown_key(
+                        k.span(),
+                        other,
+                        &prefix,
+                        &["schema", "migrations", "sources", "depends_on", "connection_limit"],
+                    ),
                 }
             }
             self.dependency_graph.push((name.to_string(), graph_deps, key.span()));
@@ -602,7 +647,10 @@ impl<'a> Parser<'a> {
                 ok = false;
             }
             if ok && let Some(migrations) = migrations {
-                modules.push((Module { name, schema: schema.0, migrations, sources, depends_on }, key.span()));
+                modules.push((
+                    Module { name, schema: schema.0, migrations, sources, depends_on, connection_limit },
+                    key.span(),
+                ));
             }
         }
         modules

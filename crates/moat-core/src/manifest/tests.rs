@@ -277,3 +277,22 @@ fn invalid_toml_names_the_line() {
     /p/moat.toml:3:11: not valid TOML: unclosed table, expected `]`
     "#);
 }
+
+#[test]
+fn connection_limits_default_and_override() {
+    let manifest = parse("[project]\nname = \"clinic\"\n[modules.a]\n").unwrap();
+    assert_eq!(manifest.connection_limit, DEFAULT_CONNECTION_LIMIT);
+    assert_eq!(manifest.modules[0].connection_limit, None);
+    let manifest =
+        parse("[project]\nname = \"clinic\"\nconnection_limit = 8\n[modules.a]\nconnection_limit = 64\n").unwrap();
+    assert_eq!(manifest.connection_limit, 8);
+    assert_eq!(manifest.modules[0].connection_limit, Some(64));
+    insta::assert_snapshot!(errors(
+        "[project]\nname = \"clinic\"\nconnection_limit = 0\n[modules.a]\nconnection_limit = \"many\"\n"
+    ), @r"
+    /p/moat.toml:3:20: `project.connection_limit`: expected a whole number of connections from 1 to 10000
+      help: for example `connection_limit = 32`
+    /p/moat.toml:5:20: `modules.a.connection_limit`: expected a whole number of connections from 1 to 10000
+      help: for example `connection_limit = 32`
+    ");
+}
