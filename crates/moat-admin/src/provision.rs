@@ -117,6 +117,7 @@ async fn provision_locked(
         .await
         .map_err(db("setting the provisioning lock timeout"))?;
     let (snapshot, inputs) = read_state(&mut tx, manifest).await?;
+    refuse_tampered_moat_tables(&mut tx, manifest).await?;
     let plan = plan(manifest, &snapshot, &inputs);
     let mut statements = 4 + usize::from(!inputs.installed_contracts.is_empty());
     let mut failed = None;
@@ -159,6 +160,53 @@ async fn provision_locked(
         Some(e) => Err(e),
         None => Ok(ProvisionOutcome { plan, contract_views, statements }),
     }
+}
+
+/// Refuses to provision when one of moat's tables in a module schema is not the plain table moat
+/// created (a view, say) or carries triggers, rules, policies or row level security: code a
+/// module owner planted there (before this layout made moat the owner, or by creating the table
+/// before moat did) would run as whoever touches the table next. Read from the catalog only.
+async fn refuse_tampered_moat_tables(conn: &mut PgConnection, manifest: &Manifest) -> Result<(), AdminError> {
+    let schemas: Vec<String> = manifest.modules.iter().map(|m| m.schema.to_string()).collect();
+    let rows: Vec<(String, String, String, i64, i64, i64, bool)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text, c.relkind::text,            (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) c.oid AND NOT t.tgisinternal),            (SELECT pg_catalog.count(*) FROM pg_catalog.pg_rewrite r WHERE r.ev_class OPERATOR(pg_catalog.=) c.oid               AND r.rulename OPERATOR(pg_catalog.<>) '_RETURN'),            (SELECT pg_catalog.count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid),            c.relrowsecurity          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace          WHERE n.nspname OPERATOR(pg_catalog.=) ANY($1) AND pg_catalog.starts_with(c.relname::text, 'moat_')",
+    )
+    .bind(&schemas)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db("checking moat's tables"))?;
+    for (schema, name, kind, triggers, rules, policies, rls) in rows {
+        if !crate::internal::owned_by_moat(&name) {
+            continue;
+        }
+        let expected = match name.as_str() {
+            crate::internal::OUTBOX => "p",
+            crate::internal::OUTBOX_SEQUENCE | crate::internal::INBOX_SEQUENCE => "S",
+            _ => "r",
+        };
+        let mut problems = Vec::new();
+        if kind != expected {
+            problems.push(format!("is of kind `{kind}`, not `{expected}`"));
+        }
+        for (count, what) in [(triggers, "triggers"), (rules, "rules"), (policies, "policies")] {
+            if count > 0 {
+                problems.push(format!("has {count} {what}"));
+            }
+        }
+        if rls {
+            problems.push("has row level security enabled".to_owned());
+        }
+        if !problems.is_empty() {
+            return Err(AdminError::Refused {
+                message: format!("moat's table `{schema}.{name}` {}", problems.join(", ")),
+                help: "moat's own tables are plain tables that only moat changes; a module role put this there. \
+                       Inspect and remove it as the admin (`DROP TRIGGER`, `DROP RULE`, `DROP POLICY`, \
+                       `ALTER TABLE ... DISABLE ROW LEVEL SECURITY`, or drop a view that took the table's name), then run moat again"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The sessions (other than this one) holding locks on relations in the project's schemas.

@@ -469,3 +469,37 @@ async fn limits(admin: &mut PgConnection, db: &TestDb) -> Vec<(String, i32)> {
     .await
     .unwrap()
 }
+
+#[tokio::test]
+async fn a_moat_table_a_module_owner_prepared_or_hooked_is_refused() {
+    let db = TestDb::new().await;
+    // billing is depended on by nobody yet: it has no outbox, so its owner can create one first.
+    let project = clinic(&db);
+    project.write(
+        "modules/billing/migrations/0002_outbox.sql",
+        "CREATE FUNCTION spy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;\n\
+         CREATE TABLE moat_outbox_progress (subscriber text PRIMARY KEY, consumed_below xid8 NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());\n\
+         CREATE TRIGGER spy AFTER UPDATE ON moat_outbox_progress FOR EACH STATEMENT EXECUTE FUNCTION spy();\n",
+    );
+    // The pass after migrations finds it, before any other principal touches it.
+    let error = up_err(&db, &project, "prepared moat_outbox_progress").await;
+    assert!(error.contains("`billing.moat_outbox_progress` has 1 triggers"), "{error}");
+    let mut admin = db.connect().await;
+    let owner: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = 'billing.moat_outbox_progress'::regclass",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(owner, db.role("billing_owner"), "nothing changed");
+    // A module that starts depending on billing does not get it taken over either.
+    let text = std::fs::read_to_string(project.manifest_path()).unwrap();
+    std::fs::write(project.manifest_path(), format!("{text}\n[modules.insurance]\ndepends_on = [\"billing\"]\n"))
+        .unwrap();
+    project.mkdir("modules/insurance/migrations");
+    let error = up_err(&db, &project, "prepared moat_outbox_progress, now depended on").await;
+    assert!(error.contains("`billing.moat_outbox_progress` has 1 triggers"), "{error}");
+    let schema: Option<String> =
+        sqlx::query_scalar("SELECT to_regnamespace('insurance')::text").fetch_one(&mut admin).await.unwrap();
+    assert_eq!(schema, None, "nothing changed");
+}
