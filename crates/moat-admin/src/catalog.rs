@@ -41,6 +41,13 @@ pub struct RoleInfo {
     pub replication: bool,
     /// BYPASSRLS.
     pub bypassrls: bool,
+    /// CONNECTION LIMIT (-1: none).
+    #[serde(default = "no_limit")]
+    pub connection_limit: i32,
+}
+
+fn no_limit() -> i32 {
+    -1
 }
 
 /// `member` is a member of `role`.
@@ -138,6 +145,9 @@ pub struct Snapshot {
     pub memberships: Vec<Membership>,
     /// `setconfig` of project roles in this database.
     pub role_settings: BTreeMap<String, Vec<String>>,
+    /// `setconfig` of project roles in all databases (`ALTER ROLE ... SET` without `IN DATABASE`).
+    #[serde(default)]
+    pub role_settings_all_databases: BTreeMap<String, Vec<String>>,
     /// Exploded ACL of the database.
     pub database_acl: Vec<AclItem>,
     /// Schemas of interest that exist, plus every schema owned by a project role.
@@ -171,7 +181,8 @@ SELECT json_build_object(
   'server_version_num', current_setting('server_version_num')::int,
   'roles', (SELECT coalesce(json_agg(json_build_object(
         'name', rolname, 'superuser', rolsuper, 'inherit', rolinherit, 'createrole', rolcreaterole,
-        'createdb', rolcreatedb, 'login', rolcanlogin, 'replication', rolreplication, 'bypassrls', rolbypassrls)
+        'createdb', rolcreatedb, 'login', rolcanlogin, 'replication', rolreplication, 'bypassrls', rolbypassrls,
+        'connection_limit', rolconnlimit)
         ORDER BY rolname), '[]') FROM pg_roles WHERE starts_with(rolname, $1)),
   'memberships', (SELECT coalesce(json_agg(json_build_object('role', r.rolname, 'member', m.rolname)), '[]')
         FROM pg_auth_members am JOIN pg_roles r ON r.oid = am.roleid JOIN pg_roles m ON m.oid = am.member
@@ -180,6 +191,9 @@ SELECT json_build_object(
         FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
         WHERE s.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND starts_with(r.rolname, $1)),
+  'role_settings_all_databases', (SELECT coalesce(json_object_agg(r.rolname, s.setconfig), '{}')
+        FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+        WHERE s.setdatabase = 0 AND starts_with(r.rolname, $1)),
   'database_acl', (SELECT coalesce(json_agg(json_build_object(
         'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
         'privilege', a.privilege_type, 'grantable', a.is_grantable)), '[]')

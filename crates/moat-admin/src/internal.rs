@@ -1,5 +1,7 @@
 //! moat's own tables inside module schemas: the migration history and the event tables.
-//! Their names start with `moat_`; provisioning creates them, owned by the module's owner role.
+//! Their names start with `moat_`; provisioning creates them, owned by `<project>_moat` (which no
+//! module role can become), so that a module owner cannot drop, alter, replace or hang triggers,
+//! rules or policies on what the admin, the relay and other modules touch.
 
 use moat_core::quote::{ident, literal, qualified};
 
@@ -78,6 +80,16 @@ pub fn is_outbox_partition(name: &str) -> bool {
         .and_then(|n| n.parse::<u16>().ok())
         .is_some_and(|n| n < OUTBOX_SLOTS)
 }
+
+/// Whether `name` (in a module schema) is one of moat's own relations, owned by `<project>_moat`.
+pub fn owned_by_moat(name: &str) -> bool {
+    [MIGRATIONS, OUTBOX, OUTBOX_SEQUENCE, OUTBOX_PROGRESS, SUBSCRIPTIONS, INBOX].contains(&name)
+        || is_outbox_partition(name)
+        || name == INBOX_SEQUENCE
+}
+
+/// The inbox's identity sequence (it follows the inbox's owner).
+pub const INBOX_SEQUENCE: &str = "moat_inbox_id_seq";
 
 /// Statements that create the migration history table of `schema`, owned by `owner`.
 pub fn migrations_ddl(schema: &str, owner: &str) -> Vec<String> {
@@ -190,7 +202,7 @@ pub fn progress_subscribers_sql(schema: &str) -> String {
     format!("SELECT subscriber FROM {} ORDER BY subscriber", qualified(schema, OUTBOX_PROGRESS))
 }
 
-/// Statements that create the contracts ledger, owned by the contracts owner.
+/// Statements that create the contracts ledger, owned by `owner` (`<project>_moat`).
 pub fn contracts_ledger_ddl(owner: &str) -> Vec<String> {
     let table = qualified(moat_core::names::CONTRACTS_SCHEMA, CONTRACTS_LEDGER);
     vec![

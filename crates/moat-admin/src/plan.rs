@@ -65,8 +65,11 @@ pub struct ContractInstall {
     pub previous_views: Vec<String>,
     /// Roles granted SELECT on the views.
     pub readers: Vec<String>,
-    /// The contracts owner role.
+    /// The contract's own owner role (`<project>_contract_<contract>`): its SQL runs in a session
+    /// that logs in as this role, never in the admin's.
     pub owner: String,
+    /// The relations the contract may read (`schema.relation`): its views may use nothing else.
+    pub reads: Vec<String>,
 }
 
 impl Step {
@@ -80,15 +83,19 @@ impl Step {
             Step::Sql { sql, display, .. } => format!("{};", display.as_deref().unwrap_or(sql)),
             Step::InstallContract(c) => {
                 let mut out = format!("-- contract `{}` from {}\n", c.contract, c.file);
+                out.push_str(&format!("-- in a session logged in as {}:\n", ident(&c.owner)));
                 out.push_str("BEGIN;\n");
                 for view in &c.previous_views {
                     out.push_str(&format!("DROP VIEW IF EXISTS {};\n", qualified(CONTRACTS_SCHEMA, view)));
                 }
-                out.push_str(&format!("SET LOCAL ROLE {};\n", ident(&c.owner)));
                 out.push_str(&format!("SET LOCAL search_path = {};\n", ident(CONTRACTS_SCHEMA)));
                 out.push_str(c.text.trim_end());
                 out.push('\n');
-                out.push_str("RESET ROLE;\n");
+                out.push_str("COMMIT;\n");
+                out.push_str(&format!(
+                    "-- then, as the admin: check that the views read only {}\n",
+                    c.reads.join(", ")
+                ));
                 if c.readers.is_empty() {
                     out.push_str("-- no consumer reads this contract");
                 } else {
@@ -248,8 +255,12 @@ pub enum RoleKind {
     /// A module's migrator: LOGIN, NOINHERIT, member of the module's owner only; migrations log
     /// in as it and `SET ROLE` to the owner.
     ModuleMigrator(String),
-    /// The contracts owner.
+    /// The contracts owner (owns schema `contracts`).
     ContractsOwner,
+    /// moat's own role (`<project>_moat`): owns module schemas and moat's tables.
+    MoatOwner,
+    /// One contract's owner.
+    ContractOwner(String),
     /// A consumer.
     Consumer(String),
     /// The event relay.
@@ -260,6 +271,8 @@ pub enum RoleKind {
 pub fn wanted_roles(manifest: &Manifest) -> Vec<WantedRole> {
     let roles = manifest.roles();
     let mut wanted = Vec::new();
+    // moat's own role first: it owns the module schemas created below.
+    wanted.push(WantedRole { name: roles.moat_owner(), login: false, search_path: None, kind: RoleKind::MoatOwner });
     for module in &manifest.modules {
         wanted.push(WantedRole {
             name: roles.module_owner(&module.name),
@@ -288,6 +301,15 @@ pub fn wanted_roles(manifest: &Manifest) -> Vec<WantedRole> {
             kind: RoleKind::ContractsOwner,
         });
     }
+    for contract in &manifest.contracts {
+        // LOGIN without a password: moat logs in with a one-time password to run its SQL.
+        wanted.push(WantedRole {
+            name: roles.contract_owner(&contract.name),
+            login: true,
+            search_path: None,
+            kind: RoleKind::ContractOwner(contract.name.to_string()),
+        });
+    }
     for consumer in &manifest.consumers {
         wanted.push(WantedRole {
             name: roles.consumer(consumer),
@@ -300,6 +322,30 @@ pub fn wanted_roles(manifest: &Manifest) -> Vec<WantedRole> {
         wanted.push(WantedRole { name: roles.relay(), login: true, search_path: None, kind: RoleKind::Relay });
     }
     wanted
+}
+
+impl RoleKind {
+    /// Whether a non-superuser admin must be a member of roles of this kind (to create and
+    /// re-own what they own).
+    pub fn admin_is_member(&self) -> bool {
+        matches!(self, RoleKind::ModuleOwner(_) | RoleKind::ContractsOwner | RoleKind::MoatOwner)
+    }
+}
+
+/// The `CONNECTION LIMIT` a role moat creates gets: every login role has one (`[project]
+/// connection_limit`, or the module's own `connection_limit` for its runtime role); NOLOGIN
+/// roles have none.
+pub fn connection_limit(manifest: &Manifest, role: &WantedRole) -> Option<i32> {
+    if !role.login {
+        return None;
+    }
+    let limit = match &role.kind {
+        RoleKind::ModuleRuntime(module) => {
+            manifest.module(module).and_then(|m| m.connection_limit).unwrap_or(manifest.connection_limit)
+        }
+        _ => manifest.connection_limit,
+    };
+    Some(i32::try_from(limit).unwrap_or(i32::MAX))
 }
 
 /// The schemas whose contents moat manages or inspects (module schemas, contracts, public).
@@ -502,19 +548,53 @@ impl<'a> Planner<'a> {
             }
         }
         if !self.snapshot.superuser {
-            for role in wanted.iter().filter(|r| matches!(r.kind, RoleKind::ModuleOwner(_) | RoleKind::ContractsOwner))
-            {
+            for role in wanted.iter().filter(|r| r.kind.admin_is_member()) {
                 if !self.snapshot.is_member(&self.snapshot.user, &role.name) {
                     self.push(Section::Roles, format!("GRANT {} TO {}", ident(&role.name), ident(&self.snapshot.user)));
                 }
             }
         }
+        self.connection_limits();
+        self.role_settings();
+    }
+
+    /// Every login role has the connection limit the manifest gives it, so that one module
+    /// cannot take every connection of the server.
+    fn connection_limits(&mut self) {
+        for role in self.wanted_roles.clone() {
+            let Some(limit) = connection_limit(self.manifest, &role) else { continue };
+            let current = self.snapshot.roles.get(&role.name).map(|r| r.connection_limit);
+            if current != Some(limit) {
+                self.push(Section::Roles, format!("ALTER ROLE {} WITH CONNECTION LIMIT {limit}", ident(&role.name)));
+            }
+        }
+    }
+
+    /// Role-level settings: moat manages the `search_path` of the roles that have one in this
+    /// database and nothing else, so every other setting of a project role (in this database or
+    /// in all databases) is reset: a module role cannot `ALTER ROLE ... SET statement_timeout`
+    /// to break other principals' sessions.
+    fn role_settings(&mut self) {
         let database = ident(&self.snapshot.database);
-        for role in &wanted {
+        for role in self.wanted_roles.clone() {
+            let settings = self.snapshot.role_settings.get(&role.name).cloned().unwrap_or_default();
+            for setting in &settings {
+                let key = setting.split_once('=').map_or(setting.as_str(), |(k, _)| k);
+                if key == "search_path" && role.search_path.is_some() {
+                    continue;
+                }
+                self.push(
+                    Section::Roles,
+                    format!("ALTER ROLE {} IN DATABASE {database} RESET {}", ident(&role.name), setting_name(key)),
+                );
+            }
+            let everywhere = self.snapshot.role_settings_all_databases.get(&role.name);
+            if everywhere.is_some_and(|s| !s.is_empty()) {
+                self.push(Section::Roles, format!("ALTER ROLE {} RESET ALL", ident(&role.name)));
+            }
             let Some(path) = &role.search_path else { continue };
-            let current = self.snapshot.role_settings.get(&role.name).and_then(|settings| {
-                settings.iter().find_map(|s| s.strip_prefix("search_path=")).map(|v| v.replace(['"', ' '], ""))
-            });
+            let current =
+                settings.iter().find_map(|s| s.strip_prefix("search_path=")).map(|v| v.replace(['"', ' '], ""));
             if current.as_deref() != Some(path.as_str()) {
                 self.push(
                     Section::Roles,
@@ -590,9 +670,10 @@ impl<'a> Planner<'a> {
 
     fn internal_tables(&mut self) {
         let roles = self.manifest.roles();
+        // moat's tables belong to moat's own role, which no module role can become.
+        let owner = roles.moat_owner();
         for module in &self.manifest.modules {
             let schema = module.schema.as_str();
-            let owner = roles.module_owner(&module.name);
             if self.snapshot.relation(schema, internal::MIGRATIONS).is_none() {
                 for sql in internal::migrations_ddl(schema, &owner) {
                     self.push(Section::InternalTables, sql);
@@ -621,7 +702,7 @@ impl<'a> Planner<'a> {
                 let created = [
                     (internal::SUBSCRIPTIONS.to_owned(), "r"),
                     (internal::INBOX.to_owned(), "r"),
-                    (format!("{}_id_seq", internal::INBOX), "S"),
+                    (internal::INBOX_SEQUENCE.to_owned(), "S"),
                 ];
                 self.grant_on_created(module, &created);
             }
@@ -629,7 +710,7 @@ impl<'a> Planner<'a> {
         if !self.manifest.contracts.is_empty()
             && self.snapshot.relation(CONTRACTS_SCHEMA, internal::CONTRACTS_LEDGER).is_none()
         {
-            for sql in internal::contracts_ledger_ddl(&roles.contracts_owner()) {
+            for sql in internal::contracts_ledger_ddl(&owner) {
                 self.push(Section::InternalTables, sql);
             }
         }
@@ -808,7 +889,8 @@ impl<'a> Planner<'a> {
                 checksum,
                 previous_views: installed.map(|i| i.views.clone()).unwrap_or_default(),
                 readers: contract.readers.iter().map(|r| roles.consumer(r)).collect(),
-                owner: roles.contracts_owner(),
+                owner: roles.contract_owner(&contract.name),
+                reads: contract.reads.iter().map(ToString::to_string).collect(),
             }));
         }
     }
@@ -828,6 +910,11 @@ impl<'a> Planner<'a> {
             }
         }
     }
+}
+
+/// A setting's name as SQL (`statement_timeout`, `"app"."key"` for a custom one).
+fn setting_name(key: &str) -> String {
+    key.split('.').map(ident).collect::<Vec<_>>().join(".")
 }
 
 fn relation_keyword(relation: &RelationInfo) -> &'static str {

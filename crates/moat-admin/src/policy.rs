@@ -37,27 +37,31 @@ impl<'a> Policy<'a> {
             .collect()
     }
 
-    /// A module schema or the contracts schema: its owner role and who may use it.
+    /// A module schema or the contracts schema: its owner role and who may use it. Module schemas
+    /// are owned by moat's own role (so that no module role can drop or replace moat's tables in
+    /// them); the module's owner creates its objects there with USAGE and CREATE.
     pub fn schema(&self, schema: &str) -> Option<(String, Wanted)> {
         let roles = self.manifest.roles();
         if let Some(module) = self.manifest.module_by_schema(schema) {
             let mut wanted = Wanted::new();
+            wanted.insert(roles.module_owner(&module.name), BTreeSet::from(["USAGE", "CREATE"]));
             wanted.insert(roles.module_runtime(&module.name), BTreeSet::from(["USAGE"]));
             // The migrator reads and writes the history as itself (it inherits nothing).
             wanted.insert(roles.module_migrator(&module.name), BTreeSet::from(["USAGE"]));
-            let read_by_contract =
-                self.manifest.contracts.iter().flat_map(|c| c.reads.iter()).any(|r| r.schema == module.schema);
-            if read_by_contract {
-                wanted.insert(roles.contracts_owner(), BTreeSet::from(["USAGE"]));
+            for contract in &self.manifest.contracts {
+                if contract.reads.iter().any(|r| r.schema == module.schema) {
+                    wanted.insert(roles.contract_owner(&contract.name), BTreeSet::from(["USAGE"]));
+                }
             }
             if self.manifest.is_depended_on(&module.name) {
                 wanted.insert(roles.relay(), BTreeSet::from(["USAGE"]));
             }
-            return Some((roles.module_owner(&module.name), wanted));
+            return Some((roles.moat_owner(), wanted));
         }
         if schema == CONTRACTS_SCHEMA && !self.manifest.contracts.is_empty() {
             let mut wanted = Wanted::new();
             for contract in &self.manifest.contracts {
+                wanted.insert(roles.contract_owner(&contract.name), BTreeSet::from(["USAGE", "CREATE"]));
                 for reader in &contract.readers {
                     wanted.insert(roles.consumer(reader), BTreeSet::from(["USAGE"]));
                 }
@@ -67,23 +71,31 @@ impl<'a> Policy<'a> {
         None
     }
 
-    /// A relation in a managed schema: its owner role and who may do what with it.
+    /// A relation in a managed schema: its owner role and who may do what with it. moat's own
+    /// tables belong to `<project>_moat`, a contract's views to that contract's owner.
     pub fn relation(&self, schema: &str, name: &str, kind: &str) -> Option<(String, Wanted)> {
         let roles = self.manifest.roles();
         if let Some(module) = self.manifest.module_by_schema(schema) {
-            return Some((roles.module_owner(&module.name), self.module_relation(module, name, kind)));
+            let owner =
+                if internal::owned_by_moat(name) { roles.moat_owner() } else { roles.module_owner(&module.name) };
+            return Some((owner, self.module_relation(module, name, kind)));
         }
         if schema == CONTRACTS_SCHEMA && !self.manifest.contracts.is_empty() {
+            if name == internal::CONTRACTS_LEDGER {
+                return Some((roles.moat_owner(), Wanted::new()));
+            }
             let mut wanted = Wanted::new();
+            let mut owner = roles.contracts_owner();
             for contract in &self.manifest.contracts {
                 let installed = self.installed.get(contract.name.as_str());
                 if installed.is_some_and(|i| i.views.iter().any(|v| v == name)) {
+                    owner = roles.contract_owner(&contract.name);
                     for reader in &contract.readers {
                         wanted.entry(roles.consumer(reader)).or_default().insert("SELECT");
                     }
                 }
             }
-            return Some((roles.contracts_owner(), wanted));
+            return Some((owner, wanted));
         }
         None
     }
@@ -117,14 +129,10 @@ impl<'a> Policy<'a> {
                 wanted.insert(runtime, BTreeSet::from(SIUD));
             }
         }
-        let declared_read = self
-            .manifest
-            .contracts
-            .iter()
-            .flat_map(|c| c.reads.iter())
-            .any(|r| r.schema == module.schema && r.relation.as_str() == relation);
-        if declared_read {
-            wanted.entry(roles.contracts_owner()).or_default().insert("SELECT");
+        for contract in &self.manifest.contracts {
+            if contract.reads.iter().any(|r| r.schema == module.schema && r.relation.as_str() == relation) {
+                wanted.entry(roles.contract_owner(&contract.name)).or_default().insert("SELECT");
+            }
         }
         wanted
     }

@@ -86,12 +86,12 @@ pub async fn up(
 ) -> Result<UpReport, AdminError> {
     let mut conn = crate::connect(url).await?;
     crate::provision::check_server(&mut conn).await?;
-    let first = provision(&mut conn, manifest).await?;
+    let first = provision(&mut conn, url, manifest).await?;
     observe(UpEvent::Provisioned(&first));
     let migrate = crate::migrate::migrate(&mut conn, url, manifest, None, &|e| observe(UpEvent::Migrate(e))).await?;
     let waiting = first.plan.notes.iter().any(|n| matches!(n, Note::ContractWaiting { .. }));
     let contracts = if waiting || !migrate.applied.is_empty() {
-        let second = provision(&mut conn, manifest).await?;
+        let second = provision(&mut conn, url, manifest).await?;
         observe(UpEvent::Provisioned(&second));
         Some(second)
     } else {

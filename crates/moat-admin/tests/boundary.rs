@@ -68,6 +68,8 @@ async fn a_runtime_role_can_create_nothing_and_become_nobody() {
         db.role("patients"),
         db.role("patients_owner"),
         db.role("contracts"),
+        db.role("contract_census"),
+        db.role("moat"),
         db.role("relay"),
     ] {
         denied(&mut billing, &format!("SET ROLE {}", moat_core::quote::ident(&role))).await;
@@ -146,20 +148,28 @@ async fn consumers_read_exactly_their_contract_views() {
 }
 
 #[tokio::test]
-async fn the_contracts_owner_reads_exactly_the_declared_relations() {
+async fn each_contract_owner_reads_exactly_its_declared_relations() {
     let db = TestDb::new().await;
     let project = clinic(&db);
     up_quietly(&db, &project.manifest()).await;
+    // The contract's own owner (LOGIN, no password) reads exactly the contract's `reads`.
+    let mut census = db.connect_as(&db.role("contract_census")).await;
+    allowed(&mut census, "SELECT * FROM patients.patients").await;
+    allowed(&mut census, "SELECT * FROM prescriptions.prescriptions").await;
+    denied(&mut census, "SELECT * FROM patients.admissions").await;
+    denied(&mut census, "SELECT * FROM billing.charges").await;
+    denied(&mut census, "INSERT INTO patients.patients VALUES (gen_random_uuid(), 'x', NULL)").await;
+    denied(&mut census, "CREATE TABLE public.x (id int)").await;
+    denied(&mut census, "SELECT * FROM contracts.moat_contracts").await;
+    denied(&mut census, &format!("SET ROLE {}", moat_core::quote::ident(&db.role("contracts")))).await;
+    // The schema owner `<project>_contracts` reads no module table.
     let mut admin = db.connect().await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET ROLE {}", moat_core::quote::ident(&db.role("contracts")))))
         .execute(&mut admin)
         .await
         .unwrap();
-    allowed(&mut admin, "SELECT * FROM patients.patients").await;
-    allowed(&mut admin, "SELECT * FROM prescriptions.prescriptions").await;
-    denied(&mut admin, "SELECT * FROM patients.admissions").await;
-    denied(&mut admin, "SELECT * FROM billing.charges").await;
-    denied(&mut admin, "INSERT INTO patients.patients VALUES (gen_random_uuid(), 'x', NULL)").await;
+    denied(&mut admin, "SELECT * FROM patients.patients").await;
+    denied(&mut admin, "SELECT * FROM prescriptions.prescriptions").await;
 }
 
 #[tokio::test]
@@ -182,7 +192,9 @@ async fn roles_have_no_dangerous_attributes_and_public_has_nothing() {
             "billing",
             "billing_migrator",
             "billing_owner",
+            "contract_census",
             "contracts",
+            "moat",
             "patients",
             "patients_migrator",
             "patients_owner",
@@ -195,7 +207,8 @@ async fn roles_have_no_dangerous_attributes_and_public_has_nothing() {
         ]
     );
     for (name, login, superuser, createdb, createrole, replication, bypassrls) in &roles {
-        assert_eq!(*login, !name.ends_with("_owner") && !name.ends_with("_contracts"), "{name} login");
+        let nologin = name.ends_with("_owner") || name.ends_with("_contracts") || name.ends_with("_moat");
+        assert_eq!(*login, !nologin, "{name} login");
         assert!(!superuser && !createdb && !createrole && !replication && !bypassrls, "{name} has an attribute");
     }
     let public_db: bool = sqlx::query_scalar("SELECT has_database_privilege('public', current_database(), 'CONNECT') OR has_database_privilege('public', current_database(), 'TEMPORARY')")

@@ -86,10 +86,7 @@ async fn plan_shows_the_sql_and_provision_runs_it() {
     let sql = text(&plan.stdout);
     let owner = format!("CREATE ROLE \"{}_customers_owner\" NOLOGIN", db.project);
     assert!(sql.contains(&owner), "{sql}");
-    assert!(
-        sql.contains(&format!("CREATE SCHEMA \"customers\" AUTHORIZATION \"{}_customers_owner\";", db.project)),
-        "{sql}"
-    );
+    assert!(sql.contains(&format!("CREATE SCHEMA \"customers\" AUTHORIZATION \"{}_moat\";", db.project)), "{sql}");
     assert!(sql.contains("REVOKE ALL ON SCHEMA \"public\" FROM PUBLIC;"), "{sql}");
     assert!(sql.contains(&format!("ALTER ROLE \"{}_orders\" IN DATABASE", db.project)), "{sql}");
     // plan changed nothing

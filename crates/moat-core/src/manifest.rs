@@ -35,7 +35,17 @@ pub struct Manifest {
     pub contracts: Vec<Contract>,
     /// Consumers in declaration order.
     pub consumers: Vec<ConsumerName>,
+    /// `[project] connection_limit`: the `CONNECTION LIMIT` of every login role moat creates
+    /// (default [`DEFAULT_CONNECTION_LIMIT`]); a module's own `connection_limit` overrides it for
+    /// its runtime role.
+    pub connection_limit: u32,
 }
+
+/// The `CONNECTION LIMIT` of moat's login roles when the manifest does not set one.
+pub const DEFAULT_CONNECTION_LIMIT: u32 = 32;
+
+/// The largest `connection_limit` the manifest accepts.
+pub const MAX_CONNECTION_LIMIT: u32 = 10_000;
 
 /// A module: one schema, two roles, one migration folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +63,8 @@ pub struct Module {
     /// Objects it owns outside its schema while it is being split out of a shared one
     /// (`claims = ["public.customer_*"]`).
     pub claims: Vec<Claim>,
+    /// `connection_limit` of its runtime role, when the module sets one.
+    pub connection_limit: Option<u32>,
 }
 
 /// `schema.name` or `schema.pattern` (`*` matches any run of characters): objects in a schema
@@ -356,6 +368,8 @@ struct Parser<'a> {
     declared_schemas: Vec<SchemaName>,
     /// Every module's claims, with where they are written, for the checks across modules.
     claim_spans: Vec<(String, Claim, Range<usize>)>,
+    /// `[project] connection_limit`, when set.
+    connection_limit: Option<u32>,
 }
 
 type Table<'i> = DeTable<'i>;
@@ -373,6 +387,7 @@ impl<'a> Parser<'a> {
             dependency_graph: Vec::new(),
             declared_schemas: Vec::new(),
             claim_spans: Vec::new(),
+            connection_limit: None,
         }
     }
 
@@ -453,6 +468,7 @@ impl<'a> Parser<'a> {
                     modules: modules.into_iter().map(|(m, _)| m).collect(),
                     contracts,
                     consumers: consumers.into_iter().map(|(c, _)| c).collect(),
+                    connection_limit: self.connection_limit.unwrap_or(DEFAULT_CONNECTION_LIMIT),
                 };
                 self.role_collisions(&manifest, &module_tables, &consumer_tables, &contract_tables);
                 if self.errors.is_empty() { Ok(manifest) } else { Err(self.errors) }
@@ -496,6 +512,26 @@ impl<'a> Parser<'a> {
             format!("known keys here: {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
         };
         self.error(span, full.clone(), format!("unknown key `{key}`"), Some(help));
+    }
+
+    /// A connection limit: an integer from 1 to [`MAX_CONNECTION_LIMIT`].
+    fn limit(&mut self, value: &Spanned<DeValue<'_>>, key: &str) -> Option<u32> {
+        let parsed = match value.get_ref() {
+            DeValue::Integer(i) if i.radix() == 10 => i.as_str().replace('_', "").parse::<u32>().ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(n) if (1..=MAX_CONNECTION_LIMIT).contains(&n) => Some(n),
+            _ => {
+                self.error(
+                    value.span(),
+                    key,
+                    format!("expected a whole number of connections from 1 to {MAX_CONNECTION_LIMIT}"),
+                    Some(format!("for example `connection_limit = {DEFAULT_CONNECTION_LIMIT}`")),
+                );
+                None
+            }
+        }
     }
 
     fn string(&mut self, value: &Spanned<DeValue<'_>>, key: &str) -> Option<String> {
@@ -567,7 +603,8 @@ impl<'a> Parser<'a> {
                         name = self.name(ProjectName::parse, &s, value.span(), "project.name");
                     }
                 }
-                other => self.unknown_key(key.span(), other, "project", &["name"]),
+                "connection_limit" => self.connection_limit = self.limit(value, "project.connection_limit"),
+                other => self.unknown_key(key.span(), other, "project", &["name", "connection_limit"]),
             }
         }
         if name.is_none() && !self.errors.iter().any(|e| e.key == "project.name") {
@@ -603,6 +640,7 @@ impl<'a> Parser<'a> {
             let mut sources = Vec::new();
             let mut depends_on = Vec::new();
             let mut claims: Vec<(Claim, Range<usize>)> = Vec::new();
+            let mut connection_limit = None;
             let mut ok = true;
             let mut graph_deps = Vec::new();
             for (k, v) in table.iter() {
@@ -686,11 +724,15 @@ impl<'a> Parser<'a> {
                             }
                         }
                     }
+                    "connection_limit" => match self.limit(v, &field) {
+                        Some(n) => connection_limit = Some(n),
+                        None => ok = false,
+                    },
                     other => self.unknown_key(
                         k.span(),
                         other,
                         &prefix,
-                        &["schema", "migrations", "sources", "depends_on", "claims"],
+                        &["schema", "migrations", "sources", "depends_on", "claims", "connection_limit"],
                     ),
                 }
             }
@@ -731,7 +773,10 @@ impl<'a> Parser<'a> {
             if ok && let Some(migrations) = migrations {
                 self.claim_spans.extend(claims.iter().map(|(c, span)| (name.to_string(), c.clone(), span.clone())));
                 let claims = claims.into_iter().map(|(c, _)| c).collect();
-                modules.push((Module { name, schema: schema.0, migrations, sources, depends_on, claims }, key.span()));
+                modules.push((
+                    Module { name, schema: schema.0, migrations, sources, depends_on, claims, connection_limit },
+                    key.span(),
+                ));
             }
         }
         // A claim in a module's own schema means nothing; the same claim in two modules is ambiguous.

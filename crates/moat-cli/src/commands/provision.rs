@@ -25,13 +25,14 @@ pub async fn plan(cli: &Cli) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `moat provision`: runs the plan in one transaction.
+/// `moat provision`: runs the plan in one transaction, then installs contracts (each in a session
+/// that logs in as its own owner).
 pub async fn provision(cli: &Cli) -> anyhow::Result<u8> {
     let manifest = load_manifest(cli)?;
     let target = super::target(cli, &manifest).await?;
     let mut conn = moat_admin::connect(&target.url).await?;
     moat_admin::provision::check_server(&mut conn).await?;
-    let outcome = run_provision(&mut conn, &manifest).await?;
+    let outcome = run_provision(&mut conn, &target.url, &manifest).await?;
     moat_admin::provision::close(conn).await;
     match cli.format {
         Format::Json => output::json(&plan_json(&outcome.plan))?,

@@ -99,9 +99,9 @@ password = "x"
 "#
     ), @r#"
     /p/moat.toml:3:1: `project.owner`: unknown key `owner`
-      help: known keys here: `name`
+      help: known keys here: `name`, `connection_limit`
     /p/moat.toml:6:1: `modules.patients.schmea`: unknown key `schmea`
-      help: known keys here: `schema`, `migrations`, `sources`, `depends_on`, `claims`
+      help: known keys here: `schema`, `migrations`, `sources`, `depends_on`, `claims`, `connection_limit`
     /p/moat.toml:9:1: `consumers.reporting.password`: unknown key `password`
       help: `consumers.reporting` takes no keys
     /p/moat.toml:11:2: `extra`: unknown key `extra`
@@ -341,4 +341,23 @@ claims = ["public.customers"]
       help: a module can claim objects only in a schema that is no module's, such as `public`
     /p/moat.toml:6:11: `modules.orders.claims`: `public.customers` is also claimed by module `customers`
     "#);
+}
+
+#[test]
+fn connection_limits_default_and_override() {
+    let manifest = parse("[project]\nname = \"clinic\"\n[modules.a]\n").unwrap();
+    assert_eq!(manifest.connection_limit, DEFAULT_CONNECTION_LIMIT);
+    assert_eq!(manifest.modules[0].connection_limit, None);
+    let manifest =
+        parse("[project]\nname = \"clinic\"\nconnection_limit = 8\n[modules.a]\nconnection_limit = 64\n").unwrap();
+    assert_eq!(manifest.connection_limit, 8);
+    assert_eq!(manifest.modules[0].connection_limit, Some(64));
+    insta::assert_snapshot!(errors(
+        "[project]\nname = \"clinic\"\nconnection_limit = 0\n[modules.a]\nconnection_limit = \"many\"\n"
+    ), @r"
+    /p/moat.toml:3:20: `project.connection_limit`: expected a whole number of connections from 1 to 10000
+      help: for example `connection_limit = 32`
+    /p/moat.toml:5:20: `modules.a.connection_limit`: expected a whole number of connections from 1 to 10000
+      help: for example `connection_limit = 32`
+    ");
 }
