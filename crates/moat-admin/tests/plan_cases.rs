@@ -177,23 +177,31 @@ fn creation_with_events_contracts_and_limits() {
 fn provisioned_one_module() -> Catalog {
     let mut c = Catalog::fresh();
     c.doc["database_acl"] =
-        acl(&[("postgres", "CREATE"), ("postgres", "TEMPORARY"), ("postgres", "CONNECT"), ("app_orders", "CONNECT")]);
+        acl(&[("postgres", "CREATE"), ("postgres", "TEMPORARY"), ("postgres", "CONNECT"), ("app_orders", "CONNECT"), ("app_orders_migrator", "CONNECT")]);
     c.doc["schemas"][0]["acl"] = acl(&[("pg_database_owner", "USAGE"), ("pg_database_owner", "CREATE")]);
     c.role("app_moat", false, -1)
         .role("app_orders_owner", false, -1)
         .role("app_orders", true, 32)
+        .role("app_orders_migrator", true, 32)
+        .attribute("app_orders_migrator", "inherit", false)
+        .member("app_orders_owner", "app_orders_migrator")
         .setting("app_orders", "search_path=orders", true)
         .schema(
             "orders",
             "app_moat",
-            &[("app_orders_owner", "USAGE"), ("app_orders_owner", "CREATE"), ("app_orders", "USAGE")],
+            &[
+                ("app_orders_owner", "USAGE"),
+                ("app_orders_owner", "CREATE"),
+                ("app_orders", "USAGE"),
+                ("app_orders_migrator", "USAGE"),
+            ],
         )
         .relation(
             "orders",
             "moat_migrations",
             "r",
             "app_moat",
-            &[("app_orders_owner", "SELECT"), ("app_orders_owner", "INSERT"), ("app_orders_owner", "UPDATE")],
+            &[("app_orders_migrator", "SELECT"), ("app_orders_migrator", "INSERT"), ("app_orders_migrator", "UPDATE")],
         )
         .default_acl(
             "app_orders_owner",
