@@ -632,6 +632,7 @@ impl<'a> Planner<'a> {
                 qualified(&relation.schema, &relation.name)
             );
             statements.extend(acl_statements(&plain(object), &actual, &wanted, &self.managed));
+            statements.extend(column_revokes(relation, &self.managed));
         }
         for function in &self.snapshot.functions {
             if function.extension {
@@ -747,6 +748,37 @@ impl<'a> Planner<'a> {
             }
         }
     }
+}
+
+/// `REVOKE`s of every column privilege (`attacl`) that a managed grantee holds on `relation`:
+/// moat grants nothing on single columns, so each is revoked like an extra table grant
+/// (`REVOKE INSERT ("last_name") ON TABLE "patients"."patients" FROM "clinic_billing"`).
+fn column_revokes(relation: &RelationInfo, managed: &BTreeSet<String>) -> Vec<String> {
+    let mut by_grantee: BTreeMap<&str, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
+    for column in &relation.column_acls {
+        for item in &column.acl {
+            if item.grantee == relation.owner || !managed.contains(&item.grantee) {
+                continue;
+            }
+            by_grantee.entry(&item.grantee).or_default().entry(&item.privilege).or_default().push(&column.column);
+        }
+    }
+    let table = qualified(&relation.schema, &relation.name);
+    by_grantee
+        .into_iter()
+        .map(|(grantee, privileges)| {
+            let mut privileges: Vec<(&str, Vec<&str>)> = privileges.into_iter().collect();
+            privileges.sort_by_key(|(p, _)| (privilege_rank(p), *p));
+            let list = privileges
+                .iter()
+                .map(|(privilege, columns)| {
+                    format!("{privilege} ({})", columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("REVOKE {list} ON TABLE {table} FROM {}", grantee_sql(grantee))
+        })
+        .collect()
 }
 
 fn relation_keyword(relation: &RelationInfo) -> &'static str {
