@@ -150,8 +150,6 @@ impl AuditReport {
 }
 
 /// Runs the audit.
-
-/// Runs the audit.
 pub async fn audit(
     url: &DatabaseUrl,
     manifest: &Manifest,

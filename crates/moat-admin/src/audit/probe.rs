@@ -738,7 +738,7 @@ async fn open_session(
             let Some(admin) = login_admin else { return Err("no admin session to log in from".to_owned()) };
             let mut conn = {
                 let mut admin = admin.lock().await;
-                crate::login::login_as(&mut *admin, url, login).await.map_err(describe)?
+                crate::login::login_as(&mut admin, url, login).await.map_err(describe)?
             };
             // A one-time login keeps the role's settings: override them first thing.
             let mut set: String =
