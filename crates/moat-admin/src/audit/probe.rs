@@ -767,24 +767,62 @@ async fn probe_role(
         schema: &'a str,
         attempts: &'a [Attempt],
     }
-    let input: Vec<Input<'_>> = targets.iter().map(|(t, a)| Input { schema: &t.schema, attempts: a }).collect();
-    let input = serde_json::to_string(&input).map_err(|e| e.to_string())?;
     let mut conn = open_session(url, login_admin, subject).await?;
+    // First the first relation of each schema: a refusal at the schema stands for the rest of
+    // it, which is sent only for the schemas the role could enter.
+    let mut firsts: Vec<usize> = Vec::new();
+    for (i, (target, _)) in targets.iter().enumerate() {
+        if firsts.last().is_none_or(|&f| targets[f].0.schema != target.schema) {
+            firsts.push(i);
+        }
+    }
+    let input = |indexes: &[usize]| -> Result<String, String> {
+        let input: Vec<Input<'_>> =
+            indexes.iter().map(|&i| Input { schema: &targets[i].0.schema, attempts: &targets[i].1 }).collect();
+        serde_json::to_string(&input).map_err(|e| e.to_string())
+    };
+    let first_input = input(&firsts)?;
     let result = async {
-        let mut tx = conn.begin().await?;
-        sqlx::query("SELECT pg_catalog.set_config('moat.probe_input', $1, true)")
-            .bind(&input)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::raw_sql(PROBE_DO).execute(&mut *tx).await?;
-        let output: String =
-            sqlx::query_scalar("SELECT pg_catalog.current_setting('moat.probe_output')").fetch_one(&mut *tx).await?;
-        tx.rollback().await?;
-        Ok::<_, sqlx::Error>(output)
+        let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+        let first = run_probe(&mut tx, &first_input).await?;
+        let mut codes: Vec<Option<String>> = vec![None; targets.len()];
+        let mut entered: BTreeSet<&str> = BTreeSet::new();
+        for (&i, code) in firsts.iter().zip(first) {
+            if !code.as_deref().unwrap_or("S").starts_with('S') {
+                entered.insert(targets[i].0.schema.as_str());
+            }
+            codes[i] = code;
+        }
+        let rest: Vec<usize> = (0..targets.len())
+            .filter(|i| !firsts.contains(i) && entered.contains(targets[*i].0.schema.as_str()))
+            .collect();
+        if !rest.is_empty() {
+            let second = run_probe(&mut tx, &input(&rest)?).await?;
+            for (&i, code) in rest.iter().zip(second) {
+                codes[i] = code;
+            }
+        }
+        tx.rollback().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(codes)
     }
     .await;
     let _ = conn.close().await;
-    let output = result.map_err(|e| format!("probing failed: {}", crate::error::describe_sqlx(&e)))?;
+    result
+}
+
+/// One run of `probe.sql` on `input`: the codes per target.
+async fn run_probe(tx: &mut PgConnection, input: &str) -> Result<Vec<Option<String>>, String> {
+    let failed = |e: sqlx::Error| format!("probing failed: {}", crate::error::describe_sqlx(&e));
+    sqlx::query("SELECT pg_catalog.set_config('moat.probe_input', $1, true)")
+        .bind(input)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+    sqlx::raw_sql(PROBE_DO).execute(&mut *tx).await.map_err(failed)?;
+    let output: String = sqlx::query_scalar("SELECT pg_catalog.current_setting('moat.probe_output')")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(failed)?;
     serde_json::from_str(&output).map_err(|e| format!("reading the probe's result: {e}"))
 }
 

@@ -11,8 +11,8 @@ DO $moat_probe$
 --   Y done, H held (not attempted), N refused, S refused at the schema, L lock timeout,
 --   ? failed for another reason, - not attempted (needs), x not attempted after a lock timeout.
 DECLARE
-  target json;
-  attempt json;
+  target jsonb;
+  attempt jsonb;
   results text[] := '{}';
   codes text;
   code text;
@@ -21,7 +21,7 @@ DECLARE
   message text;
   denied_schema text;
 BEGIN
-  FOR target IN SELECT * FROM pg_catalog.json_array_elements(pg_catalog.current_setting('moat.probe_input')::json) LOOP
+  FOR target IN SELECT * FROM pg_catalog.jsonb_array_elements(pg_catalog.current_setting('moat.probe_input')::jsonb) LOOP
     -- A schema whose name lookup was refused refuses every statement on every object in it.
     IF target->>'schema' = denied_schema THEN
       results := pg_catalog.array_append(results, NULL::text);
@@ -29,7 +29,7 @@ BEGIN
     END IF;
     codes := '';
     stop := NULL;
-    FOR attempt IN SELECT * FROM pg_catalog.json_array_elements(target->'attempts') LOOP
+    FOR attempt IN SELECT * FROM pg_catalog.jsonb_array_elements(target->'attempts') LOOP
       IF stop IS NOT NULL THEN
         codes := codes || stop;
         CONTINUE;
