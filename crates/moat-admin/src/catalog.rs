@@ -89,6 +89,96 @@ pub struct RelationInfo {
     pub extension: bool,
     /// Whether it is a partition of another table.
     pub partition: bool,
+    /// Columns that carry an ACL of their own (`pg_attribute.attacl`), in column order.
+    #[serde(default)]
+    pub column_acls: Vec<ColumnAcl>,
+}
+
+impl RelationInfo {
+    /// The relation's kind.
+    pub fn relkind(&self) -> RelKind {
+        RelKind::from_code(&self.kind)
+    }
+}
+
+/// `pg_class.relkind`, for the kinds moat looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelKind {
+    /// `r`: a plain table (or a partition).
+    Table,
+    /// `p`: a partitioned table.
+    PartitionedTable,
+    /// `v`.
+    View,
+    /// `m`.
+    MaterializedView,
+    /// `f`.
+    ForeignTable,
+    /// `S`.
+    Sequence,
+    /// Anything else (index, composite type, TOAST table).
+    Other,
+}
+
+impl RelKind {
+    /// The kind of a `relkind` code.
+    pub fn from_code(code: &str) -> Self {
+        match code {
+            "r" => RelKind::Table,
+            "p" => RelKind::PartitionedTable,
+            "v" => RelKind::View,
+            "m" => RelKind::MaterializedView,
+            "f" => RelKind::ForeignTable,
+            "S" => RelKind::Sequence,
+            _ => RelKind::Other,
+        }
+    }
+
+    /// The `relkind` code (`r`, `p`, ...), as the policy and the plan take it.
+    pub fn code(self) -> &'static str {
+        match self {
+            RelKind::Table => "r",
+            RelKind::PartitionedTable => "p",
+            RelKind::View => "v",
+            RelKind::MaterializedView => "m",
+            RelKind::ForeignTable => "f",
+            RelKind::Sequence => "S",
+            RelKind::Other => "?",
+        }
+    }
+
+    /// How messages name it.
+    pub fn noun(self) -> &'static str {
+        match self {
+            RelKind::Table | RelKind::Other => "table",
+            RelKind::PartitionedTable => "partitioned table",
+            RelKind::View => "view",
+            RelKind::MaterializedView => "materialized view",
+            RelKind::ForeignTable => "foreign table",
+            RelKind::Sequence => "sequence",
+        }
+    }
+}
+
+/// A column's own ACL.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ColumnAcl {
+    /// Column name.
+    pub column: String,
+    /// Exploded `attacl` (column privileges only; the table's ACL is separate).
+    pub acl: Vec<AclItem>,
+}
+
+/// A large object that a project role owns or that is granted to a project role or PUBLIC.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LargeObjectInfo {
+    /// Its oid.
+    pub oid: i64,
+    /// Owner role.
+    pub owner: String,
+    /// Exploded `lomacl` (empty when it has the default ACL: owner only).
+    pub acl: Vec<AclItem>,
 }
 
 /// A function, procedure or aggregate.
@@ -159,6 +249,9 @@ pub struct Snapshot {
     pub functions: Vec<FunctionInfo>,
     /// Default ACLs of project roles.
     pub default_acls: Vec<DefaultAclInfo>,
+    /// Large objects owned by a project role or granted to one (or to PUBLIC).
+    #[serde(default)]
+    pub large_objects: Vec<LargeObjectInfo>,
 }
 
 fn by_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, RoleInfo>, D::Error> {
@@ -216,7 +309,14 @@ SELECT json_build_object(
         'owned_by_table', EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
               AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') AND c.relkind = 'S'),
         'extension', EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'),
-        'partition', c.relispartition)
+        'partition', c.relispartition,
+        'column_acls', (SELECT coalesce(json_agg(json_build_object('column', at.attname,
+              'acl', (SELECT coalesce(json_agg(json_build_object(
+                    'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+                    'privilege', a.privilege_type, 'grantable', a.is_grantable)), '[]')
+                    FROM aclexplode(at.attacl) a)) ORDER BY at.attnum), '[]')
+              FROM pg_attribute at WHERE at.attrelid = c.oid AND at.attnum > 0 AND NOT at.attisdropped
+                AND at.attacl IS NOT NULL))
         ORDER BY n.nspname, c.relname), '[]')
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE (n.nspname = ANY($2) OR starts_with(pg_get_userbyid(n.nspowner), $1))
@@ -240,7 +340,17 @@ SELECT json_build_object(
               'privilege', a.privilege_type, 'grantable', a.is_grantable)), '[]')
               FROM aclexplode(d.defaclacl) a))), '[]')
         FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace
-        WHERE starts_with(pg_get_userbyid(d.defaclrole), $1) OR n.nspname = ANY($2))
+        WHERE starts_with(pg_get_userbyid(d.defaclrole), $1) OR n.nspname = ANY($2)),
+  'large_objects', (SELECT coalesce(json_agg(json_build_object(
+        'oid', lo.oid::bigint, 'owner', pg_get_userbyid(lo.lomowner),
+        'acl', (SELECT coalesce(json_agg(json_build_object(
+              'grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+              'privilege', a.privilege_type, 'grantable', a.is_grantable)), '[]')
+              FROM aclexplode(lo.lomacl) a)) ORDER BY lo.oid), '[]')
+        FROM pg_largeobject_metadata lo
+        WHERE starts_with(pg_get_userbyid(lo.lomowner), $1)
+           OR EXISTS (SELECT 1 FROM aclexplode(lo.lomacl) a
+                      WHERE a.grantee = 0 OR starts_with(pg_get_userbyid(a.grantee), $1)))
 )::text
 "#;
 

@@ -781,19 +781,7 @@ impl<'a> Planner<'a> {
                 qualified(&relation.schema, &relation.name)
             );
             statements.extend(acl_statements(&plain(object), &actual, &wanted, &self.managed));
-            // A table-level grant that stands for a column-level one is revoked above (which
-            // revokes the column grants too); grant the columns afterwards.
-            for (grantee, privilege, columns) in policy.column_privileges(&relation.schema, &relation.name) {
-                if actual.get(&grantee).is_some_and(|have| have.iter().any(|(p, _)| p == privilege)) {
-                    statements.push(internal::column_grant_sql(
-                        &relation.schema,
-                        &relation.name,
-                        privilege,
-                        columns,
-                        &grantee,
-                    ));
-                }
-            }
+            statements.extend(column_statements(relation, &actual, &policy, &self.managed));
         }
         for function in &self.snapshot.functions {
             if function.extension {
@@ -915,6 +903,63 @@ impl<'a> Planner<'a> {
 /// A setting's name as SQL (`statement_timeout`, `"app"."key"` for a custom one).
 fn setting_name(key: &str) -> String {
     key.split('.').map(ident).collect::<Vec<_>>().join(".")
+}
+
+/// Column privileges of `relation`: every one a managed grantee holds (`attacl`) that the
+/// policy does not want is revoked like an extra table grant (`REVOKE INSERT ("last_name") ON
+/// TABLE "patients"."patients" FROM "clinic_billing"`); every one the policy wants (the runtime
+/// role's INSERT on the outbox's publishing columns) is granted when missing, or when a
+/// table-level grant of the same privilege is revoked above (which revokes the column grants too).
+fn column_statements(
+    relation: &RelationInfo,
+    actual: &Grants,
+    policy: &Policy<'_>,
+    managed: &BTreeSet<String>,
+) -> Vec<String> {
+    let wanted = policy.column_privileges(&relation.schema, &relation.name);
+    let is_wanted = |grantee: &str, privilege: &str, column: &str| {
+        wanted.iter().any(|(g, p, columns)| g == grantee && *p == privilege && columns.contains(&column))
+    };
+    let mut by_grantee: BTreeMap<&str, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
+    for column in &relation.column_acls {
+        for item in &column.acl {
+            if item.grantee == relation.owner
+                || !managed.contains(&item.grantee)
+                || is_wanted(&item.grantee, &item.privilege, &column.column)
+            {
+                continue;
+            }
+            by_grantee.entry(&item.grantee).or_default().entry(&item.privilege).or_default().push(&column.column);
+        }
+    }
+    let table = qualified(&relation.schema, &relation.name);
+    let mut statements: Vec<String> = by_grantee
+        .into_iter()
+        .map(|(grantee, privileges)| {
+            let mut privileges: Vec<(&str, Vec<&str>)> = privileges.into_iter().collect();
+            privileges.sort_by_key(|(p, _)| (privilege_rank(p), *p));
+            let list = privileges
+                .iter()
+                .map(|(privilege, columns)| {
+                    format!("{privilege} ({})", columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("REVOKE {list} ON TABLE {table} FROM {}", grantee_sql(grantee))
+        })
+        .collect();
+    for (grantee, privilege, columns) in &wanted {
+        let table_grant_revoked = actual.get(grantee).is_some_and(|have| have.iter().any(|(p, _)| p == privilege));
+        let held = |column: &str| {
+            relation.column_acls.iter().any(|c| {
+                c.column == column && c.acl.iter().any(|item| &item.grantee == grantee && item.privilege == *privilege)
+            })
+        };
+        if table_grant_revoked || !columns.iter().all(|c| held(c)) {
+            statements.push(internal::column_grant_sql(&relation.schema, &relation.name, privilege, columns, grantee));
+        }
+    }
+    statements
 }
 
 fn relation_keyword(relation: &RelationInfo) -> &'static str {

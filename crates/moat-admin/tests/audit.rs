@@ -211,14 +211,24 @@ async fn public_schema_objects_database_access_and_drift_are_found() {
 }
 
 #[tokio::test]
-async fn a_role_that_cannot_log_in_is_probed_with_set_role() {
+async fn a_role_that_cannot_log_in_is_not_probed_and_the_audit_says_why() {
+    // No SET ROLE from the admin's session: a role the audit cannot log in as is an error.
     let (db, project) = fresh().await;
     db.exec(&format!("ALTER ROLE \"{}\" NOLOGIN", db.role("support"))).await;
     let report = run(&db, &project).await;
     let support = report.probed.iter().find(|p| p.role == db.role("support")).unwrap();
-    assert_eq!(support.method, ProbeMethod::SetRole);
+    assert_eq!(support.method, ProbeMethod::NotProbed);
     assert!(support.login_error.is_some());
-    assert_eq!(cell(&report, &db.role("support"), "contract census"), Cell::Denied);
+    assert!(report.access.iter().all(|a| a.role != db.role("support")));
+    assert_eq!(cell(&report, &db.role("support"), "contract census"), Cell::Unprobed);
+    let finding = report
+        .findings
+        .iter()
+        .find(|f| f.rule == "probe-incomplete" && f.object.as_deref() == Some(db.role("support").as_str()))
+        .unwrap_or_else(|| panic!("{}", describe(&report)));
+    assert_eq!(finding.severity, Severity::Error);
+    let variable = format!("MOAT_PASSWORD_{}", db.role("support").to_ascii_uppercase());
+    assert!(finding.help.as_deref().unwrap_or_default().contains(&variable), "{finding:?}");
     assert!(has(&report, "provisioning-drift", &db.role("support")), "{}", describe(&report));
 }
 

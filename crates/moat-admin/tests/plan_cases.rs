@@ -176,8 +176,13 @@ fn creation_with_events_contracts_and_limits() {
 /// The catalog of ONE_MODULE once provisioned (what a second run sees).
 fn provisioned_one_module() -> Catalog {
     let mut c = Catalog::fresh();
-    c.doc["database_acl"] =
-        acl(&[("postgres", "CREATE"), ("postgres", "TEMPORARY"), ("postgres", "CONNECT"), ("app_orders", "CONNECT"), ("app_orders_migrator", "CONNECT")]);
+    c.doc["database_acl"] = acl(&[
+        ("postgres", "CREATE"),
+        ("postgres", "TEMPORARY"),
+        ("postgres", "CONNECT"),
+        ("app_orders", "CONNECT"),
+        ("app_orders_migrator", "CONNECT"),
+    ]);
     c.doc["schemas"][0]["acl"] = acl(&[("pg_database_owner", "USAGE"), ("pg_database_owner", "CREATE")]);
     c.role("app_moat", false, -1)
         .role("app_orders_owner", false, -1)

@@ -204,6 +204,7 @@ pub fn print_matrix(report: &AuditReport) -> std::io::Result<()> {
                 Cell::Denied => ("denied", style::GOOD),
                 Cell::Leak => ("LEAK", style::BAD),
                 Cell::Broken => ("BROKEN", style::WARN),
+                Cell::Unprobed => ("?", style::WARN),
             };
             line.push_str(&format!("  {}", paint(cell_style, format!("{text:>width$}"))));
         }
