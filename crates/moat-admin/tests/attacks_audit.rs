@@ -62,14 +62,10 @@ async fn a_column_grant_to_another_modules_runtime_is_found_probed_and_revoked()
     let (db, project) = fresh().await;
     let billing = db.role("billing");
     // A patients migration hands billing one column.
-    as_owner(
-        &db,
-        "patients",
-        &format!(
-            "GRANT USAGE ON SCHEMA patients TO \"{billing}\"; GRANT INSERT (name) ON patients.patients TO \"{billing}\""
-        ),
-    )
-    .await;
+    // moat owns the schema, so its module's owner cannot hand out USAGE on it: that part comes from
+    // a superuser's hand; the column grant is the owner's.
+    db.exec(&format!("GRANT USAGE ON SCHEMA patients TO \"{billing}\"")).await;
+    as_owner(&db, "patients", &format!("GRANT INSERT (name) ON patients.patients TO \"{billing}\"")).await;
     let report = run(&db, &project).await;
     assert!(report.has_errors());
     let grant = finding(&report, "grant-beyond-manifest", "patients.patients.name");
@@ -110,14 +106,9 @@ async fn every_column_is_probed_not_only_the_first() {
     let (db, project) = fresh().await;
     let billing = db.role("billing");
     // UPDATE of the last column only, and SELECT of the second only.
-    as_owner(
-        &db,
-        "patients",
-        &format!(
-            "GRANT USAGE ON SCHEMA patients TO \"{billing}\"; GRANT UPDATE (ward), SELECT (name) ON patients.patients TO \"{billing}\""
-        ),
-    )
-    .await;
+    db.exec(&format!("GRANT USAGE ON SCHEMA patients TO \"{billing}\"")).await;
+    as_owner(&db, "patients", &format!("GRANT UPDATE (ward), SELECT (name) ON patients.patients TO \"{billing}\""))
+        .await;
     let report = run(&db, &project).await;
     let row = access_json(&report, &billing, "patients.patients");
     assert_eq!(row["update"], true, "{row}");
@@ -170,12 +161,13 @@ async fn the_probe_fires_no_trigger_a_module_planted() {
                FOR EACH STATEMENT EXECUTE FUNCTION billing.mark();
              CREATE TRIGGER mark_after AFTER INSERT OR UPDATE OR DELETE ON billing.charges
                FOR EACH STATEMENT EXECUTE FUNCTION billing.mark();
-             GRANT USAGE ON SCHEMA billing TO \"{patients}\";
              GRANT INSERT, UPDATE, DELETE, TRUNCATE ON billing.charges TO \"{patients}\"",
             marker.display()
         ),
     )
     .await;
+    // moat owns the schema: USAGE on it can only come from a superuser's hand.
+    db.exec(&format!("GRANT USAGE ON SCHEMA billing TO \"{patients}\"")).await;
     let report = run(&db, &project).await;
     // The probe saw every privilege...
     let row = access_json(&report, &patients, "billing.charges");
@@ -230,23 +222,19 @@ async fn a_role_statement_timeout_is_reported_and_does_not_break_the_probe() {
 #[tokio::test]
 async fn a_moat_table_turned_into_a_view_or_given_a_trigger_or_policy_is_an_error() {
     let (db, project) = fresh().await;
-    as_owner(
-        &db,
-        "patients",
+    // moat's tables belong to `<project>_moat`, so no module role can do this any more (the
+    // provisioning attacks test that); a superuser's hand still can, and the audit says so.
+    db.exec(
         "CREATE FUNCTION patients.noop() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN RETURN NEW; END $f$;
          CREATE TRIGGER spy AFTER INSERT ON patients.moat_migrations FOR EACH ROW EXECUTE FUNCTION patients.noop()",
     )
     .await;
-    as_owner(
-        &db,
-        "prescriptions",
+    db.exec(
         "ALTER TABLE prescriptions.moat_inbox ENABLE ROW LEVEL SECURITY;
          CREATE POLICY hide ON prescriptions.moat_inbox USING (false)",
     )
     .await;
-    as_owner(
-        &db,
-        "billing",
+    db.exec(
         "ALTER TABLE billing.moat_migrations RENAME TO moat_migrations_real;
          CREATE VIEW billing.moat_migrations AS SELECT * FROM billing.moat_migrations_real",
     )
@@ -270,12 +258,7 @@ async fn module_owners_are_probed_through_their_migrators() {
     let (db, project) = fresh().await;
     let owner = db.role("patients_owner");
     let migrator = db.role("patients_migrator");
-    // D2: the migrator is LOGIN NOINHERIT and a member of the owner.
-    db.exec(&format!(
-        "CREATE ROLE \"{migrator}\" LOGIN NOINHERIT IN ROLE \"{owner}\"; GRANT CONNECT ON DATABASE \"{}\" TO \"{migrator}\"",
-        db.database
-    ))
-    .await;
+    // D2: the plan made the migrator LOGIN NOINHERIT and a member of the owner.
     db.exec(&format!("GRANT USAGE ON SCHEMA billing TO \"{owner}\"; GRANT SELECT ON billing.charges TO \"{owner}\""))
         .await;
     let report = run(&db, &project).await;

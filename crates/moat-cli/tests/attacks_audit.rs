@@ -72,7 +72,8 @@ async fn a_column_grant_across_modules_fails_the_audit_and_shows_in_json() {
     let (project, url) = up(&db).await;
     let orders = db.role("orders");
     db.exec(&format!(
-        "SET ROLE \"{}\"; GRANT USAGE ON SCHEMA customers TO \"{orders}\"; GRANT SELECT (email) ON customers.customers TO \"{orders}\"; RESET ROLE",
+        // moat owns the schema, so USAGE on it comes from a superuser's hand; the column grant is the owner's.
+        "GRANT USAGE ON SCHEMA customers TO \"{orders}\"; SET ROLE \"{}\"; GRANT SELECT (email) ON customers.customers TO \"{orders}\"; RESET ROLE",
         db.role("customers_owner")
     ))
     .await;

@@ -223,10 +223,18 @@ pub(super) fn acl_findings(manifest: &Manifest, snapshot: &Snapshot, policy: &Po
             _ => "table",
         };
         beyond(findings, module.as_deref(), what, &object, &relation.acl, &relation.owner, &wanted, None);
-        // moat grants nothing on single columns: every column privilege is beyond the manifest.
+        // moat grants single columns only where the policy says so (the runtime role's INSERT on
+        // the outbox's publishing columns); every other column privilege is beyond the manifest.
+        let column_policy = policy.column_privileges(&relation.schema, &relation.name);
         for column in &relation.column_acls {
             let object = format!("{object}.{}", column.column);
-            beyond(findings, module.as_deref(), "column", &object, &column.acl, &relation.owner, &Wanted::new(), None);
+            let mut wanted = Wanted::new();
+            for (grantee, privilege, columns) in &column_policy {
+                if columns.contains(&column.column.as_str()) {
+                    wanted.entry(grantee.clone()).or_default().insert(*privilege);
+                }
+            }
+            beyond(findings, module.as_deref(), "column", &object, &column.acl, &relation.owner, &wanted, None);
         }
     }
     for function in snapshot.functions.iter().filter(|f| !f.extension) {

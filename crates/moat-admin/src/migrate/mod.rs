@@ -40,7 +40,7 @@ pub use discover::{compare, discover, parse_file_name};
 pub use errors::MigrationError;
 pub use runner::migrate;
 pub use scaffold::new_migration;
-pub use status::{read_history, ready_modules, status};
+pub use status::{moat_owned_histories, read_history, ready_modules, status};
 
 /// The first line that makes a migration run outside a transaction.
 pub const NO_TRANSACTION: &str = "-- moat:no-transaction";

@@ -1,14 +1,17 @@
 //! Reading histories (`moat status`, and the runner before it runs anything).
 //!
-//! A history table sits in a module's schema, where the module's owner can reach it (today it
-//! owns it); the admin's superuser session never reads it. Each module's history is read in a
-//! session logged in as that module's migrator, so whatever the owner made of the table (a view
-//! calling its own function, a rule) runs with the migrator's rights at most.
+//! A history table sits in a module's schema and belongs to `<project>_moat`, as does the
+//! schema, so no module role can drop it, replace it with a view or hang a trigger, rule or
+//! policy on it. The admin reads a history itself only after the catalog shows exactly that (a
+//! plain table, owned by moat's role in a schema moat's role owns, with no trigger, rule, row
+//! security or policy): such a read runs no code of anybody's. Any other history (a database not
+//! converted yet, or one a superuser changed by hand) is read in a session logged in as the
+//! module's migrator, so whatever was made of it runs with the migrator's rights at most.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use moat_core::manifest::{Manifest, Module};
-use moat_core::quote::qualified;
+use moat_core::quote::{literal, qualified};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::session::MigratorRoles;
@@ -40,6 +43,66 @@ pub async fn ready_modules(
     Ok(rows.into_iter().collect())
 }
 
+/// The histories of `schemas` that the admin may read itself (see the module docs), read in one
+/// query on the admin's connection; schemas missing from the result must be read by their
+/// migrator.
+pub async fn moat_owned_histories(
+    admin: &mut PgConnection,
+    manifest: &Manifest,
+    schemas: &[&str],
+) -> Result<BTreeMap<String, Vec<AppliedMigration>>, AdminError> {
+    let plain: Vec<String> = sqlx::query_scalar(
+        "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_catalog.pg_roles r ON r.oid = c.relowner \
+         WHERE c.relname = 'moat_migrations' AND n.nspname::text OPERATOR(pg_catalog.=) ANY($1) AND r.rolname::text OPERATOR(pg_catalog.=) $2 \
+         AND c.relkind = 'r' AND n.nspowner = c.relowner AND NOT c.relhastriggers AND NOT c.relhasrules \
+         AND NOT c.relrowsecurity AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)",
+    )
+    .bind(schemas)
+    .bind(manifest.roles().moat_owner())
+    .fetch_all(&mut *admin)
+    .await
+    .map_err(db("checking the migration history tables"))?;
+    let mut histories: BTreeMap<String, Vec<AppliedMigration>> =
+        plain.iter().map(|s| (s.clone(), Vec::new())).collect();
+    if plain.is_empty() {
+        return Ok(histories);
+    }
+    let sql = plain
+        .iter()
+        .map(|schema| {
+            format!(
+                "SELECT {} AS schema, version, name, checksum, applied_at, duration_ms, success FROM {}",
+                literal(schema),
+                qualified(schema, MIGRATIONS)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+        + " ORDER BY 1, 2";
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *admin)
+        .await
+        .map_err(db("reading migration histories"))?;
+    for row in rows {
+        let schema: String = row.try_get("schema").map_err(db("reading migration histories"))?;
+        histories.entry(schema).or_default().push(history_row(&row)?);
+    }
+    Ok(histories)
+}
+
+fn history_row(row: &sqlx::postgres::PgRow) -> Result<AppliedMigration, AdminError> {
+    let version: i64 = row.try_get("version").map_err(db("reading the migration history"))?;
+    Ok(AppliedMigration {
+        version: version as u64,
+        name: row.try_get("name").map_err(db("reading the migration history"))?,
+        checksum: row.try_get("checksum").map_err(db("reading the migration history"))?,
+        applied_at: row.try_get("applied_at").map_err(db("reading the migration history"))?,
+        duration_ms: row.try_get("duration_ms").map_err(db("reading the migration history"))?,
+        success: row.try_get("success").map_err(db("reading the migration history"))?,
+    })
+}
+
 /// Reads a module's history in `session` (logged in as its migrator).
 pub async fn read_history(session: &mut PgConnection, schema: &str) -> Result<Vec<AppliedMigration>, AdminError> {
     let sql = format!(
@@ -50,19 +113,7 @@ pub async fn read_history(session: &mut PgConnection, schema: &str) -> Result<Ve
         .fetch_all(&mut *session)
         .await
         .map_err(db(format!("reading the migration history of schema `{schema}`")))?;
-    let mut history = Vec::with_capacity(rows.len());
-    for row in rows {
-        let version: i64 = row.try_get("version").map_err(db("reading the migration history"))?;
-        history.push(AppliedMigration {
-            version: version as u64,
-            name: row.try_get("name").map_err(db("reading the migration history"))?,
-            checksum: row.try_get("checksum").map_err(db("reading the migration history"))?,
-            applied_at: row.try_get("applied_at").map_err(db("reading the migration history"))?,
-            duration_ms: row.try_get("duration_ms").map_err(db("reading the migration history"))?,
-            success: row.try_get("success").map_err(db("reading the migration history"))?,
-        });
-    }
-    Ok(history)
+    rows.iter().map(history_row).collect()
 }
 
 /// Logs in as the module's migrator and reads its history; the session is closed afterwards.
@@ -78,8 +129,8 @@ pub(crate) async fn history_of(
     history
 }
 
-/// `moat status`: every module's migrations. `admin` runs catalog queries and the logins;
-/// histories are read by each module's migrator.
+/// `moat status`: every module's migrations. `admin` runs catalog queries, reads the histories
+/// that are moat's plain tables, and logs in as the migrators of the others.
 pub async fn status(
     admin: &mut PgConnection,
     url: &DatabaseUrl,
@@ -87,11 +138,15 @@ pub async fn status(
 ) -> Result<Vec<ModuleStatus>, AdminError> {
     let modules = manifest.modules_in_dependency_order();
     let ready = ready_modules(admin, manifest, &modules).await?;
+    let ready_schemas: Vec<&str> = ready.iter().map(String::as_str).collect();
+    let mut owned = moat_owned_histories(admin, manifest, &ready_schemas).await?;
     let mut statuses = Vec::new();
     for module in modules {
         let files = discover(manifest, module)?;
         let provisioned = ready.contains(module.schema.as_str());
-        let history = if provisioned {
+        let history = if let Some(history) = owned.remove(module.schema.as_str()) {
+            history
+        } else if provisioned {
             history_of(admin, url, &MigratorRoles::of(manifest, module), module.schema.as_str()).await?
         } else {
             Vec::new()
