@@ -20,6 +20,13 @@ pub const INBOX: &str = "moat_inbox";
 /// The ledger of installed contracts, in the contracts schema.
 pub const CONTRACTS_LEDGER: &str = "moat_contracts";
 
+/// The identity of the cluster a statement runs in (its system identifier, as text). Transaction
+/// ids and snapshots (`moat_outbox.tx`, `moat_subscriptions.lo`/`hi`,
+/// `moat_outbox_progress.consumed_below`) mean something only in the cluster named beside them
+/// (`cluster`): after a dump and restore into another cluster the dispatcher re-bases a cursor
+/// whose cluster differs from the current one.
+pub const CLUSTER_ID: &str = "((pg_control_system()).system_identifier)::text";
+
 /// The state of an event held in a subscriber's inbox (`moat_inbox.state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -116,7 +123,8 @@ pub fn outbox_ddl(schema: &str, owner: &str) -> Vec<String> {
              tx xid8 NOT NULL DEFAULT pg_current_xact_id(), \
              slot smallint NOT NULL DEFAULT ((floor(extract(epoch FROM now()) / {OUTBOX_SLOT_SECONDS})::bigint % {OUTBOX_SLOTS})::smallint), \
              event_id uuid NOT NULL, event_type text NOT NULL, event_key text NOT NULL, payload jsonb NOT NULL, \
-             correlation_id uuid, causation_id uuid, published_at timestamptz NOT NULL DEFAULT clock_timestamp()\
+             correlation_id uuid, causation_id uuid, published_at timestamptz NOT NULL DEFAULT clock_timestamp(), \
+             cluster text NOT NULL DEFAULT {CLUSTER_ID}\
              ) PARTITION BY LIST (slot)",
             literal(&sequence)
         ),
@@ -131,7 +139,7 @@ pub fn outbox_ddl(schema: &str, owner: &str) -> Vec<String> {
     ddl.push(format!("CREATE INDEX {} ON {table} (tx)", ident("moat_outbox_tx")));
     ddl.push(format!("CREATE INDEX {} ON {table} (id)", ident("moat_outbox_id")));
     ddl.push(format!(
-        "CREATE TABLE {} (subscriber text PRIMARY KEY, consumed_below xid8 NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
+        "CREATE TABLE {} (subscriber text PRIMARY KEY, consumed_below xid8 NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), cluster text)",
         qualified(schema, OUTBOX_PROGRESS)
     ));
     ddl.push(format!("ALTER SEQUENCE {sequence} OWNER TO {owner}"));
@@ -152,7 +160,8 @@ pub fn inbox_ddl(schema: &str, owner: &str) -> Vec<String> {
         format!(
             "CREATE TABLE {subscriptions} (publisher text PRIMARY KEY, lo pg_snapshot NOT NULL, hi pg_snapshot, \
              last_id bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now(), \
-             handled text[] NOT NULL DEFAULT '{{}}', ignored text[] NOT NULL DEFAULT '{{}}')"
+             handled text[] NOT NULL DEFAULT '{{}}', ignored text[] NOT NULL DEFAULT '{{}}', \
+             cluster text, moved_id bigint NOT NULL DEFAULT 0)"
         ),
         format!(
             "CREATE TABLE {inbox} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, publisher text NOT NULL, \

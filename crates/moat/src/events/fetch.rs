@@ -24,6 +24,12 @@ pub(crate) struct Cursor {
     pub(crate) hi: Option<String>,
     /// When a batch did not fit: the last outbox id consumed of it.
     pub(crate) last_id: i64,
+    /// The cluster `lo` and `hi` were taken in (`None`: a cursor from before moat recorded it,
+    /// taken as the current cluster's).
+    pub(crate) cluster: Option<String>,
+    /// Outbox rows of other clusters than `cluster` with an id up to this one were consumed (or
+    /// copied into the inbox) when the cursor was last re-based.
+    pub(crate) moved_id: i64,
 }
 
 /// What a dispatcher sees once it holds a subscription's cursor.
@@ -44,7 +50,7 @@ pub(crate) struct Locked {
 pub(crate) fn lock_sql(subscriptions: &str, inbox: &str, publisher: &str) -> String {
     let publisher = literal(publisher);
     format!(
-        "SELECT lo::text, hi::text, last_id, handled FROM {subscriptions} WHERE publisher = {publisher} FOR UPDATE SKIP LOCKED; \
+        "SELECT lo::text, hi::text, last_id, cluster, moved_id, handled FROM {subscriptions} WHERE publisher = {publisher} FOR UPDATE SKIP LOCKED; \
          SELECT coalesce(array_agg(DISTINCT event_key), '{{}}') AS blocked FROM {inbox} WHERE publisher = {publisher}"
     )
 }
@@ -58,7 +64,13 @@ pub(crate) fn parse_lock(rows: &[PgRow]) -> Result<Option<Locked>, Error> {
             blocked = row.try_get::<Vec<String>, _>("blocked")?.into_iter().collect();
         } else {
             cursor = Some((
-                Cursor { lo: row.try_get("lo")?, hi: row.try_get("hi")?, last_id: row.try_get("last_id")? },
+                Cursor {
+                    lo: row.try_get("lo")?,
+                    hi: row.try_get("hi")?,
+                    last_id: row.try_get("last_id")?,
+                    cluster: row.try_get("cluster")?,
+                    moved_id: row.try_get("moved_id")?,
+                },
                 row.try_get::<Vec<String>, _>("handled")?,
             ));
         }
@@ -75,14 +87,18 @@ pub(crate) struct Batch {
     pub(crate) events: Vec<RawEvent>,
 }
 
-/// Reads the next batch after `cursor` as the relay: events of the `types` given, at most `limit`.
+/// Reads the next batch after `cursor` as the relay: events of the `types` given, at most `limit`,
+/// of the rows published in the cluster `here` (the cursor's; rows of other clusters were dealt
+/// with when the cursor was re-based, [`moved`]).
 pub(crate) async fn fetch(
     relay: &PgPool,
     outbox: &str,
+    here: &str,
     cursor: &Cursor,
     types: &[String],
     limit: i64,
 ) -> Result<Batch, Error> {
+    let here = literal(here);
     const COLUMNS: &str = "o.id, o.event_id, o.event_type, o.event_key, o.payload::text, o.correlation_id, o.causation_id, o.published_at";
     // One simple-query round trip: planner settings for this implicit transaction, then the
     // query with its values quoted by moat_core::quote. Freshly filled outbox slots have no
@@ -98,7 +114,7 @@ pub(crate) async fn fetch(
              WITH s AS (SELECT pg_current_snapshot() AS snap) \
              SELECT s.snap::text AS hi, {COLUMNS} FROM s LEFT JOIN LATERAL (\
                SELECT * FROM {outbox} WHERE tx >= pg_snapshot_xmin({lo}) AND NOT pg_visible_in_snapshot(tx, {lo}) \
-               AND event_type = ANY({types}) ORDER BY id + 0 LIMIT {limit}) o ON true"
+               AND event_type = ANY({types}) AND cluster = {here} ORDER BY id + 0 LIMIT {limit}) o ON true"
         ),
         // A batch that did not fit continues in id order from where it stopped.
         Some(hi) => {
@@ -107,7 +123,7 @@ pub(crate) async fn fetch(
                 "SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off; \
              SELECT {hi_text} AS hi, {COLUMNS} FROM {outbox} o WHERE id > {last_id} \
              AND pg_visible_in_snapshot(tx, {hi_snapshot}) AND NOT pg_visible_in_snapshot(tx, {lo}) \
-             AND event_type = ANY({types}) ORDER BY id LIMIT {limit}",
+             AND event_type = ANY({types}) AND cluster = {here} ORDER BY id LIMIT {limit}",
                 hi_text = literal(hi),
                 last_id = cursor.last_id,
             )
@@ -126,10 +142,62 @@ pub(crate) async fn fetch(
     Ok(Batch { hi, events })
 }
 
-/// Whether the outbox holds an event of `types` beyond the snapshot `lo`.
-pub(crate) async fn anything_after(relay: &PgPool, outbox: &str, lo: &str, types: &[String]) -> Result<bool, Error> {
+/// Whether the outbox holds an event of `types` of the cluster `here` beyond the snapshot `lo`.
+pub(crate) async fn anything_after(
+    relay: &PgPool,
+    outbox: &str,
+    here: &str,
+    lo: &str,
+    types: &[String],
+) -> Result<bool, Error> {
     let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {outbox} WHERE tx >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(tx, $1::pg_snapshot) AND event_type = ANY($2))"
+        "SELECT EXISTS (SELECT 1 FROM {outbox} WHERE tx >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(tx, $1::pg_snapshot) AND event_type = ANY($2) AND cluster = $3)"
     );
-    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(lo).bind(types).fetch_one(relay).await?)
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(lo).bind(types).bind(here).fetch_one(relay).await?)
+}
+
+/// The current cluster's identity, as the outbox records it.
+pub(crate) async fn cluster_id(relay: &PgPool) -> Result<String, Error> {
+    let sql = format!("SELECT {}", moat_admin::internal::CLUSTER_ID);
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(relay).await?)
+}
+
+/// What re-basing a cursor taken in another cluster finds, read as the relay in the cluster
+/// `here`: every outbox row of another cluster that the cursor has not consumed (of the cluster
+/// the cursor was taken in: not consumed by its snapshots, which are comparable with that
+/// cluster's `tx`; of any other cluster: every row after `moved_id`, the cursor never saw them),
+/// of the `types` given, in id order; and the highest outbox id (every row of a cluster the
+/// outbox moves to later gets a higher one, its sequence continues).
+pub(crate) async fn moved(
+    relay: &PgPool,
+    outbox: &str,
+    here: &str,
+    cursor: &Cursor,
+    types: &[String],
+) -> Result<(Vec<RawEvent>, i64), Error> {
+    let old = cursor.cluster.as_deref().unwrap_or(here);
+    let consumed = match &cursor.hi {
+        None => "pg_visible_in_snapshot(o.tx, $3::pg_snapshot)".to_owned(),
+        Some(_) => "(pg_visible_in_snapshot(o.tx, $3::pg_snapshot) OR (pg_visible_in_snapshot(o.tx, $4::pg_snapshot) AND o.id <= $5))"
+            .to_owned(),
+    };
+    let sql = format!(
+        "SELECT o.id, o.event_id, o.event_type, o.event_key, o.payload::text, o.correlation_id, o.causation_id, o.published_at \
+         FROM {outbox} o WHERE o.cluster <> $1 AND o.event_type = ANY($7) \
+         AND CASE WHEN o.cluster = $2 THEN NOT {consumed} ELSE o.id > $6 END ORDER BY o.id"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(here)
+        .bind(old)
+        .bind(&cursor.lo)
+        .bind(cursor.hi.as_deref().unwrap_or(&cursor.lo))
+        .bind(cursor.last_id)
+        .bind(cursor.moved_id)
+        .bind(types)
+        .fetch_all(relay)
+        .await?;
+    let events = rows.iter().map(|row| RawEvent::from_row(row, "id")).collect::<Result<Vec<_>, _>>()?;
+    let sql = format!("SELECT coalesce(max(id), 0) FROM {outbox}");
+    let max_id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(relay).await?;
+    Ok((events, max_id))
 }

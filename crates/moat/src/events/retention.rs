@@ -5,6 +5,10 @@
 //! Provisioning creates a progress row (nothing consumed) for every subscriber in the manifest
 //! and removes the rows of subscribers that left it, so a subscriber that has not started yet
 //! holds retention back from the moment it is in the manifest, and one that is gone does not.
+//!
+//! Progress names the cluster its `consumed_below` was taken in; a slot is truncated only when
+//! every subscriber reported progress in the current cluster (so each has re-based its cursor
+//! after a move, and holds in its inbox what it had not consumed of the rows of other clusters).
 
 use std::time::Duration;
 
@@ -21,17 +25,24 @@ impl Subscription {
     /// Tells the publisher's side how far this subscriber got, so that consumed outbox slots can
     /// be truncated. It lags the real cursor, which is safe: it only delays truncation.
     pub(crate) async fn report_progress(&self) -> Result<(), Error> {
-        let sql = format!("SELECT lo::text FROM {} WHERE publisher = $1", self.tables.subscriptions);
-        let lo: Option<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).fetch_optional(&self.pool).await?;
-        let Some(lo) = lo else { return Ok(()) };
+        let sql = format!("SELECT lo::text, cluster FROM {} WHERE publisher = $1", self.tables.subscriptions);
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).fetch_optional(&self.pool).await?;
+        let here = self.here();
+        let Some((lo, cluster)) = row else { return Ok(()) };
+        // A cursor not yet re-based after a move says nothing about this cluster's transactions.
+        if cluster.is_some_and(|c| c != here) {
+            return Ok(());
+        }
+        // Progress of another cluster (or of none yet) is replaced, never compared.
         let sql = format!(
-            "INSERT INTO {progress} AS p (subscriber, consumed_below) VALUES ($1, pg_snapshot_xmin($2::pg_snapshot)) \
-             ON CONFLICT (subscriber) DO UPDATE SET consumed_below = greatest(p.consumed_below, excluded.consumed_below), updated_at = now() \
-             WHERE p.consumed_below < excluded.consumed_below",
+            "INSERT INTO {progress} AS p (subscriber, consumed_below, cluster) VALUES ($1, pg_snapshot_xmin($2::pg_snapshot), $3) \
+             ON CONFLICT (subscriber) DO UPDATE SET consumed_below = CASE WHEN p.cluster = excluded.cluster \
+               THEN greatest(p.consumed_below, excluded.consumed_below) ELSE excluded.consumed_below END, cluster = excluded.cluster, updated_at = now() \
+             WHERE p.cluster IS DISTINCT FROM excluded.cluster OR p.consumed_below < excluded.consumed_below",
             progress = self.tables.progress
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.subscriber).bind(&lo).execute(&self.relay).await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.subscriber).bind(&lo).bind(&here).execute(&self.relay).await?;
         Ok(())
     }
 }
@@ -73,7 +84,9 @@ pub async fn truncate_consumed(relay: &PgPool, schema: &str) -> Result<usize, Er
         };
         let ready: Option<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT EXISTS (SELECT 1 FROM {partition}) AND EXISTS (SELECT 1 FROM {progress}) \
-             AND (SELECT max(tx) FROM {partition}) < (SELECT min(consumed_below) FROM {progress})"
+             AND NOT EXISTS (SELECT 1 FROM {progress} WHERE cluster IS DISTINCT FROM {here}) \
+             AND coalesce((SELECT max(tx) FROM {partition} WHERE cluster = {here}), '0'::xid8) < (SELECT min(consumed_below) FROM {progress})",
+            here = moat_admin::internal::CLUSTER_ID
         )))
         .fetch_one(&mut *tx)
         .await?;

@@ -20,7 +20,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 use super::bus::DispatcherConfig;
-use super::fetch::{Cursor, Locked, anything_after, fetch, lock_sql, parse_lock};
+use super::fetch::{Cursor, Locked, anything_after, cluster_id, fetch, lock_sql, moved, parse_lock};
 use super::handler::{Call, ErasedHandler, HandlerContext, RawEvent, run_handler};
 use super::inbox::Hold;
 use super::publish::{PendingEvent, outbox_insert};
@@ -71,6 +71,8 @@ pub(crate) struct LocalState {
     pub(crate) held: bool,
     /// When `lo` was last moved forward without events (so that retention can progress).
     pub(crate) last_advance: Option<Instant>,
+    /// The identity of the cluster this process talks to (read when it registers).
+    pub(crate) cluster: String,
 }
 
 /// How a batch runs its handlers.
@@ -96,8 +98,9 @@ impl Subscription {
     pub(crate) async fn register(&self) -> Result<(), Error> {
         // The upsert takes the cursor row's lock, so a registration lands between two batches:
         // every batch after it holds the new types.
+        let here = cluster_id(&self.relay).await?;
         let sql = format!(
-            "INSERT INTO {subscriptions} AS s (publisher, lo, handled, ignored) VALUES ($1, '1:1:', $2, $3) \
+            "INSERT INTO {subscriptions} AS s (publisher, lo, handled, ignored, cluster) VALUES ($1, '1:1:', $2, $3, $4) \
              ON CONFLICT (publisher) DO UPDATE SET \
                handled = ARRAY(SELECT DISTINCT t FROM unnest(s.handled || $2) t WHERE t <> ALL ($3) ORDER BY t), \
                ignored = ARRAY(SELECT DISTINCT t FROM unnest(s.ignored || $3) t WHERE t <> ALL ($2) ORDER BY t) \
@@ -108,8 +111,10 @@ impl Subscription {
             .bind(&self.publisher)
             .bind(&self.mine)
             .bind(&self.ignored)
+            .bind(&here)
             .fetch_one(&self.pool)
             .await?;
+        self.local().cluster = here;
         if !self.ignored.is_empty() {
             let sql = format!("DELETE FROM {} WHERE publisher = $1 AND event_type = ANY($2)", self.tables.inbox);
             let dropped = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -139,6 +144,11 @@ impl Subscription {
     pub(crate) fn local(&self) -> std::sync::MutexGuard<'_, LocalState> {
         // The state is a cache; a poisoned lock only means a panic elsewhere mid-update.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The identity of the cluster this process talks to.
+    pub(crate) fn here(&self) -> String {
+        self.local().cluster.clone()
     }
 
     pub(crate) fn context<'c>(&'c self, conn: &'c mut PgConnection, event: &RawEvent) -> HandlerContext<'c> {
@@ -208,7 +218,8 @@ impl Subscription {
         if idle_for.is_none_or(|d| d >= self.config.progress_interval) {
             return Ok(true);
         }
-        anything_after(&self.relay, &self.tables.outbox, &lo, &handled).await
+        let here = self.here();
+        anything_after(&self.relay, &self.tables.outbox, &here, &lo, &handled).await
     }
 
     /// One batch. Returns how many outbox rows it consumed.
@@ -242,7 +253,11 @@ impl Subscription {
                 local.held = true;
             }
         }
-        let batch = fetch(&self.relay, &self.tables.outbox, &cursor, &handled, self.config.batch_size).await?;
+        let here = self.here();
+        if cursor.cluster.as_ref().is_some_and(|c| *c != here) {
+            return self.rebase(tx, &cursor, &handled, &here).await;
+        }
+        let batch = fetch(&self.relay, &self.tables.outbox, &here, &cursor, &handled, self.config.batch_size).await?;
         let mut published = Vec::new();
         let applied = match mode {
             Mode::Fast => self.apply_fast(&mut tx, &batch.events, &mut blocked, &mut published).await?,
@@ -258,12 +273,13 @@ impl Subscription {
         let events = &batch.events;
         let complete = (events.len() as i64) < self.config.batch_size;
         let next = if complete {
-            Cursor { lo: batch.hi.clone(), hi: None, last_id: 0 }
+            Cursor { lo: batch.hi.clone(), hi: None, last_id: 0, ..cursor.clone() }
         } else {
             Cursor {
                 lo: cursor.lo.clone(),
                 hi: Some(batch.hi.clone()),
                 last_id: events.last().map_or(cursor.last_id, |e| e.position),
+                ..cursor.clone()
             }
         };
         if events.is_empty() && next.lo == cursor.lo && cursor.hi.is_none() {
@@ -282,11 +298,12 @@ impl Subscription {
             finish.push_str("; ");
         }
         finish.push_str(&format!(
-            "UPDATE {} SET lo = {}::pg_snapshot, hi = {}, last_id = {}, updated_at = now() WHERE publisher = {}; ",
+            "UPDATE {} SET lo = {}::pg_snapshot, hi = {}, last_id = {}, cluster = {}, updated_at = now() WHERE publisher = {}; ",
             self.tables.subscriptions,
             literal(&next.lo),
             next.hi.as_deref().map_or_else(|| "NULL".to_owned(), |h| format!("{}::pg_snapshot", literal(h))),
             next.last_id,
+            literal(&here),
             literal(&self.publisher)
         ));
         tx.commit(&finish).await?;
@@ -299,6 +316,33 @@ impl Subscription {
             self.notifier.published(&self.subscriber);
         }
         Ok(Outcome::Consumed(events.len()))
+    }
+
+    /// Re-bases a cursor taken in another cluster (the database was dumped and restored, or
+    /// moved): every outbox row it had not consumed that came from another cluster is copied into
+    /// the inbox (waiting, in id order, so that per-key order holds and its keys block newer
+    /// events), and the cursor starts over in this cluster from nothing consumed of the rows
+    /// published here. Runs in the transaction that holds the cursor row.
+    async fn rebase(&self, mut tx: RawTx, cursor: &Cursor, handled: &[String], here: &str) -> Result<Outcome, Error> {
+        let (events, moved_id) = moved(&self.relay, &self.tables.outbox, here, cursor, handled).await?;
+        for event in &events {
+            self.hold(&mut tx, event, Hold::Waiting).await?;
+        }
+        tracing::info!(
+            subscriber = %self.subscriber, publisher = %self.publisher, from = ?cursor.cluster, to = %here,
+            carried = events.len(), "cursor re-based after a move to another cluster"
+        );
+        let finish = format!(
+            "UPDATE {} SET lo = '1:1:', hi = NULL, last_id = 0, cluster = {}, moved_id = greatest(moved_id, {moved_id}), updated_at = now() WHERE publisher = {}; ",
+            self.tables.subscriptions,
+            literal(here),
+            literal(&self.publisher)
+        );
+        tx.commit(&finish).await?;
+        let mut local = self.local();
+        local.lo = None;
+        local.held = true;
+        Ok(Outcome::Consumed(self.config.batch_size as usize))
     }
 
     /// Whether `event` must be held rather than applied here: its key is blocked, or this process
