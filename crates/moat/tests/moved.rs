@@ -63,8 +63,7 @@ fn config() -> DispatcherConfig {
 }
 
 async fn start(url: &DatabaseUrl, project: &TestProject) -> Moat {
-    // The audit at start is not what this test is about (main: it flags the outbox column grant).
-    Moat::start(Config::new(project.manifest()).database_url(url.expose()).pool_size(4).audit(false)).await.unwrap()
+    Moat::start(Config::new(project.manifest()).database_url(url.expose()).pool_size(4)).await.unwrap()
 }
 
 async fn publish(app: &Moat, from: i64, to: i64) {
