@@ -20,9 +20,12 @@ pub(crate) struct RawTx {
     conn: Option<PoolConnection<Postgres>>,
 }
 
-/// Sent before `COMMIT`: it fails when the transaction is aborted (25P02) and when no transaction
-/// block is open any more (25P01, the caller ended it with its own `COMMIT` or `ROLLBACK`), so a
-/// `COMMIT` that PostgreSQL would answer with `ROLLBACK` or a warning never reads as success.
+/// Sent right before `COMMIT` (after the caller's statements, so that they do not run in a
+/// subtransaction): it fails when the transaction is aborted (25P02) and when no transaction
+/// block is open any more (25P01, the caller ended it with its own `COMMIT` or `ROLLBACK`; the
+/// statements of the same message then ran in an implicit transaction, which the error rolls
+/// back), so a `COMMIT` that PostgreSQL would answer with `ROLLBACK` or a warning never reads as
+/// success.
 const COMMIT_CHECK: &str = "SAVEPOINT moat_commit; ";
 
 impl RawTx {
@@ -46,7 +49,7 @@ impl RawTx {
     /// or of the commit, or a transaction that had already failed or ended, is returned as an
     /// error and the transaction is rolled back.
     pub(crate) async fn commit(mut self, sql: &str) -> Result<(), Error> {
-        let statement = format!("{COMMIT_CHECK}{sql}COMMIT");
+        let statement = format!("{sql}{COMMIT_CHECK}COMMIT");
         match sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut *self).await {
             Ok(_) => {
                 self.conn = None;
