@@ -150,10 +150,11 @@ async fn migrate_module(
             column: None,
             sqlstate: None,
             message: format!("a migration gave role `{}` a password; moat removed it", roles.migrator),
-            help: Some(format!(
+            help: Some(
                 "the migrator logs in with one-time passwords only; remove the `ALTER ROLE ... PASSWORD` from the migration \
                  (it stays recorded as applied: check what else it did with `moat audit`)"
-            )),
+                    .to_owned(),
+            ),
         }
         .into());
     }

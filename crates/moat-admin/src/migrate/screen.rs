@@ -17,6 +17,7 @@ use moat_core::text::LineIndex;
 use super::{MigrationError, MigrationFile, NO_TRANSACTION};
 
 /// Refuses the first statement of `file` that changes its transaction, role or `search_path`.
+#[allow(clippy::result_large_err)] // the runner returns this error as it is, with every field it names.
 pub fn screen(module: &Module, owner: &str, file: &MigrationFile) -> Result<(), MigrationError> {
     for span in moat_core::sqltext::split_statements(&file.text) {
         let statement = &file.text[span.start..span.end];
