@@ -39,21 +39,7 @@ pub fn split_statements(sql: &str) -> Vec<StatementSpan> {
                 continue;
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                let mut depth = 0usize;
-                while i < bytes.len() {
-                    if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
+                i = skip_block_comment(bytes, i);
                 continue;
             }
             b';' => {
@@ -179,6 +165,28 @@ fn dollar_tag(bytes: &[u8], i: usize) -> Option<usize> {
         j += 1;
     }
     (bytes.get(j) == Some(&b'$')).then_some(j + 1 - i)
+}
+
+/// The offset just past the (nested) block comment that starts at `start` (`/*`), or the end of
+/// `bytes` when it is not closed.
+pub fn skip_block_comment(bytes: &[u8], start: usize) -> usize {
+    let mut i = start;
+    let mut depth = 0usize;
+    while i < bytes.len() {
+        if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            i += 2;
+        } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
 }
 
 #[cfg(test)]
