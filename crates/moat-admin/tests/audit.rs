@@ -270,3 +270,19 @@ async fn triggers_policies_defaults_and_materialized_views_across_modules_are_fo
         );
     }
 }
+
+#[tokio::test]
+async fn claimed_objects_in_public_are_not_reported_and_an_unclaimed_table_is_one_finding() {
+    let (db, project) = fresh().await;
+    let text = std::fs::read_to_string(project.manifest_path()).unwrap();
+    let claimed = text.replacen("[modules.patients]\n", "[modules.patients]\nclaims = [\"public.ward_*\"]\n", 1);
+    project.write("moat.toml", &claimed);
+    db.exec("CREATE TABLE public.ward_beds (id serial PRIMARY KEY, label text UNIQUE)").await;
+    db.exec("CREATE FUNCTION public.ward_count() RETURNS int LANGUAGE sql AS 'SELECT 1'").await;
+    db.exec("CREATE TABLE public.stray (id serial PRIMARY KEY, code text UNIQUE)").await;
+    db.exec("CREATE INDEX stray_code_lower ON public.stray (lower(code))").await;
+    let report = run(&db, &project).await;
+    let in_public: Vec<_> = report.findings.iter().filter(|f| f.rule == "object-in-public-schema").collect();
+    assert_eq!(in_public.len(), 1, "{}", describe(&report));
+    assert_eq!(in_public[0].object.as_deref(), Some("public.stray"));
+}

@@ -400,8 +400,15 @@ pub(super) fn routine_findings(manifest: &Manifest, snapshot: &Snapshot, finding
     }
 }
 
-pub(super) fn public_findings(snapshot: &Snapshot, findings: &mut Vec<Finding>) {
-    for relation in snapshot.relations.iter().filter(|r| r.schema == "public" && !r.extension && !r.owned_by_table) {
+/// Objects in `public` that no module claims (a claimed object belongs to its claimant). Indexes
+/// and sequences owned by a table are not listed separately: one finding per table.
+pub(super) fn public_findings(manifest: &Manifest, snapshot: &Snapshot, findings: &mut Vec<Finding>) {
+    let unclaimed = |name: &str| manifest.claimant("public", name).is_none();
+    for relation in snapshot
+        .relations
+        .iter()
+        .filter(|r| r.schema == "public" && !r.extension && !r.owned_by_table && unclaimed(&r.name))
+    {
         findings.push(
             Finding::new(
                 rules::OBJECT_IN_PUBLIC,
@@ -412,7 +419,7 @@ pub(super) fn public_findings(snapshot: &Snapshot, findings: &mut Vec<Finding>) 
             .help("move it into the schema of the module that owns it"),
         );
     }
-    for function in snapshot.functions.iter().filter(|f| f.schema == "public" && !f.extension) {
+    for function in snapshot.functions.iter().filter(|f| f.schema == "public" && !f.extension && unclaimed(&f.name)) {
         findings.push(
             Finding::new(
                 rules::OBJECT_IN_PUBLIC,

@@ -173,7 +173,7 @@ pub async fn audit(
     findings::acl_findings(manifest, &snapshot, &policy, &mut findings);
     findings::role_findings(manifest, &snapshot, &mut findings);
     findings::routine_findings(manifest, &snapshot, &mut findings);
-    findings::public_findings(&snapshot, &mut findings);
+    findings::public_findings(manifest, &snapshot, &mut findings);
     findings::large_object_findings(&snapshot, &mut findings);
     findings::moat_table_findings(&mut conn, manifest, &policy, &mut findings).await?;
     findings::role_setting_findings(&mut conn, manifest, &mut findings).await?;
