@@ -92,6 +92,10 @@ pub struct RelationInfo {
     /// Columns that carry an ACL of their own (`pg_attribute.attacl`), in column order.
     #[serde(default)]
     pub column_acls: Vec<ColumnAcl>,
+    /// The names of its columns, for moat's own tables (`moat_*`, plain or partitioned) only:
+    /// provisioning adds the columns an older moat did not create.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
 }
 
 impl RelationInfo {
@@ -228,6 +232,9 @@ pub struct Snapshot {
     pub database_owner: String,
     /// `server_version_num`.
     pub server_version_num: i32,
+    /// The cluster's system identifier, as text (what `moat_outbox.cluster` records).
+    #[serde(default)]
+    pub cluster: Option<String>,
     /// Roles whose names start with the project prefix, by name.
     #[serde(deserialize_with = "by_name")]
     pub roles: BTreeMap<String, RoleInfo>,
@@ -272,6 +279,7 @@ SELECT json_build_object(
   'database', current_database(),
   'database_owner', (SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()),
   'server_version_num', current_setting('server_version_num')::int,
+  'cluster', ((pg_control_system()).system_identifier)::text,
   'roles', (SELECT coalesce(json_agg(json_build_object(
         'name', rolname, 'superuser', rolsuper, 'inherit', rolinherit, 'createrole', rolcreaterole,
         'createdb', rolcreatedb, 'login', rolcanlogin, 'replication', rolreplication, 'bypassrls', rolbypassrls,
@@ -316,7 +324,10 @@ SELECT json_build_object(
                     'privilege', a.privilege_type, 'grantable', a.is_grantable)), '[]')
                     FROM aclexplode(at.attacl) a)) ORDER BY at.attnum), '[]')
               FROM pg_attribute at WHERE at.attrelid = c.oid AND at.attnum > 0 AND NOT at.attisdropped
-                AND at.attacl IS NOT NULL))
+                AND at.attacl IS NOT NULL),
+        'columns', CASE WHEN starts_with(c.relname, 'moat_') AND c.relkind IN ('r', 'p') THEN
+              (SELECT coalesce(json_agg(at.attname ORDER BY at.attnum), '[]') FROM pg_attribute at
+               WHERE at.attrelid = c.oid AND at.attnum > 0 AND NOT at.attisdropped) END)
         ORDER BY n.nspname, c.relname), '[]')
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE (n.nspname = ANY($2) OR starts_with(pg_get_userbyid(n.nspowner), $1))

@@ -20,12 +20,19 @@ pub const INBOX: &str = "moat_inbox";
 /// The ledger of installed contracts, in the contracts schema.
 pub const CONTRACTS_LEDGER: &str = "moat_contracts";
 
+/// The text of [`CLUSTER_ID`], for `concat!`.
+macro_rules! cluster_id {
+    () => {
+        "((pg_control_system()).system_identifier)::text"
+    };
+}
+
 /// The identity of the cluster a statement runs in (its system identifier, as text). Transaction
 /// ids and snapshots (`moat_outbox.tx`, `moat_subscriptions.lo`/`hi`,
 /// `moat_outbox_progress.consumed_below`) mean something only in the cluster named beside them
 /// (`cluster`): after a dump and restore into another cluster the dispatcher re-bases a cursor
 /// whose cluster differs from the current one.
-pub const CLUSTER_ID: &str = "((pg_control_system()).system_identifier)::text";
+pub const CLUSTER_ID: &str = cluster_id!();
 
 /// The state of an event held in a subscriber's inbox (`moat_inbox.state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -124,9 +131,9 @@ pub fn outbox_ddl(schema: &str, owner: &str) -> Vec<String> {
              slot smallint NOT NULL DEFAULT ((floor(extract(epoch FROM now()) / {OUTBOX_SLOT_SECONDS})::bigint % {OUTBOX_SLOTS})::smallint), \
              event_id uuid NOT NULL, event_type text NOT NULL, event_key text NOT NULL, payload jsonb NOT NULL, \
              correlation_id uuid, causation_id uuid, published_at timestamptz NOT NULL DEFAULT clock_timestamp(), \
-             cluster text NOT NULL DEFAULT {CLUSTER_ID}\
-             ) PARTITION BY LIST (slot)",
-            literal(&sequence)
+             {}) PARTITION BY LIST (slot)",
+            literal(&sequence),
+            added_columns_sql(OUTBOX),
         ),
     ];
     for slot in 0..OUTBOX_SLOTS {
@@ -139,8 +146,9 @@ pub fn outbox_ddl(schema: &str, owner: &str) -> Vec<String> {
     ddl.push(format!("CREATE INDEX {} ON {table} (tx)", ident("moat_outbox_tx")));
     ddl.push(format!("CREATE INDEX {} ON {table} (id)", ident("moat_outbox_id")));
     ddl.push(format!(
-        "CREATE TABLE {} (subscriber text PRIMARY KEY, consumed_below xid8 NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), cluster text)",
-        qualified(schema, OUTBOX_PROGRESS)
+        "CREATE TABLE {} (subscriber text PRIMARY KEY, consumed_below xid8 NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), {})",
+        qualified(schema, OUTBOX_PROGRESS),
+        added_columns_sql(OUTBOX_PROGRESS),
     ));
     ddl.push(format!("ALTER SEQUENCE {sequence} OWNER TO {owner}"));
     ddl.push(format!("ALTER TABLE {table} OWNER TO {owner}"));
@@ -159,9 +167,8 @@ pub fn inbox_ddl(schema: &str, owner: &str) -> Vec<String> {
     vec![
         format!(
             "CREATE TABLE {subscriptions} (publisher text PRIMARY KEY, lo pg_snapshot NOT NULL, hi pg_snapshot, \
-             last_id bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now(), \
-             handled text[] NOT NULL DEFAULT '{{}}', ignored text[] NOT NULL DEFAULT '{{}}', \
-             cluster text, moved_id bigint NOT NULL DEFAULT 0)"
+             last_id bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now(), {})",
+            added_columns_sql(SUBSCRIPTIONS),
         ),
         format!(
             "CREATE TABLE {inbox} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, publisher text NOT NULL, \
@@ -176,6 +183,72 @@ pub fn inbox_ddl(schema: &str, owner: &str) -> Vec<String> {
         format!("ALTER TABLE {subscriptions} OWNER TO {owner}"),
         format!("ALTER TABLE {inbox} OWNER TO {owner}"),
     ]
+}
+
+/// A column of one of moat's tables that the first layout of that table did not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddedColumn {
+    /// The table (in a module schema).
+    pub table: &'static str,
+    /// The column.
+    pub name: &'static str,
+    /// Its type, constraints and default, as in `CREATE TABLE` (and `ALTER TABLE ... ADD COLUMN`
+    /// unless `cluster_of_existing_rows`).
+    pub definition: &'static str,
+    /// The column names the cluster (`text NOT NULL`, defaulting to [`CLUSTER_ID`]): rows that
+    /// exist when it is added were written in the cluster that adds it, which is given as a
+    /// constant, so that adding it rewrites nothing (no index of the table is rebuilt and no
+    /// expression evaluated for the existing rows).
+    pub cluster_of_existing_rows: bool,
+}
+
+/// Every column added to moat's tables since their first layout, in the order they were added.
+/// The `CREATE TABLE` statements above take these definitions from here, and provisioning adds
+/// those that a database provisioned by an older moat lacks ([`add_column_sql`]): moat never
+/// drops, renames or changes a column of its own tables, so adding is the whole upgrade.
+/// Every other default is a constant, so adding a column never rewrites a table.
+pub const ADDED_COLUMNS: [AddedColumn; 6] = [
+    added(OUTBOX, "cluster", concat!("text NOT NULL DEFAULT ", cluster_id!()), true),
+    added(OUTBOX_PROGRESS, "cluster", "text", false),
+    added(SUBSCRIPTIONS, "handled", "text[] NOT NULL DEFAULT '{}'", false),
+    added(SUBSCRIPTIONS, "ignored", "text[] NOT NULL DEFAULT '{}'", false),
+    added(SUBSCRIPTIONS, "cluster", "text", false),
+    added(SUBSCRIPTIONS, "moved_id", "bigint NOT NULL DEFAULT 0", false),
+];
+
+const fn added(
+    table: &'static str,
+    name: &'static str,
+    definition: &'static str,
+    cluster_of_existing_rows: bool,
+) -> AddedColumn {
+    AddedColumn { table, name, definition, cluster_of_existing_rows }
+}
+
+/// `name definition, ...` of the added columns of `table`, for its `CREATE TABLE`.
+fn added_columns_sql(table: &str) -> String {
+    ADDED_COLUMNS
+        .iter()
+        .filter(|c| c.table == table)
+        .map(|c| format!("{} {}", c.name, c.definition))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `ALTER TABLE <schema>.<table> ADD COLUMN <column> <definition>`; a cluster column is added
+/// with the constant `cluster` (the identity of the cluster provisioning runs in) for the rows
+/// that exist, then given its default.
+pub fn add_column_sql(schema: &str, column: &AddedColumn, cluster: &str) -> Vec<String> {
+    let table = qualified(schema, column.table);
+    let name = ident(column.name);
+    if column.cluster_of_existing_rows {
+        vec![
+            format!("ALTER TABLE {table} ADD COLUMN {name} text NOT NULL DEFAULT {}", literal(cluster)),
+            format!("ALTER TABLE {table} ALTER COLUMN {name} SET DEFAULT {CLUSTER_ID}"),
+        ]
+    } else {
+        vec![format!("ALTER TABLE {table} ADD COLUMN {name} {}", column.definition)]
+    }
 }
 
 /// `GRANT <privilege> (<columns>) ON TABLE <schema>.<relation> TO <grantee>`.

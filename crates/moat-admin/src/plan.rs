@@ -695,6 +695,7 @@ impl<'a> Planner<'a> {
                 }
             }
             self.progress_rows(module);
+            self.added_columns(schema);
             if !module.depends_on.is_empty() && self.snapshot.relation(schema, internal::SUBSCRIPTIONS).is_none() {
                 for sql in internal::inbox_ddl(schema, &owner) {
                     self.push(Section::InternalTables, sql);
@@ -712,6 +713,24 @@ impl<'a> Planner<'a> {
         {
             for sql in internal::contracts_ledger_ddl(&owner) {
                 self.push(Section::InternalTables, sql);
+            }
+        }
+    }
+
+    /// The columns an older moat did not create in moat's tables of `schema` that exist (tables
+    /// this plan creates have them). Snapshots without column lists (built by hand) add nothing.
+    fn added_columns(&mut self, schema: &str) {
+        let cluster = self.snapshot.cluster.clone().unwrap_or_default();
+        for column in &internal::ADDED_COLUMNS {
+            let missing = self
+                .snapshot
+                .relation(schema, column.table)
+                .and_then(|r| r.columns.as_ref())
+                .is_some_and(|columns| !columns.iter().any(|c| c == column.name));
+            if missing {
+                for sql in internal::add_column_sql(schema, column, &cluster) {
+                    self.push(Section::InternalTables, sql);
+                }
             }
         }
     }

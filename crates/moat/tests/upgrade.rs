@@ -1,0 +1,172 @@
+//! A database provisioned by an older moat, whose own tables lack the columns added since
+//! (the outbox's and progress's `cluster`, the cursors' handled and ignored types, `cluster` and
+//! `moved_id`): `moat up` adds them without rewriting a table, and delivery goes on with every
+//! event, old and new, applied exactly once and in key order.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use moat::events::{DispatcherConfig, Envelope, Event, Handler, HandlerContext, HandlerError};
+use moat::{Config, Moat};
+use moat_testkit::{TestDb, TestProject};
+use serde::{Deserialize, Serialize};
+
+const MANIFEST: &str = r#"
+[project]
+name = "{project}"
+[modules.customers]
+[modules.orders]
+depends_on = ["customers"]
+"#;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CustomerRenamed {
+    customer_id: i64,
+    version: i64,
+}
+
+impl Event for CustomerRenamed {
+    const MODULE: &'static str = "customers";
+    const TYPE: &'static str = "CustomerRenamed";
+    fn key(&self) -> String {
+        self.customer_id.to_string()
+    }
+}
+
+struct Record;
+
+impl Handler<CustomerRenamed> for Record {
+    async fn handle(&self, ctx: &mut HandlerContext<'_>, e: &Envelope<CustomerRenamed>) -> Result<(), HandlerError> {
+        sqlx::query("INSERT INTO applied (event_id, key, seq) VALUES ($1, $2, $3)")
+            .bind(e.id)
+            .bind(&e.key)
+            .bind(e.payload.version)
+            .execute(&mut **ctx)
+            .await?;
+        Ok(())
+    }
+}
+
+fn config() -> DispatcherConfig {
+    DispatcherConfig {
+        batch_size: 4,
+        poll_interval: Duration::from_millis(50),
+        progress_interval: Duration::from_millis(100),
+        ..DispatcherConfig::default()
+    }
+}
+
+async fn publish(app: &Moat, from: i64, to: i64) {
+    for n in from..to {
+        let mut tx = app.begin("customers").await.unwrap();
+        tx.publish(&CustomerRenamed { customer_id: n % 3, version: n / 3 + 1 }).unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    let mut conn = db.connect().await;
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&mut conn).await.unwrap()
+}
+
+async fn wait_for(db: &TestDb, sql: &str, expected: i64) {
+    let started = Instant::now();
+    loop {
+        let n = count(db, sql).await;
+        if n == expected {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "`{sql}` is {n}, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const APPLIED: &str = "SELECT count(*) FROM orders.applied";
+
+#[tokio::test]
+async fn up_adds_the_columns_an_older_moat_did_not_create_and_delivery_goes_on_exactly_once() {
+    let db = TestDb::new().await;
+    let project = TestProject::new(
+        &db.project,
+        MANIFEST,
+        &[
+            ("modules/customers/migrations/0001_customers.sql", "CREATE TABLE customers (id bigint PRIMARY KEY);\n"),
+            (
+                "modules/orders/migrations/0001_applied.sql",
+                "CREATE TABLE applied (id bigserial PRIMARY KEY, event_id uuid NOT NULL, key text NOT NULL, seq bigint NOT NULL);\n",
+            ),
+        ],
+    );
+    let app_config = || Config::new(project.manifest()).database_url(db.url.expose()).pool_size(4);
+
+    // Delivered under the current layout: 6 events.
+    let app = Moat::start(app_config()).await.unwrap();
+    publish(&app, 0, 6).await;
+    let dispatcher = app.events().config(config()).subscribe::<CustomerRenamed, _>("orders", Record).unwrap();
+    let dispatcher = dispatcher.start().await.unwrap();
+    wait_for(&db, APPLIED, 6).await;
+    dispatcher.shutdown().await;
+    drop(app);
+
+    // The layout of an older moat, with a row in every table, and 6 events it published and
+    // never delivered.
+    db.exec(
+        "ALTER TABLE customers.moat_outbox DROP COLUMN cluster; \
+         ALTER TABLE customers.moat_outbox_progress DROP COLUMN cluster; \
+         ALTER TABLE orders.moat_subscriptions DROP COLUMN handled, DROP COLUMN ignored, DROP COLUMN cluster, DROP COLUMN moved_id",
+    )
+    .await;
+    let old = Moat::connect(app_config()).await.unwrap();
+    publish(&old, 6, 12).await;
+    drop(old);
+
+    let mut admin = db.connect().await;
+    let plan = moat_admin::provision::compute_plan(&mut admin, &project.manifest()).await.unwrap().to_sql();
+    let identity: String =
+        sqlx::query_scalar("SELECT (pg_control_system()).system_identifier::text").fetch_one(&mut admin).await.unwrap();
+    for statement in [
+        format!("ALTER TABLE \"customers\".\"moat_outbox\" ADD COLUMN \"cluster\" text NOT NULL DEFAULT '{identity}'"),
+        "ALTER TABLE \"customers\".\"moat_outbox\" ALTER COLUMN \"cluster\" SET DEFAULT ((pg_control_system()).system_identifier)::text".to_owned(),
+        "ALTER TABLE \"customers\".\"moat_outbox_progress\" ADD COLUMN \"cluster\" text".to_owned(),
+        "ALTER TABLE \"orders\".\"moat_subscriptions\" ADD COLUMN \"handled\" text[] NOT NULL DEFAULT '{}'".to_owned(),
+        "ALTER TABLE \"orders\".\"moat_subscriptions\" ADD COLUMN \"ignored\" text[] NOT NULL DEFAULT '{}'".to_owned(),
+        "ALTER TABLE \"orders\".\"moat_subscriptions\" ADD COLUMN \"cluster\" text".to_owned(),
+        "ALTER TABLE \"orders\".\"moat_subscriptions\" ADD COLUMN \"moved_id\" bigint NOT NULL DEFAULT 0".to_owned(),
+    ] {
+        assert!(plan.contains(&statement), "the plan lacks `{statement}`:\n{plan}");
+    }
+    let files_before: Vec<i64> = sqlx::query_scalar(
+        "SELECT pg_relation_filenode(c.oid)::bigint FROM pg_class c WHERE c.relnamespace = 'customers'::regnamespace \
+         AND c.relkind = 'r' AND c.relname LIKE 'moat_outbox_%' ORDER BY c.relname",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(files_before.len(), 5, "the 4 partitions of the outbox and its progress");
+
+    // The current moat starts on it: up adds the columns, and nothing is rewritten.
+    let app = Moat::start(app_config()).await.unwrap();
+    let files_after: Vec<i64> = sqlx::query_scalar(
+        "SELECT pg_relation_filenode(c.oid)::bigint FROM pg_class c WHERE c.relnamespace = 'customers'::regnamespace \
+         AND c.relkind = 'r' AND c.relname LIKE 'moat_outbox_%' ORDER BY c.relname",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(files_before, files_after, "adding the columns rewrote a table");
+    assert!(moat_admin::provision::compute_plan(&mut admin, &project.manifest()).await.unwrap().is_empty());
+    let foreign = format!("SELECT count(*) FROM customers.moat_outbox WHERE cluster <> '{identity}'");
+    assert_eq!(count(&db, &foreign).await, 0, "the rows of the older moat belong to this cluster");
+
+    publish(&app, 12, 18).await;
+    let dispatcher = app.events().config(config()).subscribe::<CustomerRenamed, _>("orders", Record).unwrap();
+    let dispatcher = dispatcher.start().await.unwrap();
+    wait_for(&db, APPLIED, 18).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    dispatcher.shutdown().await;
+    assert_eq!(count(&db, APPLIED).await, 18);
+    assert_eq!(count(&db, "SELECT count(DISTINCT event_id) FROM orders.applied").await, 18);
+    let out_of_order = "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY key ORDER BY id) AS prev FROM orders.applied) x \
+                        WHERE seq <> coalesce(prev, 0) + 1";
+    assert_eq!(count(&db, out_of_order).await, 0, "per-key order broke across the upgrade");
+}
