@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::PgConnection;
 
 use crate::error::{AdminError, db};
-use crate::internal::{INBOX, InboxState, OUTBOX, OUTBOX_PROGRESS, SUBSCRIPTIONS};
+use crate::internal::{CLUSTER_ID, INBOX, InboxState, OUTBOX, OUTBOX_PROGRESS, SUBSCRIPTIONS};
 use crate::target::{DatabaseUrl, password_from_env};
 
 /// Delivery state of one subscription (a subscriber module and a module it depends on).
@@ -126,6 +126,7 @@ pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStat
     let mut admin = crate::connect(url).await?;
     let roles = manifest.roles();
     let mut relay = None;
+    let mut here: Option<String> = None;
     let mut statuses = Vec::new();
     let mut removed = Vec::new();
     for publisher in manifest.modules.iter() {
@@ -160,7 +161,7 @@ pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStat
         }
         let mut runtime = login(url, &roles.module_runtime(&subscriber.name)).await?;
         let cursor = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT lo::text, hi::text, last_id, handled, ignored, updated_at FROM {subscriptions} WHERE publisher = $1"
+            "SELECT lo::text, hi::text, last_id, handled, ignored, updated_at, cluster, moved_id FROM {subscriptions} WHERE publisher = $1"
         )))
         .bind(publisher.name.as_str())
         .fetch_optional(&mut runtime)
@@ -203,10 +204,29 @@ pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStat
                 Some(relay) => relay,
                 None => relay.insert(login(url, &roles.relay()).await?),
             };
+            let here = match &here {
+                Some(here) => here,
+                None => here.insert(
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {CLUSTER_ID}")))
+                        .fetch_one(&mut *relay)
+                        .await
+                        .map_err(db("reading the cluster's identity"))?,
+                ),
+            };
+            // Rows of the cursor's cluster are pending unless its snapshots consumed them. A
+            // cursor of another cluster (a moved database whose dispatcher has not run yet) will
+            // be re-based: then every row of this cluster is pending too, and of any third
+            // cluster every row after `moved_id` (as the dispatcher's re-base counts them).
+            let cluster: String = cursor.get::<Option<String>, _>("cluster").unwrap_or_else(|| here.clone());
+            let consumed = "(pg_visible_in_snapshot(o.tx, $1::pg_snapshot) \
+                 OR ($2::pg_snapshot IS NOT NULL AND pg_visible_in_snapshot(o.tx, $2::pg_snapshot) AND o.id <= $3))";
+            let pending = if &cluster == here {
+                format!("o.cluster = $5 AND o.tx >= pg_snapshot_xmin($1::pg_snapshot) AND NOT {consumed}")
+            } else {
+                format!("CASE WHEN o.cluster = $5 THEN NOT {consumed} WHEN o.cluster = $6 THEN true ELSE o.id > $7 END")
+            };
             let sql = format!(
-                "WITH pending AS (SELECT o.event_type, o.published_at FROM {outbox} o \
-                   WHERE o.tx >= pg_snapshot_xmin($1::pg_snapshot) AND NOT (pg_visible_in_snapshot(o.tx, $1::pg_snapshot) \
-                     OR ($2::pg_snapshot IS NOT NULL AND pg_visible_in_snapshot(o.tx, $2::pg_snapshot) AND o.id <= $3))) \
+                "WITH pending AS (SELECT o.event_type, o.published_at FROM {outbox} o WHERE {pending}) \
                  SELECT count(*) FILTER (WHERE event_type = ANY ($4)) AS lag_events, \
                         coalesce(extract(epoch FROM now() - min(published_at) FILTER (WHERE event_type = ANY ($4)))::float8, 0) AS lag_seconds, \
                         count(*) FILTER (WHERE event_type <> ALL ($4)) AS ignored FROM pending"
@@ -216,6 +236,9 @@ pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStat
                 .bind(cursor.get::<Option<String>, _>("hi"))
                 .bind(cursor.get::<i64, _>("last_id"))
                 .bind(&status.handled_types)
+                .bind(&cluster)
+                .bind(here.as_str())
+                .bind(cursor.get::<i64, _>("moved_id"))
                 .fetch_one(&mut *relay)
                 .await
                 .map_err(db("reading subscription lag"))?;

@@ -167,9 +167,13 @@ async fn a_database_dumped_and_restored_into_another_cluster_delivers_every_even
     assert_ne!(text(&db.url, identity).await, text(&moved, identity).await, "the two clusters are one");
     assert_eq!(count(&moved, APPLIED).await, before, "the events applied before the dump are in it");
 
-    // In the second cluster: 9 more events, then the dispatcher.
+    // In the second cluster: 9 more events; the status counts every undelivered one before the
+    // dispatcher re-bases the cursor; then the dispatcher.
     let app = start(&moved, &project).await;
     publish(&app, 21, 30).await;
+    let status = moat_admin::events::status(&moved, &project.manifest()).await.unwrap();
+    let orders = status.subscriptions.iter().find(|s| s.subscriber == "orders").unwrap();
+    assert_eq!(orders.lag_events, 30 - before, "lag of a cursor not yet re-based: {orders:?}");
     let dispatcher = app.events().config(config()).subscribe::<CustomerRenamed, _>("orders", Record).unwrap();
     let dispatcher = dispatcher.start().await.unwrap();
     wait_for(&moved, APPLIED, 30, Duration::from_secs(30)).await;
@@ -187,4 +191,7 @@ async fn a_database_dumped_and_restored_into_another_cluster_delivers_every_even
     let cursors =
         "SELECT count(*) FROM orders.moat_subscriptions WHERE cluster = (pg_control_system()).system_identifier::text";
     assert_eq!(count(&moved, cursors).await, 1, "the cursor is re-based onto the second cluster");
+    let status = moat_admin::events::status(&moved, &project.manifest()).await.unwrap();
+    let orders = status.subscriptions.iter().find(|s| s.subscriber == "orders").unwrap();
+    assert_eq!((orders.lag_events, orders.held), (0, 0), "after the re-base: {orders:?}");
 }
