@@ -70,8 +70,13 @@ pub(super) fn matrix(
     };
     let mut worst: BTreeMap<(&str, usize), Verdict> = BTreeMap::new();
     for row in access {
-        let schema = row.relation.split_once('.').map_or(row.relation.as_str(), |(s, _)| s);
-        let Some(&column) = column_of.get(row.relation.as_str()).or_else(|| column_of.get(schema)) else { continue };
+        let (schema, name) = row.relation.split_once('.').unwrap_or((row.relation.as_str(), ""));
+        // A relation a module claims in a shared schema counts as that module's.
+        let claimed = || manifest.claimant(schema, name).and_then(|m| column_of.get(m.schema.as_str()));
+        let Some(&column) = column_of.get(row.relation.as_str()).or_else(|| column_of.get(schema)).or_else(claimed)
+        else {
+            continue;
+        };
         let entry = worst.entry((row.role.as_str(), column)).or_insert(Verdict::Denied);
         if rank(row.verdict) > rank(*entry) {
             *entry = row.verdict;

@@ -22,7 +22,7 @@ use moat_core::quote::{ident, literal, qualified};
 use serde::{Deserialize, Serialize};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use super::{module_of, rules};
+use super::rules;
 use crate::catalog::{RelKind, Snapshot};
 use crate::error::{AdminError, db};
 use crate::locks::{LockHolder, describe_holders};
@@ -198,6 +198,11 @@ struct Target {
     oid: i64,
     kind: String,
     columns: Vec<String>,
+    /// For a sequence that belongs to a table, the table's name.
+    table_name: Option<String>,
+    /// The module that claims it, for a relation in a shared schema (`claims`).
+    #[sqlx(skip)]
+    claimant: Option<String>,
 }
 
 impl Target {
@@ -362,6 +367,13 @@ struct Subject {
     own_relations: BTreeSet<String>,
 }
 
+impl Subject {
+    /// The module whose runtime or owner role this is.
+    fn module(&self) -> Option<&str> {
+        self.kind.strip_prefix("module:").or_else(|| self.kind.strip_prefix("owner:"))
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Session {
     /// Log in as the role (password from the environment, or trust).
@@ -461,6 +473,9 @@ pub(super) async fn probe(
     if !manifest.contracts.is_empty() {
         schemas.push(CONTRACTS_SCHEMA.to_owned());
     }
+    // Claimed relations are their claimant's: every other module's roles are tried on them.
+    let claimed_schemas = manifest.claimed_schemas();
+    schemas.extend(claimed_schemas.iter().cloned());
     let rows: Vec<Target> = sqlx::query_as(TARGETS_SQL)
         .bind(&schemas)
         .fetch_all(&mut *conn)
@@ -470,6 +485,15 @@ pub(super) async fn probe(
     let all: Vec<(Target, Vec<Attempt>)> = rows
         .into_iter()
         .filter(|t| t.schema != CONTRACTS_SCHEMA || contract_views.contains(t.name.as_str()))
+        .filter_map(|mut t| {
+            if manifest.module_by_schema(&t.schema).is_some() || t.schema == CONTRACTS_SCHEMA {
+                return Some(t);
+            }
+            // In a shared schema, only what a module claims (a sequence follows its table).
+            let name = t.table_name.as_deref().unwrap_or(&t.name);
+            t.claimant = Some(manifest.claimant(&t.schema, name)?.name.to_string());
+            Some(t)
+        })
         .map(|t| {
             let attempts = t.attempts();
             (t, attempts)
@@ -491,7 +515,9 @@ pub(super) async fn probe(
         let targets: Vec<(Target, Vec<Attempt>)> = all
             .iter()
             .filter(|(t, _)| {
-                Some(&t.schema) != subject.own_schema.as_ref() && !subject.own_relations.contains(&t.relation())
+                Some(&t.schema) != subject.own_schema.as_ref()
+                    && !subject.own_relations.contains(&t.relation())
+                    && (t.claimant.is_none() || t.claimant.as_deref() != subject.module())
             })
             .cloned()
             .collect();
@@ -838,8 +864,8 @@ pub(super) fn access_findings(
             Some(ProbedRole { via: Some(via), .. }) => format!("logged in as `{via}`, then SET ROLE"),
             _ => "logged in as the role".to_owned(),
         };
-        let schema = row.relation.split('.').next().unwrap_or_default();
-        let module = module_of(manifest, schema).map(|m| m.name.to_string());
+        let (schema, name) = row.relation.split_once('.').unwrap_or((row.relation.as_str(), ""));
+        let module = manifest.owner_of(schema, name).map(|m| m.name.to_string());
         match row.verdict {
             Verdict::Leak => {
                 let mut done: Vec<String> =
