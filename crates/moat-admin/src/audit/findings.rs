@@ -492,13 +492,14 @@ pub(super) fn claimed_owner_findings(manifest: &Manifest, snapshot: &Snapshot, f
     }
 }
 
-/// Routine bodies of module schemas (PL/pgSQL and SQL, not from extensions).
+/// Routine bodies of module schemas and claimed schemas (PL/pgSQL and SQL, not from extensions).
 const ROUTINE_BODIES_SQL: &str = include_str!("routine_bodies.sql");
 
 /// One row of [`ROUTINE_BODIES_SQL`].
 #[derive(sqlx::FromRow)]
 struct RoutineRow {
     schema: String,
+    name: String,
     signature: String,
     language: String,
     body: String,
@@ -511,14 +512,16 @@ pub(super) async fn body_findings(
     analyzer: &dyn BodyAnalyzer,
     findings: &mut Vec<Finding>,
 ) -> Result<(), AdminError> {
-    let schemas: Vec<String> = manifest.modules.iter().map(|m| m.schema.to_string()).collect();
+    let mut schemas: Vec<String> = manifest.modules.iter().map(|m| m.schema.to_string()).collect();
+    schemas.extend(manifest.claimed_schemas());
     let rows: Vec<RoutineRow> = sqlx::query_as(ROUTINE_BODIES_SQL)
         .bind(&schemas)
         .fetch_all(&mut *conn)
         .await
         .map_err(db("reading routine bodies"))?;
-    for RoutineRow { schema, signature, language, body, definition } in rows {
-        let Some(module) = module_of(manifest, &schema) else { continue };
+    for RoutineRow { schema, name, signature, language, body, definition } in rows {
+        // A routine a module claims in a shared schema is that module's; one nobody claims is skipped.
+        let Some(module) = manifest.owner_of(&schema, &name) else { continue };
         findings.extend(analyzer.analyze(
             manifest,
             module,
