@@ -41,6 +41,7 @@ pub struct Matrix {
 pub(super) fn matrix(
     manifest: &Manifest,
     installed: &BTreeMap<String, InstalledContract>,
+    claimants: &BTreeMap<String, String>,
     access: &[AccessRow],
     probed: &[ProbedRole],
 ) -> Matrix {
@@ -70,9 +71,12 @@ pub(super) fn matrix(
     };
     let mut worst: BTreeMap<(&str, usize), Verdict> = BTreeMap::new();
     for row in access {
-        let (schema, name) = row.relation.split_once('.').unwrap_or((row.relation.as_str(), ""));
+        let schema = row.relation.split_once('.').map_or(row.relation.as_str(), |(s, _)| s);
         // A relation a module claims in a shared schema counts as that module's.
-        let claimed = || manifest.claimant(schema, name).and_then(|m| column_of.get(m.schema.as_str()));
+        let claimed = || {
+            let module = manifest.module(claimants.get(&row.relation)?)?;
+            column_of.get(module.schema.as_str())
+        };
         let Some(&column) = column_of.get(row.relation.as_str()).or_else(|| column_of.get(schema)).or_else(claimed)
         else {
             continue;

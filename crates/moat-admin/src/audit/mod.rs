@@ -194,10 +194,10 @@ pub async fn audit(
     };
     phase("probe");
     crate::provision::close(conn).await;
-    let probe::ProbeOutput { access, probed, attempts, findings: probe_findings } = probed;
+    let probe::ProbeOutput { access, probed, attempts, findings: probe_findings, claimants } = probed;
     findings.extend(probe_findings);
-    probe::access_findings(manifest, &access, &probed, &mut findings);
-    let matrix = matrix::matrix(manifest, &inputs.installed_contracts, &access, &probed);
+    probe::access_findings(manifest, &claimants, &access, &probed, &mut findings);
+    let matrix = matrix::matrix(manifest, &inputs.installed_contracts, &claimants, &access, &probed);
     moat_core::findings::sort(&mut findings);
     findings.dedup_by(|a, b| a.rule == b.rule && a.object == b.object && a.message == b.message);
     phase("matrix");

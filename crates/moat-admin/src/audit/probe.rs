@@ -188,6 +188,9 @@ pub(super) struct ProbeOutput {
     pub probed: Vec<ProbedRole>,
     pub attempts: usize,
     pub findings: Vec<Finding>,
+    /// `schema.relation` of each probed relation a module claims in a shared schema (a
+    /// sequence by its table's claim), and the claimant module.
+    pub claimants: BTreeMap<String, String>,
 }
 
 /// A relation the probe attempts, from `targets.sql`.
@@ -500,6 +503,8 @@ pub(super) async fn probe(
         })
         .collect();
 
+    let claimants: BTreeMap<String, String> =
+        all.iter().filter_map(|(t, _)| Some((t.relation(), t.claimant.clone()?))).collect();
     let who = subjects(manifest, snapshot, installed);
     // Logins with a one-time password run their `ALTER ROLE`s on an admin session of their own.
     let login_admin = if who.iter().any(|s| !matches!(s.session, Session::Direct)) {
@@ -538,7 +543,7 @@ pub(super) async fn probe(
         .map(|row| ((row.role, row.schema, row.name), row.privileges))
         .collect();
 
-    let mut out = ProbeOutput::default();
+    let mut out = ProbeOutput { claimants, ..ProbeOutput::default() };
     let mut lock_waits: Vec<(String, Target)> = Vec::new();
     for RoleResult { subject, targets, outcome } in results {
         let via = match &subject.session {
@@ -855,6 +860,7 @@ async fn run_probe(tx: &mut PgConnection, input: &str) -> Result<Vec<Option<Stri
 /// Findings of the access rows: leaks and broken access.
 pub(super) fn access_findings(
     manifest: &Manifest,
+    claimants: &BTreeMap<String, String>,
     access: &[AccessRow],
     probed: &[ProbedRole],
     findings: &mut Vec<Finding>,
@@ -864,8 +870,11 @@ pub(super) fn access_findings(
             Some(ProbedRole { via: Some(via), .. }) => format!("logged in as `{via}`, then SET ROLE"),
             _ => "logged in as the role".to_owned(),
         };
-        let (schema, name) = row.relation.split_once('.').unwrap_or((row.relation.as_str(), ""));
-        let module = manifest.owner_of(schema, name).map(|m| m.name.to_string());
+        let schema = row.relation.split('.').next().unwrap_or_default();
+        let module = manifest
+            .module_by_schema(schema)
+            .map(|m| m.name.to_string())
+            .or_else(|| claimants.get(&row.relation).cloned());
         match row.verdict {
             Verdict::Leak => {
                 let mut done: Vec<String> =
