@@ -348,11 +348,17 @@ pub fn connection_limit(manifest: &Manifest, role: &WantedRole) -> Option<i32> {
     Some(i32::try_from(limit).unwrap_or(i32::MAX))
 }
 
-/// The schemas whose contents moat manages or inspects (module schemas, contracts, public).
+/// The schemas whose contents moat manages or inspects (module schemas, contracts, public, and
+/// the schemas that claims name).
 pub fn schemas_of_interest(manifest: &Manifest) -> Vec<String> {
     let mut schemas: Vec<String> = manifest.modules.iter().map(|m| m.schema.to_string()).collect();
     schemas.push(CONTRACTS_SCHEMA.to_owned());
     schemas.push("public".to_owned());
+    for claimed in manifest.claimed_schemas() {
+        if !schemas.contains(&claimed) {
+            schemas.push(claimed);
+        }
+    }
     schemas
 }
 
@@ -910,8 +916,10 @@ impl<'a> Planner<'a> {
             }
         }
         for (name, schema) in &self.snapshot.schemas {
-            let declared =
-                self.manifest.module_by_schema(name).is_some() || name == CONTRACTS_SCHEMA || name == "public";
+            let declared = self.manifest.module_by_schema(name).is_some()
+                || name == CONTRACTS_SCHEMA
+                || name == "public"
+                || self.manifest.modules.iter().any(|m| m.claims.iter().any(|c| c.schema == *name));
             if !declared && self.snapshot.roles.contains_key(&schema.owner) {
                 self.plan.notes.push(Note::OrphanedSchema(name.clone()));
             }

@@ -286,3 +286,159 @@ async fn claimed_objects_in_public_are_not_reported_and_an_unclaimed_table_is_on
     assert_eq!(in_public.len(), 1, "{}", describe(&report));
     assert_eq!(in_public[0].object.as_deref(), Some("public.stray"));
 }
+
+/// The clinic with tables still in `public`, as a brownfield database has them (created by the
+/// superuser, before moat): patients claims `public.legacy_patients` and `public.patient_*`,
+/// billing claims `public.invoice*`.
+async fn claimed_clinic() -> (TestDb, TestProject) {
+    let (db, project) = fresh().await;
+    let text = std::fs::read_to_string(project.manifest_path()).unwrap();
+    let claimed = text
+        .replacen(
+            "[modules.patients]\n",
+            "[modules.patients]\nclaims = [\"public.legacy_patients\", \"public.patient_*\"]\n",
+            1,
+        )
+        .replacen("[modules.billing]\n", "[modules.billing]\nclaims = [\"public.invoice*\"]\n", 1);
+    assert_ne!(claimed, text);
+    project.write("moat.toml", &claimed);
+    (db, project)
+}
+
+fn crossings(report: &AuditReport) -> Vec<(String, String, String)> {
+    let mut found: Vec<(String, String, String)> = report
+        .findings
+        .iter()
+        .filter(|f| f.rule.starts_with("cross-module-"))
+        .map(|f| (f.rule.clone(), f.module.clone().unwrap_or_default(), f.object.clone().unwrap_or_default()))
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn crossings_between_claimed_sets_and_module_schemas_are_found_once_and_same_module_ones_are_not() {
+    let (db, project) = claimed_clinic().await;
+    db.exec(
+        "CREATE TYPE public.patient_status AS ENUM ('in', 'out');
+         CREATE TABLE public.legacy_patients (id serial PRIMARY KEY, status public.patient_status, history public.patient_status[]);
+         CREATE TABLE public.patient_notes (id serial PRIMARY KEY,
+             patient_id int REFERENCES public.legacy_patients (id),
+             new_patient_id uuid REFERENCES patients.patients (id));
+         CREATE VIEW public.patient_overview AS
+             SELECT p.id, count(n.id) AS notes FROM public.legacy_patients p LEFT JOIN public.patient_notes n ON n.patient_id = p.id GROUP BY p.id;
+         CREATE TABLE public.stray (id serial PRIMARY KEY, patient_id int REFERENCES public.legacy_patients (id));
+         CREATE TABLE public.invoices (id serial PRIMARY KEY,
+             patient_id int REFERENCES public.legacy_patients (id),
+             status public.patient_status,
+             stray_id int REFERENCES public.stray (id));
+         CREATE INDEX invoices_by_patient ON public.invoices (patient_id);
+         CREATE TABLE public.invoice_lines (id serial PRIMARY KEY,
+             invoice_id int REFERENCES public.invoices (id),
+             prescription_id bigint REFERENCES prescriptions.prescriptions (id));
+         CREATE VIEW public.invoice_summary AS
+             SELECT i.id, p.status FROM public.invoices i JOIN public.legacy_patients p ON p.id = i.patient_id;
+         ALTER TABLE billing.charges ADD COLUMN invoice_id int CONSTRAINT charges_invoice_fk REFERENCES public.invoices (id);
+         ALTER TABLE prescriptions.prescriptions ADD COLUMN legacy_patient int CONSTRAINT prescriptions_legacy_fk REFERENCES public.legacy_patients (id);
+         CREATE VIEW prescriptions.with_invoices AS SELECT rx.id, i.id AS invoice FROM prescriptions.prescriptions rx JOIN public.invoices i ON i.id = rx.id;",
+    )
+    .await;
+    let report = run(&db, &project).await;
+    let expected: Vec<(String, String, String)> = [
+        ("cross-module-foreign-key", "billing", "public.invoice_lines.invoice_lines_prescription_id_fkey"),
+        ("cross-module-foreign-key", "billing", "public.invoices.invoices_patient_id_fkey"),
+        ("cross-module-foreign-key", "prescriptions", "prescriptions.prescriptions.prescriptions_legacy_fk"),
+        // The view depends on the table and on the type of `patients`: two crossings.
+        ("cross-module-reference", "billing", "public.invoice_summary"),
+        ("cross-module-reference", "billing", "public.invoice_summary"),
+        ("cross-module-reference", "billing", "public.invoices"),
+        ("cross-module-reference", "prescriptions", "prescriptions.with_invoices"),
+    ]
+    .into_iter()
+    .map(|(r, m, o)| (r.to_owned(), m.to_owned(), o.to_owned()))
+    .collect();
+    assert_eq!(crossings(&report), expected, "{}", describe(&report));
+    let fk = report
+        .findings
+        .iter()
+        .find(|f| f.object.as_deref() == Some("public.invoices.invoices_patient_id_fkey"))
+        .unwrap();
+    assert_eq!(
+        fk.message,
+        "foreign key `invoices_patient_id_fkey` on `public.invoices` references `public.legacy_patients` of module `patients`"
+    );
+    let view: Vec<&str> = report
+        .findings
+        .iter()
+        .filter(|f| f.object.as_deref() == Some("public.invoice_summary"))
+        .map(|f| f.message.as_str())
+        .collect();
+    assert_eq!(
+        view,
+        [
+            "view `public.invoice_summary` depends on table `public.legacy_patients` of module `patients`",
+            "view `public.invoice_summary` depends on type `public.patient_status` of module `patients`",
+        ]
+    );
+    let column = report.findings.iter().find(|f| f.object.as_deref() == Some("public.invoices")).unwrap();
+    assert!(column.message.contains("`public.patient_status` of module `patients`"), "{}", column.message);
+    // The stray table is nobody's: no crossing to or from it, one object-in-public finding.
+    let in_public: Vec<_> = report.findings.iter().filter(|f| f.rule == "object-in-public-schema").collect();
+    assert_eq!(in_public.len(), 1, "{}", describe(&report));
+    assert_eq!(in_public[0].object.as_deref(), Some("public.stray"));
+}
+
+#[tokio::test]
+async fn a_claimed_object_owned_by_another_modules_role_is_a_finding() {
+    let (db, project) = claimed_clinic().await;
+    let manifest = project.manifest();
+    let owner = |module: &str| manifest.roles().module_owner(&manifest.module(module).unwrap().name);
+    let (billing_owner, patients_owner) = (owner("billing"), owner("patients"));
+    db.exec("CREATE TABLE public.legacy_patients (id serial PRIMARY KEY); CREATE TABLE public.invoices (id serial PRIMARY KEY)").await;
+    // Billing's owner role, given CREATE on public for a moment, creates a table that matches
+    // patients' pattern and a function nobody claims; the grant is gone when the audit runs.
+    db.exec(&format!("GRANT CREATE, USAGE ON SCHEMA public TO \"{billing_owner}\"")).await;
+    let mut billing = db.connect().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET ROLE \"{billing_owner}\";
+         CREATE TABLE public.patient_extras (id int);
+         CREATE FUNCTION public.helper() RETURNS int LANGUAGE sql AS 'SELECT 1';
+         RESET ROLE"
+    )))
+    .execute(&mut billing)
+    .await
+    .unwrap();
+    drop(billing);
+    db.exec(&format!("REVOKE CREATE, USAGE ON SCHEMA public FROM \"{billing_owner}\"")).await;
+    // A claimed table owned by its claimant's owner role is the module's own.
+    db.exec(&format!("ALTER TABLE public.legacy_patients OWNER TO \"{patients_owner}\"")).await;
+    let report = run(&db, &project).await;
+    let owned: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.rule == "grant-beyond-manifest" && f.message.contains("owned by"))
+        .map(|f| (f.module.clone().unwrap_or_default(), f.object.clone().unwrap_or_default(), f.message.clone()))
+        .collect();
+    assert_eq!(
+        owned,
+        [
+            (
+                "billing".to_owned(),
+                "public.helper()".to_owned(),
+                format!(
+                    "routine `public.helper()` belongs to no module but is owned by `{billing_owner}`, a role of module `billing`"
+                ),
+            ),
+            (
+                "patients".to_owned(),
+                "public.patient_extras".to_owned(),
+                format!(
+                    "table `public.patient_extras` is claimed by module `patients` but owned by `{billing_owner}`, a role of module `billing`"
+                ),
+            ),
+        ],
+        "{}",
+        describe(&report)
+    );
+    assert!(report.has_errors());
+}

@@ -437,6 +437,46 @@ async fn audit_reads_function_bodies_with_the_sql_analysis() {
     assert!(out.contains("customers.customers"), "{out}");
 }
 
+#[tokio::test]
+async fn audit_reads_the_bodies_of_claimed_routines_in_public() {
+    let db = TestDb::new().await;
+    let project = two_modules(&db);
+    project.write(
+        "moat.toml",
+        &TWO_MODULES
+            .replace("{project}", &db.project)
+            .replace("[modules.orders]\n", "[modules.orders]\nclaims = [\"public.legacy_order*\"]\n")
+            .replace("[modules.customers]\n", "[modules.customers]\nclaims = [\"public.legacy_customers\"]\n"),
+    );
+    let url = db.url.expose().to_owned();
+    assert_exit(&moat(&project, Some(&url), &["up"]), 0);
+    // A brownfield database: tables and routines in public, made by the operator.
+    db.exec(
+        "CREATE TABLE public.legacy_customers (id serial PRIMARY KEY);
+         CREATE TABLE public.legacy_orders (id serial PRIMARY KEY, customer_id int);
+         CREATE FUNCTION public.legacy_order_total() RETURNS bigint LANGUAGE plpgsql AS $$ BEGIN RETURN (SELECT count(*) FROM public.legacy_orders); END $$;
+         CREATE FUNCTION public.legacy_order_customers() RETURNS bigint LANGUAGE plpgsql AS $$ BEGIN RETURN (SELECT count(*) FROM public.legacy_customers); END $$;
+         CREATE FUNCTION public.unclaimed_count() RETURNS bigint LANGUAGE plpgsql AS $$ BEGIN RETURN (SELECT count(*) FROM public.legacy_customers); END $$;",
+    )
+    .await;
+    let audit = moat(&project, Some(&url), &["--format", "json", "audit"]);
+    assert_exit(&audit, 1);
+    let doc: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let crossings: Vec<(String, String)> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "cross-module-reference")
+        .map(|f| {
+            (f["module"].as_str().unwrap_or_default().to_owned(), f["object"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    assert_eq!(crossings.len(), 1, "{doc:#}");
+    assert_eq!(crossings[0].0, "orders");
+    assert!(crossings[0].1.starts_with("public.legacy_order_customers() -> "), "{doc:#}");
+    assert!(crossings[0].1.contains("legacy_customers"), "{doc:#}");
+}
+
 /// The clinic example as shipped (manifest, migrations, contract and the Rust sources `moat check`
 /// reads), renamed to the test's project: `moat check` finds nothing, and on a real database
 /// `moat up` (which ends with the audit) and `moat audit` find nothing either, with every

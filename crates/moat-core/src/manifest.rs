@@ -284,6 +284,15 @@ impl Manifest {
         self.module_by_schema(schema).or_else(|| self.claimant(schema, name))
     }
 
+    /// The schemas that claims name (such as `public`), sorted, each once.
+    pub fn claimed_schemas(&self) -> Vec<String> {
+        let mut schemas: Vec<String> =
+            self.modules.iter().flat_map(|m| m.claims.iter().map(|c| c.schema.clone())).collect();
+        schemas.sort();
+        schemas.dedup();
+        schemas
+    }
+
     /// Role names of this project.
     pub fn roles(&self) -> RoleNames {
         RoleNames::new(&self.project)

@@ -1,6 +1,8 @@
-//! Dependencies between schemas from `pg_depend`: foreign keys, views, triggers, policies and
+//! Dependencies between modules from `pg_depend`: foreign keys, views, triggers, policies and
 //! defaults of one module that reach another module's objects, and contract views that read a
-//! relation no contract declares.
+//! relation no contract declares. A module's objects are those in its schema and those it
+//! claims in a shared schema (`claims` in moat.toml), so a foreign key between two tables of
+//! `public` claimed by two modules crosses modules exactly as one between their schemas does.
 
 use moat_core::findings::{Finding, Severity};
 use moat_core::manifest::Manifest;
@@ -8,7 +10,7 @@ use moat_core::names::CONTRACTS_SCHEMA;
 use serde::Deserialize;
 use sqlx::PgConnection;
 
-use super::{module_of, rules};
+use super::rules;
 use crate::error::{AdminError, db};
 
 /// One dependency that crosses schemas, described by `pg_identify_object`.
@@ -16,15 +18,20 @@ use crate::error::{AdminError, db};
 struct Dependency {
     kind: String,
     schema: String,
+    /// The name that decides its module (its table's, for an index, trigger or constraint).
+    name: String,
     identity: String,
     ref_kind: String,
     ref_schema: String,
+    /// The name that decides the referenced object's module.
+    ref_name: String,
     ref_identity: String,
     foreign_key: Option<String>,
     ref_relation: Option<String>,
 }
 
-/// Every dependency between two managed schemas, as one JSON array.
+/// Every dependency between two managed schemas, or between two relations of a claimed schema,
+/// as one JSON array.
 const DEPENDENCIES_SQL: &str = include_str!("dependencies.sql");
 
 pub(super) async fn dependency_findings(
@@ -32,10 +39,13 @@ pub(super) async fn dependency_findings(
     manifest: &Manifest,
     findings: &mut Vec<Finding>,
 ) -> Result<(), AdminError> {
+    let claimed = manifest.claimed_schemas();
     let mut schemas: Vec<String> = manifest.modules.iter().map(|m| m.schema.to_string()).collect();
     schemas.push(CONTRACTS_SCHEMA.to_owned());
+    schemas.extend(claimed.iter().cloned());
     let text: String = sqlx::query_scalar(DEPENDENCIES_SQL)
         .bind(&schemas)
+        .bind(&claimed)
         .fetch_one(&mut *conn)
         .await
         .map_err(db("reading dependencies between schemas"))?;
@@ -44,7 +54,7 @@ pub(super) async fn dependency_findings(
         source: sqlx::Error::Decode(Box::new(e)),
     })?;
     for dep in dependencies {
-        let ref_module = module_of(manifest, &dep.ref_schema);
+        let ref_module = manifest.owner_of(&dep.ref_schema, &dep.ref_name);
         if dep.schema == CONTRACTS_SCHEMA {
             // A contract view may read exactly its declared relations (which contract owns which
             // view is not needed here: a read outside every contract's `reads` is undeclared).
@@ -71,7 +81,14 @@ pub(super) async fn dependency_findings(
             }
             continue;
         }
-        let Some(module) = module_of(manifest, &dep.schema) else { continue };
+        // An object of a shared schema that no module claims is no module's: neither side of a
+        // crossing (it is reported as such, `object-in-public-schema`).
+        let Some(module) = manifest.owner_of(&dep.schema, &dep.name) else { continue };
+        match ref_module {
+            Some(other) if other.name == module.name => continue,
+            None if dep.ref_schema != CONTRACTS_SCHEMA => continue,
+            _ => {}
+        }
         let owner_text = match ref_module {
             Some(m) => format!("module `{}`", m.name),
             None => format!("schema `{}`", dep.ref_schema),

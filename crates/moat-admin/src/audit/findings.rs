@@ -432,13 +432,74 @@ pub(super) fn public_findings(manifest: &Manifest, snapshot: &Snapshot, findings
     }
 }
 
-/// Routine bodies of module schemas (PL/pgSQL and SQL, not from extensions).
+/// Objects in the schemas that claims name (and `public`) owned by one of the project's roles
+/// other than their claimant's owner role. Provisioning leaves claimed objects with whoever
+/// owns them (the operator); a module's roles own nothing outside their schema, except that a
+/// module's owner role may own what its module claims. The owner holds every right on an
+/// object and can grant them: a module role owning another module's claimed table, or a table
+/// nobody claims, has reached outside its module.
+pub(super) fn claimed_owner_findings(manifest: &Manifest, snapshot: &Snapshot, findings: &mut Vec<Finding>) {
+    let mut shared = manifest.claimed_schemas();
+    if !shared.iter().any(|s| s == "public") {
+        shared.push("public".to_owned());
+    }
+    let roles = manifest.roles();
+    let module_of_role = |role: &str| {
+        manifest.modules.iter().find(|m| {
+            role == roles.module_owner(&m.name)
+                || role == roles.module_runtime(&m.name)
+                || role == roles.module_migrator(&m.name)
+        })
+    };
+    let mut check = |schema: &str, name: &str, object: &str, what: &str, owner: &str| {
+        if !shared.iter().any(|s| s == schema) || !snapshot.roles.contains_key(owner) {
+            return;
+        }
+        let claimant = manifest.claimant(schema, name);
+        if claimant.is_some_and(|m| roles.module_owner(&m.name) == owner) {
+            return;
+        }
+        let holder = match module_of_role(owner) {
+            Some(m) => format!("`{owner}`, a role of module `{}`", m.name),
+            None => format!("`{owner}`, one of the project's roles"),
+        };
+        let (message, module) = match claimant {
+            Some(m) => (format!("{what} `{object}` is claimed by module `{}` but owned by {holder}", m.name), Some(m)),
+            None => (format!("{what} `{object}` belongs to no module but is owned by {holder}"), module_of_role(owner)),
+        };
+        let mut finding = Finding::new(rules::GRANT_BEYOND_MANIFEST, Severity::Error, message)
+            .object(object.to_owned())
+            .help(format!(
+                "its owner holds every right on it and can grant them; give it back to the operator (`ALTER ... OWNER TO` the role that owned it before){}",
+                claimant.map_or(String::new(), |m| format!(" or to `{}`", roles.module_owner(&m.name)))
+            ));
+        if let Some(module) = module {
+            finding = finding.module(module.name.to_string());
+        }
+        findings.push(finding);
+    };
+    for relation in snapshot.relations.iter().filter(|r| !r.extension && !r.owned_by_table) {
+        let what = match relation.relkind() {
+            RelKind::Sequence => "sequence",
+            RelKind::View => "view",
+            _ => "table",
+        };
+        let object = format!("{}.{}", relation.schema, relation.name);
+        check(&relation.schema, &relation.name, &object, what, &relation.owner);
+    }
+    for function in snapshot.functions.iter().filter(|f| !f.extension) {
+        check(&function.schema, &function.name, &function.signature, "routine", &function.owner);
+    }
+}
+
+/// Routine bodies of module schemas and claimed schemas (PL/pgSQL and SQL, not from extensions).
 const ROUTINE_BODIES_SQL: &str = include_str!("routine_bodies.sql");
 
 /// One row of [`ROUTINE_BODIES_SQL`].
 #[derive(sqlx::FromRow)]
 struct RoutineRow {
     schema: String,
+    name: String,
     signature: String,
     language: String,
     body: String,
@@ -451,14 +512,16 @@ pub(super) async fn body_findings(
     analyzer: &dyn BodyAnalyzer,
     findings: &mut Vec<Finding>,
 ) -> Result<(), AdminError> {
-    let schemas: Vec<String> = manifest.modules.iter().map(|m| m.schema.to_string()).collect();
+    let mut schemas: Vec<String> = manifest.modules.iter().map(|m| m.schema.to_string()).collect();
+    schemas.extend(manifest.claimed_schemas());
     let rows: Vec<RoutineRow> = sqlx::query_as(ROUTINE_BODIES_SQL)
         .bind(&schemas)
         .fetch_all(&mut *conn)
         .await
         .map_err(db("reading routine bodies"))?;
-    for RoutineRow { schema, signature, language, body, definition } in rows {
-        let Some(module) = module_of(manifest, &schema) else { continue };
+    for RoutineRow { schema, name, signature, language, body, definition } in rows {
+        // A routine a module claims in a shared schema is that module's; one nobody claims is skipped.
+        let Some(module) = manifest.owner_of(&schema, &name) else { continue };
         findings.extend(analyzer.analyze(
             manifest,
             module,

@@ -41,6 +41,7 @@ pub struct Matrix {
 pub(super) fn matrix(
     manifest: &Manifest,
     installed: &BTreeMap<String, InstalledContract>,
+    claimants: &BTreeMap<String, String>,
     access: &[AccessRow],
     probed: &[ProbedRole],
 ) -> Matrix {
@@ -71,7 +72,15 @@ pub(super) fn matrix(
     let mut worst: BTreeMap<(&str, usize), Verdict> = BTreeMap::new();
     for row in access {
         let schema = row.relation.split_once('.').map_or(row.relation.as_str(), |(s, _)| s);
-        let Some(&column) = column_of.get(row.relation.as_str()).or_else(|| column_of.get(schema)) else { continue };
+        // A relation a module claims in a shared schema counts as that module's.
+        let claimed = || {
+            let module = manifest.module(claimants.get(&row.relation)?)?;
+            column_of.get(module.schema.as_str())
+        };
+        let Some(&column) = column_of.get(row.relation.as_str()).or_else(|| column_of.get(schema)).or_else(claimed)
+        else {
+            continue;
+        };
         let entry = worst.entry((row.role.as_str(), column)).or_insert(Verdict::Denied);
         if rank(row.verdict) > rank(*entry) {
             *entry = row.verdict;

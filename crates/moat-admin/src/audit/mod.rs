@@ -41,7 +41,8 @@ pub mod rules {
     pub const CROSS_MODULE_REFERENCE: &str = "cross-module-reference";
     /// A contract view that depends on a relation outside its `reads`.
     pub const CONTRACT_UNDECLARED_READ: &str = "contract-undeclared-read";
-    /// A privilege outside the manifest's access policy.
+    /// A privilege outside the manifest's access policy (ownership included: an object in a
+    /// shared schema owned by a project role other than its claimant module's owner).
     pub const GRANT_BEYOND_MANIFEST: &str = "grant-beyond-manifest";
     /// A SECURITY DEFINER routine in a module schema.
     pub const SECURITY_DEFINER: &str = "security-definer-function";
@@ -174,6 +175,7 @@ pub async fn audit(
     findings::role_findings(manifest, &snapshot, &mut findings);
     findings::routine_findings(manifest, &snapshot, &mut findings);
     findings::public_findings(manifest, &snapshot, &mut findings);
+    findings::claimed_owner_findings(manifest, &snapshot, &mut findings);
     findings::large_object_findings(&snapshot, &mut findings);
     findings::moat_table_findings(&mut conn, manifest, &policy, &mut findings).await?;
     findings::role_setting_findings(&mut conn, manifest, &mut findings).await?;
@@ -192,10 +194,10 @@ pub async fn audit(
     };
     phase("probe");
     crate::provision::close(conn).await;
-    let probe::ProbeOutput { access, probed, attempts, findings: probe_findings } = probed;
+    let probe::ProbeOutput { access, probed, attempts, findings: probe_findings, claimants } = probed;
     findings.extend(probe_findings);
-    probe::access_findings(manifest, &access, &probed, &mut findings);
-    let matrix = matrix::matrix(manifest, &inputs.installed_contracts, &access, &probed);
+    probe::access_findings(manifest, &claimants, &access, &probed, &mut findings);
+    let matrix = matrix::matrix(manifest, &inputs.installed_contracts, &claimants, &access, &probed);
     moat_core::findings::sort(&mut findings);
     findings.dedup_by(|a, b| a.rule == b.rule && a.object == b.object && a.message == b.message);
     phase("matrix");

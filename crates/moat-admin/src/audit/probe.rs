@@ -22,7 +22,7 @@ use moat_core::quote::{ident, literal, qualified};
 use serde::{Deserialize, Serialize};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use super::{module_of, rules};
+use super::rules;
 use crate::catalog::{RelKind, Snapshot};
 use crate::error::{AdminError, db};
 use crate::locks::{LockHolder, describe_holders};
@@ -188,6 +188,9 @@ pub(super) struct ProbeOutput {
     pub probed: Vec<ProbedRole>,
     pub attempts: usize,
     pub findings: Vec<Finding>,
+    /// `schema.relation` of each probed relation a module claims in a shared schema (a
+    /// sequence by its table's claim), and the claimant module.
+    pub claimants: BTreeMap<String, String>,
 }
 
 /// A relation the probe attempts, from `targets.sql`.
@@ -198,6 +201,11 @@ struct Target {
     oid: i64,
     kind: String,
     columns: Vec<String>,
+    /// For a sequence that belongs to a table, the table's name.
+    table_name: Option<String>,
+    /// The module that claims it, for a relation in a shared schema (`claims`).
+    #[sqlx(skip)]
+    claimant: Option<String>,
 }
 
 impl Target {
@@ -362,6 +370,13 @@ struct Subject {
     own_relations: BTreeSet<String>,
 }
 
+impl Subject {
+    /// The module whose runtime or owner role this is.
+    fn module(&self) -> Option<&str> {
+        self.kind.strip_prefix("module:").or_else(|| self.kind.strip_prefix("owner:"))
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Session {
     /// Log in as the role (password from the environment, or trust).
@@ -461,6 +476,9 @@ pub(super) async fn probe(
     if !manifest.contracts.is_empty() {
         schemas.push(CONTRACTS_SCHEMA.to_owned());
     }
+    // Claimed relations are their claimant's: every other module's roles are tried on them.
+    let claimed_schemas = manifest.claimed_schemas();
+    schemas.extend(claimed_schemas.iter().cloned());
     let rows: Vec<Target> = sqlx::query_as(TARGETS_SQL)
         .bind(&schemas)
         .fetch_all(&mut *conn)
@@ -470,12 +488,23 @@ pub(super) async fn probe(
     let all: Vec<(Target, Vec<Attempt>)> = rows
         .into_iter()
         .filter(|t| t.schema != CONTRACTS_SCHEMA || contract_views.contains(t.name.as_str()))
+        .filter_map(|mut t| {
+            if manifest.module_by_schema(&t.schema).is_some() || t.schema == CONTRACTS_SCHEMA {
+                return Some(t);
+            }
+            // In a shared schema, only what a module claims (a sequence follows its table).
+            let name = t.table_name.as_deref().unwrap_or(&t.name);
+            t.claimant = Some(manifest.claimant(&t.schema, name)?.name.to_string());
+            Some(t)
+        })
         .map(|t| {
             let attempts = t.attempts();
             (t, attempts)
         })
         .collect();
 
+    let claimants: BTreeMap<String, String> =
+        all.iter().filter_map(|(t, _)| Some((t.relation(), t.claimant.clone()?))).collect();
     let who = subjects(manifest, snapshot, installed);
     // Logins with a one-time password run their `ALTER ROLE`s on an admin session of their own.
     let login_admin = if who.iter().any(|s| !matches!(s.session, Session::Direct)) {
@@ -491,7 +520,9 @@ pub(super) async fn probe(
         let targets: Vec<(Target, Vec<Attempt>)> = all
             .iter()
             .filter(|(t, _)| {
-                Some(&t.schema) != subject.own_schema.as_ref() && !subject.own_relations.contains(&t.relation())
+                Some(&t.schema) != subject.own_schema.as_ref()
+                    && !subject.own_relations.contains(&t.relation())
+                    && (t.claimant.is_none() || t.claimant.as_deref() != subject.module())
             })
             .cloned()
             .collect();
@@ -512,7 +543,7 @@ pub(super) async fn probe(
         .map(|row| ((row.role, row.schema, row.name), row.privileges))
         .collect();
 
-    let mut out = ProbeOutput::default();
+    let mut out = ProbeOutput { claimants, ..ProbeOutput::default() };
     let mut lock_waits: Vec<(String, Target)> = Vec::new();
     for RoleResult { subject, targets, outcome } in results {
         let via = match &subject.session {
@@ -829,6 +860,7 @@ async fn run_probe(tx: &mut PgConnection, input: &str) -> Result<Vec<Option<Stri
 /// Findings of the access rows: leaks and broken access.
 pub(super) fn access_findings(
     manifest: &Manifest,
+    claimants: &BTreeMap<String, String>,
     access: &[AccessRow],
     probed: &[ProbedRole],
     findings: &mut Vec<Finding>,
@@ -839,7 +871,10 @@ pub(super) fn access_findings(
             _ => "logged in as the role".to_owned(),
         };
         let schema = row.relation.split('.').next().unwrap_or_default();
-        let module = module_of(manifest, schema).map(|m| m.name.to_string());
+        let module = manifest
+            .module_by_schema(schema)
+            .map(|m| m.name.to_string())
+            .or_else(|| claimants.get(&row.relation).cloned());
         match row.verdict {
             Verdict::Leak => {
                 let mut done: Vec<String> =
