@@ -66,6 +66,7 @@ pub(crate) fn split(text: &str, psql: bool) -> Script {
         variables: Vec::new(),
         includes: Vec::new(),
         brackets: 0,
+        no_copy_end_from: usize::MAX,
     };
     lexer.run();
     // Only whole characters were replaced, by ASCII spaces, so the text is still UTF-8.
@@ -139,6 +140,9 @@ struct Lexer {
     includes: Vec<(Range<usize>, String, bool)>,
     /// Open square brackets: a `:` inside them is an array slice (`a[1:n]`), not a variable.
     brackets: usize,
+    /// A line start from which no `\.` line follows (found by a COPY that had no data), so that
+    /// later COPYs do not search the rest of the file again; `usize::MAX` until then.
+    no_copy_end_from: usize,
 }
 
 /// The state of the statement being read.
@@ -395,7 +399,10 @@ impl Lexer {
         let mut lines = 0;
         let mut start = data_start;
         let end = loop {
-            if start >= self.b.len() {
+            if start >= self.b.len() || start >= self.no_copy_end_from {
+                // Blanking and variable placeholders never write a backslash, so a part of the
+                // text that held no `\.` line still holds none.
+                self.no_copy_end_from = self.no_copy_end_from.min(data_start);
                 return;
             }
             let line_end = self.b[start..].iter().position(|&c| c == b'\n').map_or(self.b.len(), |k| start + k);
