@@ -5,6 +5,7 @@
 //! blanked text is the same offset into the file.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Parentheses nested deeper than this are not handed to the parser (its output and our walk
 /// recurse once per level); the statement gets a parse error instead.
@@ -13,8 +14,9 @@ pub(crate) const MAX_NESTING: usize = 400;
 /// A script split into statements.
 #[derive(Debug, Clone)]
 pub(crate) struct Script {
-    /// The text with meta-commands, COPY data and NUL characters replaced by spaces.
-    pub(crate) text: String,
+    /// The text with meta-commands, COPY data and NUL characters replaced by spaces (shared by
+    /// every statement read from it).
+    pub(crate) text: Arc<str>,
     /// Each statement: its range (without the terminating `;`), its first token, its deepest
     /// parenthesis nesting.
     pub(crate) pieces: Vec<Piece>,
@@ -72,7 +74,7 @@ pub(crate) fn split(text: &str, psql: bool) -> Script {
     // Only whole characters were replaced, by ASCII spaces, so the text is still UTF-8.
     let text = String::from_utf8(lexer.b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     Script {
-        text,
+        text: Arc::from(text),
         pieces: lexer.pieces,
         meta_commands: lexer.meta_commands,
         copy_data_lines: lexer.copy_data_lines,
@@ -494,7 +496,7 @@ mod tests {
     fn nul_characters_become_spaces() {
         let script = split("SELECT\0 1;", true);
         assert_eq!(script.nuls, vec![6]);
-        assert_eq!(script.text, "SELECT  1;");
+        assert_eq!(&*script.text, "SELECT  1;");
     }
 
     #[test]
