@@ -493,6 +493,24 @@ mod tests {
     }
 
     #[test]
+    fn copies_without_data_are_statements_and_a_later_copy_still_finds_its_data() {
+        // The first COPY finds no `\.` after it; the later ones must not search again, and must
+        // answer the same: nothing is data, every line is a statement.
+        let sql = "COPY a FROM stdin;\nSELECT 1;\nCOPY b FROM stdin;\nSELECT 2;\nCOPY c FROM stdin;\n";
+        let script = split(sql, true);
+        assert_eq!(script.copy_data_lines, 0);
+        assert_eq!(
+            pieces(sql),
+            vec!["COPY a FROM stdin", "SELECT 1", "COPY b FROM stdin", "SELECT 2", "COPY c FROM stdin"]
+        );
+        // A `\.` after the first COPY is found by every COPY before it.
+        let sql = "COPY a FROM stdin;\nCOPY b FROM stdin;\n1\n\\.\nSELECT 1;";
+        let script = split(sql, true);
+        assert_eq!(script.copy_data_lines, 3);
+        assert_eq!(pieces(sql), vec!["COPY a FROM stdin", "SELECT 1"]);
+    }
+
+    #[test]
     fn nul_characters_become_spaces() {
         let script = split("SELECT\0 1;", true);
         assert_eq!(script.nuls, vec![6]);
