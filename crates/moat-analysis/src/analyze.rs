@@ -2,6 +2,7 @@
 //! collect the facts of every statement, function body and embedded query), then learn which
 //! objects the files create and run the rules on every statement.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -114,8 +115,9 @@ fn analyze_here(input: &AnalysisInput<'_>) -> Analysis {
 /// facts the rules read.
 #[derive(Debug)]
 pub(crate) struct Unit {
-    /// The tree, until the tree checks have run.
-    pub(crate) node: Option<NodeEnum>,
+    /// The tree, until the tree checks have run (boxed: the unit outlives it, and a tree is
+    /// several hundred bytes even when it is small).
+    pub(crate) node: Option<Box<NodeEnum>>,
     /// What it references and creates.
     pub(crate) facts: Facts,
     /// The `search_path` in force.
@@ -212,7 +214,7 @@ fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &'a
                 (layout.up, layout.down)
             } else {
                 let fill = |t: &str| layout::fill_placeholders(t, &placeholders);
-                (fill(&layout.up), layout.down.as_deref().map(fill))
+                (Cow::Owned(fill(&layout.up)), layout.down.as_deref().map(fill))
             };
             file.placeholders = placeholders;
             file.read_sql(&up, &OffsetMap::identity(0), true, &default_path, &[]);
@@ -315,7 +317,7 @@ impl FileRead<'_> {
             self.parse_error(at..at + 1, "the text holds a NUL character, which PostgreSQL cannot read", None);
         }
         self.suppressions.extend(suppress::in_sql(&script.text, map, &self.index));
-        let text: Arc<str> = Arc::from(script.text.as_str());
+        let text = Arc::clone(&script.text);
         let map = Arc::new(map.clone());
         let mut path = Arc::new(default_path.clone());
         let placeholders = std::mem::take(&mut self.placeholders);
@@ -371,7 +373,7 @@ impl FileRead<'_> {
         let changes = facts.path_changes.clone();
         let label = function_label(&node);
         self.units.push(Unit {
-            node: Some(node),
+            node: Some(Box::new(node)),
             facts,
             path: Arc::clone(path),
             top,
@@ -449,7 +451,7 @@ impl FileRead<'_> {
     fn nested_sql(&mut self, sql: &str, map: &OffsetMap, path: &Arc<SearchPath>, top: usize, depth: usize) {
         let script = script::split(sql, false);
         let statements = parse_script(&script);
-        let text: Arc<str> = Arc::from(script.text.as_str());
+        let text = Arc::clone(&script.text);
         let map = Arc::new(map.clone());
         let mut path = Arc::clone(path);
         for statement in statements {

@@ -7,6 +7,7 @@
 //! `-- +goose Up` / `Down` with `StatementBegin` / `StatementEnd`, dbmate's `-- migrate:up` /
 //! `-- migrate:down`). Masking keeps every byte offset: what does not run becomes spaces.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
@@ -49,24 +50,25 @@ impl fmt::Display for MigrationFormat {
 
 /// A migration file split by direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Layout {
+pub(crate) struct Layout<'a> {
     /// The format recognized.
     pub(crate) format: MigrationFormat,
-    /// The text that runs on the way up, same length as the file.
-    pub(crate) up: String,
+    /// The text that runs on the way up, same length as the file (the file itself when all of
+    /// it runs on the way up).
+    pub(crate) up: Cow<'a, str>,
     /// The text that runs on the way down, same length as the file, if any.
     pub(crate) down: Option<String>,
 }
 
 /// Recognizes the format of the migration file `file` (a path with `/` separators) and splits it.
-pub(crate) fn read(file: &str, text: &str) -> Layout {
+pub(crate) fn read<'a>(file: &str, text: &'a str) -> Layout<'a> {
     let base = file.rsplit('/').next().unwrap_or(file);
     let whole_down = |format| Layout {
         format,
-        up: blank(text, std::slice::from_ref(&(0..text.len()))),
+        up: Cow::Owned(blank(text, std::slice::from_ref(&(0..text.len())))),
         down: Some(text.to_owned()),
     };
-    let whole_up = |format| Layout { format, up: text.to_owned(), down: None };
+    let whole_up = |format| Layout { format, up: Cow::Borrowed(text), down: None };
     if base == "up.sql" {
         return whole_up(MigrationFormat::Diesel);
     }
@@ -135,7 +137,7 @@ fn marker(line: &str) -> Option<(MigrationFormat, Marker)> {
 
 /// goose and dbmate files: the sections after `Down` markers are down; goose's `StatementEnd`
 /// ends a statement (a block needs no trailing semicolon). `None` without an up marker.
-fn sections(text: &str) -> Option<Layout> {
+fn sections(text: &str) -> Option<Layout<'_>> {
     let mut format = None;
     let mut down: Vec<Range<usize>> = Vec::new();
     let mut ends: Vec<usize> = Vec::new();
@@ -175,7 +177,7 @@ fn sections(text: &str) -> Option<Layout> {
     let up_sections: Vec<Range<usize>> = complement(&down, text.len());
     Some(Layout {
         format,
-        up: end_statements(blank(text, &down)),
+        up: Cow::Owned(end_statements(blank(text, &down))),
         down: (!down.is_empty()).then(|| end_statements(blank(text, &up_sections))),
     })
 }

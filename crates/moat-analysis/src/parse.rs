@@ -64,7 +64,7 @@ pub(crate) fn parse_script(script: &Script) -> Vec<Statement> {
 /// Like [`parse_script`], but hands each statement to `f` as soon as its group is parsed, so
 /// that only one group's trees exist at a time.
 pub(crate) fn for_each_statement(script: &Script, mut f: impl FnMut(Statement)) {
-    let text = script.text.as_str();
+    let text = &*script.text;
     for group in script.pieces.chunks(GROUP) {
         if group.len() > 1 && group.iter().all(|p| p.nesting <= MAX_NESTING) {
             let start = group[0].range.start;

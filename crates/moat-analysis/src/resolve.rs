@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
 
 use moat_core::manifest::Manifest;
 use moat_core::names::CONTRACTS_SCHEMA;
@@ -160,16 +161,30 @@ pub(crate) struct Suggestion {
     pub(crate) module: Option<String>,
 }
 
+/// A relation some module's schema holds, as [`Resolver::suggest`] may name it: its name, and
+/// the first (by manifest order, then schema name) module and schema that hold it.
+#[derive(Debug)]
+struct Candidate {
+    name: String,
+    module: usize,
+    schema: String,
+}
+
 /// Resolves names against the manifest and the objects the files create.
 #[derive(Debug)]
 pub(crate) struct Resolver<'m> {
     manifest: &'m Manifest,
     symbols: Symbols,
+    /// The relations [`Resolver::suggest`] may name, by the byte length of their name; built on
+    /// first use.
+    candidates: OnceLock<HashMap<usize, Vec<Candidate>>>,
+    /// What [`Resolver::suggest`] answered, by name: the same names come back in every file.
+    suggestions: Mutex<HashMap<String, Suggestion>>,
 }
 
 impl<'m> Resolver<'m> {
     pub(crate) fn new(manifest: &'m Manifest, symbols: Symbols) -> Self {
-        Self { manifest, symbols }
+        Self { manifest, symbols, candidates: OnceLock::new(), suggestions: Mutex::new(HashMap::new()) }
     }
 
     /// The schema an existing object of `kind` named `name` lives in, seen from `path`; `None`
@@ -220,19 +235,47 @@ impl<'m> Resolver<'m> {
     /// third of its length, apart), and the module: that object's, or the module whose name or
     /// schema `name` starts with.
     pub(crate) fn suggest(&self, name: &str) -> Suggestion {
-        let limit = (name.chars().count() / 3).clamp(1, 2);
-        let mut best: Option<(usize, usize, String, String)> = None;
-        for (candidate, schemas) in self.symbols.relations() {
-            if candidate.len().abs_diff(name.len()) > limit {
-                continue;
+        if let Some(known) = self.suggestions.lock().ok().and_then(|s| s.get(name).cloned()) {
+            return known;
+        }
+        let suggestion = self.suggest_anew(name);
+        if let Ok(mut suggestions) = self.suggestions.lock() {
+            suggestions.insert(name.to_owned(), suggestion.clone());
+        }
+        suggestion
+    }
+
+    fn candidates(&self) -> &HashMap<usize, Vec<Candidate>> {
+        self.candidates.get_or_init(|| {
+            let mut by_length: HashMap<usize, Vec<Candidate>> = HashMap::new();
+            for (candidate, schemas) in self.symbols.relations() {
+                let first = schemas
+                    .iter()
+                    .filter_map(|schema| {
+                        let module = self.manifest.modules.iter().position(|m| m.schema.as_str() == schema.as_str())?;
+                        Some((module, schema))
+                    })
+                    .min();
+                if let Some((module, schema)) = first {
+                    by_length.entry(candidate.len()).or_default().push(Candidate {
+                        name: candidate.to_owned(),
+                        module,
+                        schema: schema.clone(),
+                    });
+                }
             }
-            let Some(distance) = bounded_distance(name, candidate, limit) else { continue };
-            for schema in schemas {
-                let Some(index) = self.manifest.modules.iter().position(|m| m.schema.as_str() == schema.as_str())
-                else {
-                    continue;
-                };
-                let key = (distance, index, schema.clone(), candidate.to_owned());
+            by_length
+        })
+    }
+
+    fn suggest_anew(&self, name: &str) -> Suggestion {
+        let limit = (name.chars().count() / 3).clamp(1, 2);
+        let mut best: Option<(usize, usize, &str, &str)> = None;
+        let candidates = self.candidates();
+        for length in name.len().saturating_sub(limit)..=name.len() + limit {
+            for candidate in candidates.get(&length).into_iter().flatten() {
+                let Some(distance) = bounded_distance(name, &candidate.name, limit) else { continue };
+                let key = (distance, candidate.module, candidate.schema.as_str(), candidate.name.as_str());
                 if best.as_ref().is_none_or(|b| key < *b) {
                     best = Some(key);
                 }
@@ -299,10 +342,18 @@ impl<'m> Resolver<'m> {
     }
 }
 
-/// The edit distance between `a` and `b`, when it is at most `limit`.
+/// The edit distance between `a` and `b` (in characters), when it is at most `limit`.
 fn bounded_distance(a: &str, b: &str, limit: usize) -> Option<usize> {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
+    if a.is_ascii() && b.is_ascii() {
+        bounded_distance_of(a.as_bytes(), b.as_bytes(), limit)
+    } else {
+        let a: Vec<char> = a.chars().collect();
+        let b: Vec<char> = b.chars().collect();
+        bounded_distance_of(&a, &b, limit)
+    }
+}
+
+fn bounded_distance_of<T: PartialEq>(a: &[T], b: &[T], limit: usize) -> Option<usize> {
     let mut previous: Vec<usize> = (0..=b.len()).collect();
     let mut current = vec![0; b.len() + 1];
     for (i, ca) in a.iter().enumerate() {

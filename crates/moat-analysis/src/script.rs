@@ -5,6 +5,7 @@
 //! blanked text is the same offset into the file.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Parentheses nested deeper than this are not handed to the parser (its output and our walk
 /// recurse once per level); the statement gets a parse error instead.
@@ -13,8 +14,9 @@ pub(crate) const MAX_NESTING: usize = 400;
 /// A script split into statements.
 #[derive(Debug, Clone)]
 pub(crate) struct Script {
-    /// The text with meta-commands, COPY data and NUL characters replaced by spaces.
-    pub(crate) text: String,
+    /// The text with meta-commands, COPY data and NUL characters replaced by spaces (shared by
+    /// every statement read from it).
+    pub(crate) text: Arc<str>,
     /// Each statement: its range (without the terminating `;`), its first token, its deepest
     /// parenthesis nesting.
     pub(crate) pieces: Vec<Piece>,
@@ -66,12 +68,13 @@ pub(crate) fn split(text: &str, psql: bool) -> Script {
         variables: Vec::new(),
         includes: Vec::new(),
         brackets: 0,
+        no_copy_end_from: usize::MAX,
     };
     lexer.run();
     // Only whole characters were replaced, by ASCII spaces, so the text is still UTF-8.
     let text = String::from_utf8(lexer.b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     Script {
-        text,
+        text: Arc::from(text),
         pieces: lexer.pieces,
         meta_commands: lexer.meta_commands,
         copy_data_lines: lexer.copy_data_lines,
@@ -139,6 +142,9 @@ struct Lexer {
     includes: Vec<(Range<usize>, String, bool)>,
     /// Open square brackets: a `:` inside them is an array slice (`a[1:n]`), not a variable.
     brackets: usize,
+    /// A line start from which no `\.` line follows (found by a COPY that had no data), so that
+    /// later COPYs do not search the rest of the file again; `usize::MAX` until then.
+    no_copy_end_from: usize,
 }
 
 /// The state of the statement being read.
@@ -395,7 +401,10 @@ impl Lexer {
         let mut lines = 0;
         let mut start = data_start;
         let end = loop {
-            if start >= self.b.len() {
+            if start >= self.b.len() || start >= self.no_copy_end_from {
+                // Blanking and variable placeholders never write a backslash, so a part of the
+                // text that held no `\.` line still holds none.
+                self.no_copy_end_from = self.no_copy_end_from.min(data_start);
                 return;
             }
             let line_end = self.b[start..].iter().position(|&c| c == b'\n').map_or(self.b.len(), |k| start + k);
@@ -484,10 +493,28 @@ mod tests {
     }
 
     #[test]
+    fn copies_without_data_are_statements_and_a_later_copy_still_finds_its_data() {
+        // The first COPY finds no `\.` after it; the later ones must not search again, and must
+        // answer the same: nothing is data, every line is a statement.
+        let sql = "COPY a FROM stdin;\nSELECT 1;\nCOPY b FROM stdin;\nSELECT 2;\nCOPY c FROM stdin;\n";
+        let script = split(sql, true);
+        assert_eq!(script.copy_data_lines, 0);
+        assert_eq!(
+            pieces(sql),
+            vec!["COPY a FROM stdin", "SELECT 1", "COPY b FROM stdin", "SELECT 2", "COPY c FROM stdin"]
+        );
+        // A `\.` after the first COPY is found by every COPY before it.
+        let sql = "COPY a FROM stdin;\nCOPY b FROM stdin;\n1\n\\.\nSELECT 1;";
+        let script = split(sql, true);
+        assert_eq!(script.copy_data_lines, 3);
+        assert_eq!(pieces(sql), vec!["COPY a FROM stdin", "SELECT 1"]);
+    }
+
+    #[test]
     fn nul_characters_become_spaces() {
         let script = split("SELECT\0 1;", true);
         assert_eq!(script.nuls, vec![6]);
-        assert_eq!(script.text, "SELECT  1;");
+        assert_eq!(&*script.text, "SELECT  1;");
     }
 
     #[test]

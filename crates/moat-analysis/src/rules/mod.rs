@@ -204,7 +204,7 @@ impl<'a> Cx<'a> {
 
     /// The statement's tree, while the tree checks run.
     pub(crate) fn node(&self) -> Option<&'a pg_query::NodeEnum> {
-        self.unit.node.as_ref()
+        self.unit.node.as_deref()
     }
 
     /// The statement's frame, to place tree locations in the file.
