@@ -309,8 +309,8 @@ fn crossings(report: &AuditReport) -> Vec<(String, String, String)> {
     let mut found: Vec<(String, String, String)> = report
         .findings
         .iter()
-        .filter(|f| f.rule.starts_with("cross-module-"))
-        .map(|f| (f.rule.clone(), f.module.clone().unwrap_or_default(), f.object.clone().unwrap_or_default()))
+        .filter(|f| f.rule.as_str().starts_with("cross-module-"))
+        .map(|f| (f.rule.as_str().to_owned(), f.module.clone().unwrap_or_default(), f.object.clone().unwrap_or_default()))
         .collect();
     found.sort();
     found

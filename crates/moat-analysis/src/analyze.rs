@@ -28,10 +28,16 @@ const MAX_BODY_DEPTH: usize = 8;
 
 /// Analyzes every source and returns the findings, sorted, and what was read.
 pub fn analyze(input: &AnalysisInput<'_>) -> Analysis {
-    match pool() {
+    let analysis = match pool() {
         Some(pool) => pool.install(|| analyze_here(input)),
         None => analyze_here(input),
-    }
+    };
+    // `rules()` is what `moat explain` and the catalog test take for the analysis's rules.
+    debug_assert!(
+        analysis.findings.iter().all(|f| rules::rules().contains(&f.rule)),
+        "a finding of a rule missing from `moat_analysis::rules()`"
+    );
+    analysis
 }
 
 /// The threads the analysis runs on. Parse trees are decoded and walked recursively, and
@@ -245,7 +251,7 @@ fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &'a
             }
             Err(error) => {
                 let hit = Hit::new(
-                    &rules::parse_error::RULE,
+                    rules::parse_error::RULE,
                     error.span,
                     error.message.replace('"', "`"),
                     "moat reads the SQL embedded in this file with a Rust parser; fix the syntax error".into(),
@@ -531,7 +537,7 @@ fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>,
     let finding = |hit: Hit| -> Finding {
         let position = file.index.line_col(hit.span.start);
         Finding {
-            rule: hit.rule.name.to_owned(),
+            rule: hit.rule,
             severity: hit.severity,
             module: module.clone(),
             file: Some(file.source.file.clone()),
@@ -551,7 +557,7 @@ fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>,
     for (hit, top) in hits {
         let finding = finding(hit);
         let silenced_by = file.suppressions.iter().position(|s| {
-            s.rules.contains(&finding.rule)
+            s.rules.iter().any(|r| finding.rule == r.as_str())
                 && s.target_line.is_some_and(|target| {
                     finding.line == Some(target)
                         || top.is_some_and(|t| file.tops.get(t).is_some_and(|t| t.anchor_lines.contains(&target)))
@@ -559,7 +565,7 @@ fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>,
         });
         match silenced_by {
             Some(k) => {
-                let rule = file.suppressions[k].rules.iter().find(|r| **r == finding.rule);
+                let rule = file.suppressions[k].rules.iter().find(|r| finding.rule == r.as_str());
                 if let Some(rule) = rule {
                     used[k].insert(rule.as_str());
                 }

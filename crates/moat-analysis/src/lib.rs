@@ -51,7 +51,7 @@ use moat_core::manifest::Manifest;
 
 pub use crate::analyze::analyze;
 pub use crate::layout::MigrationFormat;
-pub use crate::rules::{Rule, find_rule, rules};
+pub use crate::rules::rules;
 
 /// Everything the analysis reads: the manifest and the text of each source.
 #[derive(Debug, Clone)]

@@ -211,13 +211,80 @@ fn explain_prints_a_rules_doc_and_lists_the_rules() {
     assert_eq!(list.status.code(), Some(0));
     let text = String::from_utf8_lossy(&list.stdout);
     for rule in moat_analysis::rules() {
-        assert!(text.contains(rule.name), "{text}");
-        let doc = moat(&clinic(), &["explain", rule.name]);
-        assert_eq!(doc.status.code(), Some(0), "{}", rule.name);
+        assert!(text.contains(rule.as_str()), "{text}");
+        let doc = moat(&clinic(), &["explain", rule.as_str()]);
+        assert_eq!(doc.status.code(), Some(0), "{}", rule.as_str());
     }
     let unknown = moat(&clinic(), &["explain", "no-such-rule"]);
     assert_eq!(unknown.status.code(), Some(2));
     insta::assert_snapshot!(transcript(&clinic(), &unknown));
+}
+
+/// The `RuleId` variants that the Rust sources under `dir` name, such as `AccessLeak`.
+fn rule_variants_named_in(dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut variants = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("folder entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                for piece in text.split("RuleId::").skip(1) {
+                    let variant: String = piece.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+                    if variant.starts_with(|c: char| c.is_ascii_uppercase()) && variant != "ALL" {
+                        variants.insert(variant);
+                    }
+                }
+            }
+        }
+    }
+    variants
+}
+
+#[test]
+fn every_rule_check_or_audit_can_report_is_in_the_catalog_and_explained() {
+    let check = moat_analysis::rules();
+    let audit = moat_admin::audit::rules();
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Each producer's list holds every rule its sources name (and the analysis and the audit
+    // check at run time, in debug builds, that every finding's rule is in their list).
+    for (producer, dir, listed) in
+        [("moat-analysis", "moat-analysis/src", check), ("moat-admin", "moat-admin/src", audit)]
+    {
+        let named = rule_variants_named_in(&crates.join(dir));
+        assert!(!named.is_empty(), "{dir} names no rule");
+        for variant in named {
+            assert!(
+                listed.iter().any(|r| format!("{r:?}") == variant),
+                "{producer} reports `RuleId::{variant}`, which its `rules()` does not list"
+            );
+        }
+    }
+    // Every rule either command reports is documented, and the binary explains it.
+    let list = moat(&clinic(), &["explain"]);
+    assert_eq!(list.status.code(), Some(0));
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    for rule in check.iter().chain(audit) {
+        let id = rule.as_str();
+        assert_eq!(moat_core::rules::RuleId::parse(id), Some(*rule), "`{id}` is not in the catalog");
+        assert!(!rule.summary().is_empty(), "`{id}` has no summary");
+        for part in ["**What it finds.**", "**Why it matters.**", "**Example.**", "**Fix.**"] {
+            assert!(rule.doc().contains(part), "`{id}`'s documentation lacks {part}");
+        }
+        assert!(
+            list.lines().any(|line| line.starts_with(&format!("{id} "))),
+            "`moat explain` does not list `{id}`:\n{list}"
+        );
+        let explained = moat(&clinic(), &["explain", id]);
+        assert_eq!(explained.status.code(), Some(0), "{}", transcript(&clinic(), &explained));
+        assert_eq!(String::from_utf8_lossy(&explained.stdout), rule.doc(), "`moat explain {id}`");
+    }
+    // And the catalog holds no rule that neither command reports.
+    for rule in moat_core::rules::RuleId::ALL {
+        assert!(check.contains(rule) || audit.contains(rule), "`{rule}` is in the catalog, but nothing reports it");
+    }
 }
 
 #[test]

@@ -17,7 +17,9 @@ pub const FILE_NAME: &str = "moat-baseline.toml";
 /// What a baseline entry matches.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BaselineKey {
-    /// Rule name.
+    /// The rule's id, as the file spells it. It stays text rather than a [`crate::rules::RuleId`]
+    /// on purpose: an entry whose id names no rule (a rule renamed or removed since the file was
+    /// written) matches no finding and is reported as stale, instead of making the file unreadable.
     pub rule: String,
     /// Module, if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -155,9 +157,10 @@ impl Baseline {
 mod tests {
     use super::*;
     use crate::findings::Severity;
+    use crate::rules::RuleId;
 
     fn finding(object: &str, line: u32) -> Finding {
-        let mut f = Finding::new("cross-module-reference", Severity::Error, "m").module("billing").object(object);
+        let mut f = Finding::new(RuleId::CrossModuleReference, Severity::Error, "m").module("billing").object(object);
         f.file = Some("a.sql".into());
         f.line = Some(line);
         f
@@ -186,5 +189,16 @@ mod tests {
         baseline.record("check", &[]);
         assert_eq!(baseline.entries.len(), 1);
         assert!(baseline.apply("check", vec![]).stale.is_empty());
+    }
+
+    #[test]
+    fn an_entry_whose_rule_no_longer_exists_loads_and_is_stale() {
+        // A baseline written before a rule was renamed: `rule = "grant-to-public"`.
+        let text = "version = 1\n\n[[finding]]\nsource = \"audit\"\nrule = \"grant-to-public\"\nobject = \"clinic\"\ncount = 1\n";
+        let baseline: Baseline = toml::from_str(text).unwrap();
+        let outcome = baseline.apply("audit", vec![finding("clinic", 1)]);
+        assert_eq!(outcome.new.len(), 1);
+        assert_eq!(outcome.stale.len(), 1);
+        assert_eq!(outcome.stale[0].key.rule, "grant-to-public");
     }
 }

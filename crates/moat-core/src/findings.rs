@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rules::RuleId;
+
 /// How bad a finding is. Errors fail the command (exit code 1); warnings do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -28,8 +30,8 @@ impl Severity {
 /// database object for catalog findings (and the referenced object for SQL findings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
-    /// Kebab-case rule name that reads as "allow <rule>".
-    pub rule: String,
+    /// The rule, serialized as its id (such as `"cross-module-reference"`).
+    pub rule: RuleId,
     /// Error or warning.
     pub severity: Severity,
     /// The module the finding belongs to, when there is one.
@@ -59,9 +61,9 @@ pub struct Finding {
 
 impl Finding {
     /// A finding with a rule, severity and message; the other fields start empty.
-    pub fn new(rule: impl Into<String>, severity: Severity, message: impl Into<String>) -> Self {
+    pub fn new(rule: RuleId, severity: Severity, message: impl Into<String>) -> Self {
         Self {
-            rule: rule.into(),
+            rule,
             severity,
             module: None,
             file: None,
@@ -105,7 +107,7 @@ impl Finding {
     /// The key a baseline matches this finding by: rule, module, file and object, never a line.
     pub fn baseline_key(&self) -> crate::baseline::BaselineKey {
         crate::baseline::BaselineKey {
-            rule: self.rule.clone(),
+            rule: self.rule.as_str().to_owned(),
             module: self.module.clone(),
             file: self.file.clone(),
             object: self.object.clone().or_else(|| Some(self.message.clone()).filter(|_| self.file.is_none())),

@@ -1,5 +1,5 @@
 //! The vocabulary every moat crate shares: validated names, the manifest, SQL quoting,
-//! findings and baselines. No database, no SQL parser, no network.
+//! the catalog of rules, findings and baselines. No database, no SQL parser, no network.
 //!
 //! ```
 //! use moat_core::manifest::Manifest;
@@ -17,6 +17,7 @@ pub mod findings;
 pub mod manifest;
 pub mod names;
 pub mod quote;
+pub mod rules;
 pub mod sqltext;
 pub mod text;
 

@@ -7,10 +7,10 @@
 use moat_core::findings::{Finding, Severity};
 use moat_core::manifest::Manifest;
 use moat_core::names::CONTRACTS_SCHEMA;
+use moat_core::rules::RuleId;
 use serde::Deserialize;
 use sqlx::PgConnection;
 
-use super::rules;
 use crate::error::{AdminError, db};
 
 /// One dependency that crosses schemas, described by `pg_identify_object`.
@@ -68,7 +68,7 @@ pub(super) async fn dependency_findings(
             if !declared && ref_module.is_some() {
                 findings.push(
                     Finding::new(
-                        rules::CONTRACT_UNDECLARED_READ,
+                        RuleId::ContractUndeclaredRead,
                         Severity::Error,
                         format!(
                             "{} `{}` depends on {} `{}`, which no contract declares in `reads`",
@@ -101,7 +101,7 @@ pub(super) async fn dependency_findings(
             let table = dep.identity.rsplit_once(" on ").map_or(dep.identity.as_str(), |(_, t)| t).to_owned();
             findings.push(
                 Finding::new(
-                    rules::CROSS_MODULE_FOREIGN_KEY,
+                    RuleId::CrossModuleForeignKey,
                     Severity::Error,
                     format!("foreign key `{constraint}` on `{table}` references `{}` of {owner_text}", dep.ref_identity),
                 )
@@ -113,7 +113,7 @@ pub(super) async fn dependency_findings(
         }
         findings.push(
             Finding::new(
-                rules::CROSS_MODULE_REFERENCE,
+                RuleId::CrossModuleReference,
                 Severity::Error,
                 format!("{} `{}` depends on {} `{}` of {owner_text}", dep.kind, dep.identity, dep.ref_kind, dep.ref_identity),
             )

@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use moat_core::findings::{Finding, Severity};
 use moat_core::manifest::Manifest;
+use moat_core::rules::RuleId;
 use sqlx::PgConnection;
 
-use super::{BodyAnalyzer, DANGEROUS_PREDEFINED_ROLES, RoutineBody, module_of, rules};
+use super::{BODY_RULES, BodyAnalyzer, DANGEROUS_PREDEFINED_ROLES, RoutineBody, module_of};
 use crate::catalog::{AclItem, PUBLIC, RelKind, Snapshot};
 use crate::error::{AdminError, db};
 use crate::internal;
@@ -23,7 +24,7 @@ pub(super) fn drift_findings(plan: &Plan, findings: &mut Vec<Finding>) {
             Step::Sql { sql, .. } if sql.starts_with("REVOKE ") || only_dropped_attributes(sql) => {}
             Step::Sql { sql, display, .. } => findings.push(
                 Finding::new(
-                    rules::PROVISIONING_DRIFT,
+                    RuleId::ProvisioningDrift,
                     Severity::Error,
                     format!(
                         "the database is not provisioned as the manifest says: `{}` is pending",
@@ -35,7 +36,7 @@ pub(super) fn drift_findings(plan: &Plan, findings: &mut Vec<Finding>) {
             ),
             Step::InstallContract(install) => findings.push(
                 Finding::new(
-                    rules::PROVISIONING_DRIFT,
+                    RuleId::ProvisioningDrift,
                     Severity::Error,
                     format!("contract `{}` is not installed as {} says", install.contract, install.file),
                 )
@@ -48,7 +49,7 @@ pub(super) fn drift_findings(plan: &Plan, findings: &mut Vec<Finding>) {
         match note {
             Note::OrphanedRole(role) => findings.push(
                 Finding::new(
-                    rules::ORPHANED,
+                    RuleId::OrphanedObject,
                     Severity::Warning,
                     format!("role `{role}` has the project's prefix but is not in the manifest"),
                 )
@@ -57,7 +58,7 @@ pub(super) fn drift_findings(plan: &Plan, findings: &mut Vec<Finding>) {
             ),
             Note::OrphanedSchema(schema) => findings.push(
                 Finding::new(
-                    rules::ORPHANED,
+                    RuleId::OrphanedObject,
                     Severity::Warning,
                     format!("schema `{schema}` belongs to no module of the manifest"),
                 )
@@ -66,7 +67,7 @@ pub(super) fn drift_findings(plan: &Plan, findings: &mut Vec<Finding>) {
             ),
             Note::ContractWaiting { contract, missing } => findings.push(
                 Finding::new(
-                    rules::PROVISIONING_DRIFT,
+                    RuleId::ProvisioningDrift,
                     Severity::Error,
                     format!("contract `{contract}` cannot be installed: {} missing", missing.join(", ")),
                 )
@@ -135,7 +136,7 @@ fn beyond(
         }
     }
     for (grantee, privileges) in extra {
-        let rule = rules::GRANT_BEYOND_MANIFEST;
+        let rule = RuleId::GrantBeyondManifest;
         let mut finding = Finding::new(
             rule,
             Severity::Error,
@@ -161,7 +162,7 @@ pub(super) fn acl_findings(manifest: &Manifest, snapshot: &Snapshot, policy: &Po
     // The database: PUBLIC's rights are their own rule; moat's roles hold CONNECT only.
     for item in snapshot.database_acl.iter().filter(|a| a.grantee == PUBLIC) {
         findings.push(
-            Finding::new(rules::PUBLIC_ACCESS, Severity::Error, format!("PUBLIC holds {} on database `{}`", item.privilege, snapshot.database))
+            Finding::new(RuleId::PublicDatabaseAccess, Severity::Error, format!("PUBLIC holds {} on database `{}`", item.privilege, snapshot.database))
                 .object(snapshot.database.clone())
                 .help(format!("every role may connect or create temporary tables; `moat provision` runs `REVOKE ALL ON DATABASE \"{}\" FROM PUBLIC`", snapshot.database)),
         );
@@ -180,7 +181,7 @@ pub(super) fn acl_findings(manifest: &Manifest, snapshot: &Snapshot, policy: &Po
         for item in public.acl.iter().filter(|a| a.grantee == PUBLIC) {
             findings.push(
                 Finding::new(
-                    rules::PUBLIC_ACCESS,
+                    RuleId::PublicDatabaseAccess,
                     Severity::Error,
                     format!("PUBLIC holds {} on schema `public`", item.privilege),
                 )
@@ -195,7 +196,7 @@ pub(super) fn acl_findings(manifest: &Manifest, snapshot: &Snapshot, policy: &Po
         let module = module_of(manifest, name).map(|m| m.name.to_string());
         if schema.owner != owner {
             findings.push(
-                Finding::new(rules::GRANT_BEYOND_MANIFEST, Severity::Error, format!("schema `{name}` is owned by `{}`, not by `{owner}`", schema.owner))
+                Finding::new(RuleId::GrantBeyondManifest, Severity::Error, format!("schema `{name}` is owned by `{}`, not by `{owner}`", schema.owner))
                     .object(name.clone())
                     .help("the owner holds every right on the schema; `moat provision` gives it back to the module's owner role"),
             );
@@ -209,7 +210,7 @@ pub(super) fn acl_findings(manifest: &Manifest, snapshot: &Snapshot, policy: &Po
         if relation.owner != owner && !relation.owned_by_table {
             findings.push(
                 Finding::new(
-                    rules::GRANT_BEYOND_MANIFEST,
+                    RuleId::GrantBeyondManifest,
                     Severity::Error,
                     format!("`{object}` is owned by `{}`, not by `{owner}`", relation.owner),
                 )
@@ -243,7 +244,7 @@ pub(super) fn acl_findings(manifest: &Manifest, snapshot: &Snapshot, policy: &Po
         if function.owner != owner {
             findings.push(
                 Finding::new(
-                    rules::GRANT_BEYOND_MANIFEST,
+                    RuleId::GrantBeyondManifest,
                     Severity::Error,
                     format!("routine `{}` is owned by `{}`, not by `{owner}`", function.signature, function.owner),
                 )
@@ -315,7 +316,7 @@ pub(super) fn role_findings(manifest: &Manifest, snapshot: &Snapshot, findings: 
         if !attributes.is_empty() {
             findings.push(
                 Finding::new(
-                    rules::PRIVILEGED_ROLE,
+                    RuleId::PrivilegedRole,
                     Severity::Error,
                     format!("role `{}` has {}", role.name, attributes.join(", ")),
                 )
@@ -346,7 +347,7 @@ pub(super) fn role_findings(manifest: &Manifest, snapshot: &Snapshot, findings: 
             };
             findings.push(
                 Finding::new(
-                    rules::ROLE_MEMBERSHIP,
+                    RuleId::RoleMembership,
                     Severity::Error,
                     format!("role `{}` is a member of `{}`, {why}", membership.member, membership.role),
                 )
@@ -363,7 +364,7 @@ pub(super) fn role_findings(manifest: &Manifest, snapshot: &Snapshot, findings: 
             }
             findings.push(
                 Finding::new(
-                    rules::ROLE_MEMBERSHIP,
+                    RuleId::RoleMembership,
                     Severity::Error,
                     format!("role `{}` is a member of `{}` and can act as it", membership.member, membership.role),
                 )
@@ -383,14 +384,14 @@ pub(super) fn routine_findings(manifest: &Manifest, snapshot: &Snapshot, finding
         let pinned = function.config.iter().any(|c| c.starts_with("search_path="));
         let finding = if pinned {
             Finding::new(
-                rules::SECURITY_DEFINER,
+                RuleId::SecurityDefinerFunction,
                 Severity::Warning,
                 format!("routine `{}` is SECURITY DEFINER: it runs with its owner's rights", function.signature),
             )
             .help("its search_path is pinned; make sure it is not executable by other modules' roles")
         } else {
             Finding::new(
-                rules::SECURITY_DEFINER,
+                RuleId::SecurityDefinerFunction,
                 Severity::Error,
                 format!("routine `{}` is SECURITY DEFINER without a pinned search_path", function.signature),
             )
@@ -411,7 +412,7 @@ pub(super) fn public_findings(manifest: &Manifest, snapshot: &Snapshot, findings
     {
         findings.push(
             Finding::new(
-                rules::OBJECT_IN_PUBLIC,
+                RuleId::ObjectInPublicSchema,
                 Severity::Warning,
                 format!("`public.{}` belongs to no module", relation.name),
             )
@@ -422,7 +423,7 @@ pub(super) fn public_findings(manifest: &Manifest, snapshot: &Snapshot, findings
     for function in snapshot.functions.iter().filter(|f| f.schema == "public" && !f.extension && unclaimed(&f.name)) {
         findings.push(
             Finding::new(
-                rules::OBJECT_IN_PUBLIC,
+                RuleId::ObjectInPublicSchema,
                 Severity::Warning,
                 format!("routine `{}` belongs to no module", function.signature),
             )
@@ -467,7 +468,7 @@ pub(super) fn claimed_owner_findings(manifest: &Manifest, snapshot: &Snapshot, f
             Some(m) => (format!("{what} `{object}` is claimed by module `{}` but owned by {holder}", m.name), Some(m)),
             None => (format!("{what} `{object}` belongs to no module but is owned by {holder}"), module_of_role(owner)),
         };
-        let mut finding = Finding::new(rules::GRANT_BEYOND_MANIFEST, Severity::Error, message)
+        let mut finding = Finding::new(RuleId::GrantBeyondManifest, Severity::Error, message)
             .object(object.to_owned())
             .help(format!(
                 "its owner holds every right on it and can grant them; give it back to the operator (`ALTER ... OWNER TO` the role that owned it before){}",
@@ -522,11 +523,9 @@ pub(super) async fn body_findings(
     for RoutineRow { schema, name, signature, language, body, definition } in rows {
         // A routine a module claims in a shared schema is that module's; one nobody claims is skipped.
         let Some(module) = manifest.owner_of(&schema, &name) else { continue };
-        findings.extend(analyzer.analyze(
-            manifest,
-            module,
-            &RoutineBody { schema, signature, language, body, definition },
-        ));
+        let routine = RoutineBody { schema, signature, language, body, definition };
+        findings
+            .extend(analyzer.analyze(manifest, module, &routine).into_iter().filter(|f| BODY_RULES.contains(&f.rule)));
     }
     Ok(())
 }
@@ -551,7 +550,7 @@ pub(super) fn large_object_findings(snapshot: &Snapshot, findings: &mut Vec<Find
             continue;
         }
         findings.push(
-            Finding::new(rules::LARGE_OBJECT, Severity::Error, message)
+            Finding::new(RuleId::LargeObject, Severity::Error, message)
                 .object(format!("large object {}", object.oid))
                 .help(format!(
                     "large objects live outside every schema and carry data between roles; drop it (`SELECT pg_catalog.lo_unlink({})` as the admin) and keep module data in the module's tables",
@@ -643,7 +642,7 @@ pub(super) async fn moat_table_findings(
             continue;
         }
         let mut finding = Finding::new(
-            rules::MOAT_TABLE_ALTERED,
+            RuleId::MoatTableAltered,
             Severity::Error,
             format!("moat's table `{object}` {}", problems.join(", ")),
         )
@@ -709,7 +708,7 @@ pub(super) async fn role_setting_findings(
         };
         findings.push(
             Finding::new(
-                rules::UNMANAGED_ROLE_SETTING,
+                RuleId::UnmanagedRoleSetting,
                 Severity::Error,
                 format!("role `{role}` sets `{setting}` {scope}, which moat does not manage"),
             )

@@ -17,6 +17,7 @@ mod probe;
 
 use moat_core::findings::{Finding, Severity};
 use moat_core::manifest::{Manifest, Module};
+use moat_core::rules::RuleId;
 
 use crate::error::AdminError;
 use crate::plan::plan;
@@ -29,45 +30,36 @@ pub use probe::{
     AccessRow, PROBE_LOCK_TIMEOUT, PROBE_STATEMENT_TIMEOUT, Privilege, Privileges, ProbeMethod, ProbedRole, Verdict,
 };
 
-/// Rule names of the audit's findings.
-pub mod rules {
-    /// The database differs from the provisioning plan in something it lacks.
-    pub const PROVISIONING_DRIFT: &str = "provisioning-drift";
-    /// A role or schema with the project's prefix that the manifest does not declare.
-    pub const ORPHANED: &str = "orphaned-object";
-    /// A foreign key between tables of two modules.
-    pub const CROSS_MODULE_FOREIGN_KEY: &str = "cross-module-foreign-key";
-    /// An object of one module that depends on another module's object.
-    pub const CROSS_MODULE_REFERENCE: &str = "cross-module-reference";
-    /// A contract view that depends on a relation outside its `reads`.
-    pub const CONTRACT_UNDECLARED_READ: &str = "contract-undeclared-read";
-    /// A privilege outside the manifest's access policy (ownership included: an object in a
-    /// shared schema owned by a project role other than its claimant module's owner).
-    pub const GRANT_BEYOND_MANIFEST: &str = "grant-beyond-manifest";
-    /// A SECURITY DEFINER routine in a module schema.
-    pub const SECURITY_DEFINER: &str = "security-definer-function";
-    /// A moat role with SUPERUSER, CREATEROLE, CREATEDB, REPLICATION or BYPASSRLS.
-    pub const PRIVILEGED_ROLE: &str = "privileged-role";
-    /// A membership that lets a role act as another.
-    pub const ROLE_MEMBERSHIP: &str = "role-membership";
-    /// A table, view or routine in schema `public`.
-    pub const OBJECT_IN_PUBLIC: &str = "object-in-public-schema";
-    /// CONNECT or TEMPORARY on the database, or rights on schema `public`, held by PUBLIC.
-    pub const PUBLIC_ACCESS: &str = "public-database-access";
-    /// The probe did what the manifest forbids.
-    pub const ACCESS_LEAK: &str = "access-leak";
-    /// The probe could not do what the manifest allows (a consumer cannot read its view).
-    pub const ACCESS_BROKEN: &str = "access-broken";
-    /// The probe could not act as a role (it could not log in) or gave up waiting for a lock.
-    pub const PROBE_INCOMPLETE: &str = "probe-incomplete";
-    /// One of moat's own tables is not a plain table, carries triggers, rules, policies or row
-    /// security, or has another owner than moat gives it.
-    pub const MOAT_TABLE_ALTERED: &str = "moat-table-altered";
-    /// A large object owned by or granted to a project role (or PUBLIC).
-    pub const LARGE_OBJECT: &str = "large-object";
-    /// A role-level setting (`ALTER ROLE ... SET`) of a project role that moat does not manage.
-    pub const UNMANAGED_ROLE_SETTING: &str = "unmanaged-role-setting";
+/// Every rule the audit can report, in the order `moat explain` lists them: its own, the rules it
+/// shares with `moat check` when it finds the same thing in the live catalog, and
+/// [`BODY_RULES`]. The rules, their ids and their documentation live in the catalog,
+/// [`moat_core::rules`].
+pub fn rules() -> &'static [RuleId] {
+    &[
+        RuleId::CrossModuleReference,
+        RuleId::CrossModuleForeignKey,
+        RuleId::GrantBeyondManifest,
+        RuleId::SecurityDefinerFunction,
+        RuleId::DynamicSql,
+        RuleId::ContractUndeclaredRead,
+        RuleId::ProvisioningDrift,
+        RuleId::OrphanedObject,
+        RuleId::PrivilegedRole,
+        RuleId::RoleMembership,
+        RuleId::ObjectInPublicSchema,
+        RuleId::PublicDatabaseAccess,
+        RuleId::AccessLeak,
+        RuleId::AccessBroken,
+        RuleId::ProbeIncomplete,
+        RuleId::MoatTableAltered,
+        RuleId::LargeObject,
+        RuleId::UnmanagedRoleSetting,
+    ]
 }
+
+/// The rules of a [`BodyAnalyzer`]'s findings that the audit reports for a routine body; it
+/// drops the others (a routine body is not a migration, so migration rules do not apply).
+pub const BODY_RULES: [RuleId; 3] = [RuleId::CrossModuleReference, RuleId::CrossModuleForeignKey, RuleId::DynamicSql];
 
 /// Predefined roles that read or write everything or reach the server's files and programs.
 pub const DANGEROUS_PREDEFINED_ROLES: [&str; 6] = [
@@ -96,7 +88,7 @@ pub struct RoutineBody {
 
 /// Analyzes routine bodies found in module schemas (the CLI plugs the SQL analysis in here).
 pub trait BodyAnalyzer: Sync {
-    /// Findings for one routine of `module`.
+    /// Findings for one routine of `module`; the audit keeps those of [`BODY_RULES`].
     fn analyze(&self, manifest: &Manifest, module: &Module, routine: &RoutineBody) -> Vec<Finding>;
 }
 
@@ -200,6 +192,11 @@ pub async fn audit(
     let matrix = matrix::matrix(manifest, &inputs.installed_contracts, &claimants, &access, &probed);
     moat_core::findings::sort(&mut findings);
     findings.dedup_by(|a, b| a.rule == b.rule && a.object == b.object && a.message == b.message);
+    // `rules()` is what `moat explain` and the catalog test take for the audit's rules.
+    debug_assert!(
+        findings.iter().all(|f| rules().contains(&f.rule)),
+        "a finding of a rule missing from `moat_admin::audit::rules()`"
+    );
     phase("matrix");
     Ok(AuditReport { findings, access, probed, matrix, attempts })
 }

@@ -19,10 +19,10 @@ use moat_core::findings::{Finding, Severity};
 use moat_core::manifest::Manifest;
 use moat_core::names::CONTRACTS_SCHEMA;
 use moat_core::quote::{ident, literal, qualified};
+use moat_core::rules::RuleId;
 use serde::{Deserialize, Serialize};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use super::rules;
 use crate::catalog::{RelKind, Snapshot};
 use crate::error::{AdminError, db};
 use crate::locks::{LockHolder, describe_holders};
@@ -623,7 +623,7 @@ pub(super) async fn probe(
             .collect();
         out.findings.push(
             Finding::new(
-                rules::PROBE_INCOMPLETE,
+                RuleId::ProbeIncomplete,
                 Severity::Error,
                 format!(
                     "the probe as `{role}` gave up waiting for a lock on `{}` after {} ms: it is held by {}",
@@ -657,7 +657,7 @@ fn not_probed(subject: &Subject, reason: &str) -> Finding {
         ),
     };
     Finding::new(
-        rules::PROBE_INCOMPLETE,
+        RuleId::ProbeIncomplete,
         Severity::Error,
         format!("the probe could not act as `{}`, so its access was not tried: {reason}", subject.role),
     )
@@ -885,7 +885,7 @@ pub(super) fn access_findings(
                         .collect();
                 done.extend(row.leaks.iter().cloned());
                 let mut finding = Finding::new(
-                    rules::ACCESS_LEAK,
+                    RuleId::AccessLeak,
                     Severity::Error,
                     format!("`{}` could {} `{}` ({how}), which the manifest does not allow", row.role, done.join(", "), row.relation),
                 )
@@ -898,7 +898,7 @@ pub(super) fn access_findings(
             }
             Verdict::Broken => findings.push(
                 Finding::new(
-                    rules::ACCESS_BROKEN,
+                    RuleId::AccessBroken,
                     Severity::Error,
                     format!("`{}` cannot read `{}` ({how}), which the manifest allows", row.role, row.relation),
                 )

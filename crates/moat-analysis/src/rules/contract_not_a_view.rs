@@ -1,38 +1,13 @@
 //! `contract-not-a-view`: a contract file that does anything but create views and comment on them.
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 use pg_query::NodeEnum;
 use pg_query::protobuf::ObjectType;
 
-use super::{Cx, Hit, Owner, Rule, statement_label};
+use super::{Cx, Hit, Owner, statement_label};
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "contract-not-a-view",
-    severity: Severity::Error,
-    summary: "a contract file that does anything but create views and comment on them",
-    doc: r#"# contract-not-a-view
-
-**What it finds.** A statement in a contract's SQL file other than `CREATE [OR REPLACE] VIEW` and
-`COMMENT ON VIEW` / `COMMENT ON COLUMN`: a table, a materialized view, a function, a grant, a
-`SET`, DML...
-
-**Why it matters.** A contract is a read-only window onto module data, owned by no module: moat
-installs it as the contracts owner, which may only read the declared relations, and grants
-`SELECT` on its views to the declared readers. Anything else in the file either fails at install
-or creates state and privileges no manifest entry describes.
-
-**Example.**
-
-```sql
-CREATE VIEW ward_census AS SELECT ward_id, count(*) FROM patients.patients GROUP BY ward_id;
-GRANT SELECT ON ward_census TO bi_tool;      -- readers are declared in moat.toml
-```
-
-**Fix.** Keep only views and their comments in the file. Readers go in the contract's `readers`;
-tables and functions belong to a module's migrations.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::ContractNotAView;
 
 /// Reports top-level statements of contract files that are not views or comments on views.
 pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
@@ -55,7 +30,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
     let frame = cx.frame();
     out.push(
         Hit::new(
-            &RULE,
+            RULE,
             frame.keyword_span(),
             format!("contract `{contract}` runs `{label}`; a contract file may only create views and comment on them"),
             "keep only CREATE VIEW and COMMENT ON VIEW/COLUMN here: readers are declared in moat.toml, tables and \

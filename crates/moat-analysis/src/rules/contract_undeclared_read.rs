@@ -1,38 +1,12 @@
 //! `contract-undeclared-read`: a contract view reads a relation missing from its `reads`.
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 
-use super::{Cx, Hit, Owner, Rule};
+use super::{Cx, Hit, Owner};
 use crate::resolve::ObjectKind;
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "contract-undeclared-read",
-    severity: Severity::Error,
-    summary: "a contract view reads a relation (or calls a module's function) missing from its `reads`",
-    doc: r#"# contract-undeclared-read
-
-**What it finds.** A view in a contract's SQL file that reads a relation not listed in the
-contract's `reads` in moat.toml, or calls a function that lives in a module's schema.
-
-**Why it matters.** A contract is the one declared, reviewed cross-module read: its `reads` is the
-list of the module tables that consumers depend on through it. moat grants the contracts owner
-`SELECT` on exactly those relations, so an undeclared read fails when the contract is installed;
-and a dependency nobody declared is one the owning module does not know it must keep stable.
-
-**Example.** With `reads = ["patients.patients"]`:
-
-```sql
-CREATE VIEW ward_census AS
-SELECT p.ward_id, count(*) FROM patients.patients p
-JOIN patients.admissions a ON a.patient_id = p.id     -- not in `reads`
-GROUP BY p.ward_id;
-```
-
-**Fix.** Add the relation to the contract's `reads` (and let its owning module know), or rewrite
-the view to read only declared relations.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::ContractUndeclaredRead;
 
 /// Reports relations read by a contract that its `reads` does not list.
 pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
@@ -71,7 +45,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
             }
             _ => continue,
         };
-        out.push(Hit::new(&RULE, reference.span.clone(), message, help).object(object));
+        out.push(Hit::new(RULE, reference.span.clone(), message, help).object(object));
     }
 }
 

@@ -1,41 +1,12 @@
 //! `cross-module-foreign-key`: a foreign key into another module's table.
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 
-use super::{Cx, Hit, Owner, Rule};
+use super::{Cx, Hit, Owner};
 use crate::CrossingKind;
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "cross-module-foreign-key",
-    severity: Severity::Error,
-    summary: "a foreign key that references another module's table",
-    doc: r#"# cross-module-foreign-key
-
-**What it finds.** A `REFERENCES` clause (in `CREATE TABLE`, a column, or `ALTER TABLE ... ADD
-CONSTRAINT ... FOREIGN KEY`) whose referenced table lives in another module's schema.
-
-**Why it matters.** A foreign key is the tightest coupling there is: the other module can no
-longer delete, rename or move its rows or its table without asking yours, its migrations must run
-before yours, and the two modules can never live in separate databases. The database refuses it
-at run time too, because your module's owner role has no rights on the other schema.
-
-**Example.** In a migration of `prescriptions`:
-
-```sql
-CREATE TABLE prescriptions (
-    id uuid PRIMARY KEY,
-    patient_id uuid NOT NULL REFERENCES patients.patients (id)
-);
-```
-
-**Fix.** Reference the other module by id only: keep `patient_id uuid NOT NULL` as a plain
-column and validate it through the owning module's API when you write it (for example
-`patients.exists(id)` in application code), not with a constraint. If the other module's data
-must be shown or checked later, keep an event-fed snapshot (`PatientUpdated` upserts
-`prescriptions.patient_snapshots`) and react to `PatientDeleted` events instead of cascading.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::CrossModuleForeignKey;
 
 /// Reports foreign keys whose referenced table resolves into another module's schema.
 pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
@@ -49,7 +20,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
         let object = reference.name.in_schema(&schema);
         out.push(
             Hit::new(
-                &RULE,
+                RULE,
                 reference.span.clone(),
                 format!("foreign key references `{object}` of module `{other}`"),
                 format!(

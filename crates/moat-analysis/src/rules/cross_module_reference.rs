@@ -1,46 +1,13 @@
 //! `cross-module-reference`: one module's SQL names an object in another module's schema.
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 
-use super::{Cx, Hit, Owner, Rule};
+use super::{Cx, Hit, Owner};
 use crate::CrossingKind;
 use crate::resolve::ObjectKind;
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "cross-module-reference",
-    severity: Severity::Error,
-    summary: "a module's SQL references a relation, function, type or sequence of another module",
-    doc: r#"# cross-module-reference
-
-**What it finds.** Any reference from one module's SQL to an object in another module's schema:
-a table or view read or written (queries, DML, `COPY`, `TRUNCATE`, `LOCK`), a function called, a
-type used (casts, columns, `%TYPE`), a sequence (`nextval('patients.seq')`), a schema named in a
-grant, and the same inside views, triggers, policies, defaults, SQL and PL/pgSQL function bodies,
-DO blocks, and the SQL embedded in the module's Rust sources. Qualified names map to their
-schema; unqualified names follow the `search_path` in force, including `SET search_path` and
-`set_config('search_path', ...)` earlier in the file.
-
-**Why it matters.** A module that reads another module's tables is coupled to their layout: the
-owner cannot change its schema without breaking the reader, and the two can never be deployed or
-extracted apart. At run time the database refuses it anyway (each module's role may use its own
-schema only), so the reference is a bug waiting for production.
-
-**Example.** In a migration of `billing`:
-
-```sql
-CREATE VIEW unpaid AS
-SELECT c.id, p.last_name
-FROM charges c
-JOIN patients.patients p ON p.id = c.patient_id;   -- patients.patients belongs to `patients`
-```
-
-**Fix.** Keep what billing needs of a patient in billing's own schema: a snapshot table fed by the
-patients module's events (`PatientUpdated` upserts `billing.patient_snapshots`), or ask the
-patients module's API at run time. For a report that must span modules, declare a contract view
-(`[contracts.<name>]` with `reads` and `readers`) that consumers read instead of base tables.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::CrossModuleReference;
 
 /// Reports references that resolve into another module's schema.
 pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
@@ -67,7 +34,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
         reported.push(object.clone());
         out.push(
             Hit::new(
-                &RULE,
+                RULE,
                 reference.span.clone(),
                 format!("references {} `{object}` of module `{other}`", reference.kind.label()),
                 format!(

@@ -1,45 +1,18 @@
 //! `dynamic-sql`: `EXECUTE` of a string built at run time in PL/pgSQL or a DO block.
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 
-use super::{Cx, Hit, Rule};
+use super::{Cx, Hit};
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "dynamic-sql",
-    severity: Severity::Warning,
-    summary: "EXECUTE of a string built at run time in PL/pgSQL or a DO block",
-    doc: r#"# dynamic-sql
-
-**What it finds.** In PL/pgSQL function bodies and DO blocks: `EXECUTE`, `FOR ... IN EXECUTE`,
-`RETURN QUERY EXECUTE` and `OPEN ... FOR EXECUTE` of a string that is not a constant
-(`format(...)`, concatenation, a variable). `EXECUTE 'constant SQL'` is analyzed like any other
-SQL and is not reported.
-
-**Why it matters.** moat checks SQL it can read; a statement assembled at run time can name any
-table of any module, and no static analysis can say which. It is a warning: dynamic SQL has
-legitimate uses, but each one is a place where the boundary is enforced only by the database.
-
-**Example.**
-
-```sql
-CREATE FUNCTION purge(tbl text) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE format('DELETE FROM %I', tbl);
-END $$;
-```
-
-**Fix.** Use static SQL where the set of tables is known. Where it must stay dynamic, check it by
-hand and say so: `-- moat:allow dynamic-sql -- <why it is safe>` on the line before the statement.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::DynamicSql;
 
 /// Reports the dynamic `EXECUTE`s found in the statement's PL/pgSQL body.
 pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
     for (span, owner) in &cx.unit.dynamic {
         out.push(
             Hit::new(
-                &RULE,
+                RULE,
                 span.clone(),
                 format!("`EXECUTE` of a string built at run time in `{owner}` cannot be checked"),
                 "use static SQL (or a constant string); if it must be dynamic, check it by hand and add \

@@ -1,43 +1,14 @@
 //! `grant-beyond-manifest`: a module grants privileges to roles that are not its own.
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 use pg_query::NodeEnum;
 use pg_query::protobuf::{self, GrantTargetType, ObjectType, RoleSpecType};
 
-use super::{Cx, Hit, Owner, Rule};
+use super::{Cx, Hit, Owner};
 use crate::ast::{range_var_name, strings};
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "grant-beyond-manifest",
-    severity: Severity::Error,
-    summary: "GRANT or ALTER DEFAULT PRIVILEGES to PUBLIC or to a role that is not the module's own",
-    doc: r#"# grant-beyond-manifest
-
-**What it finds.** In a module's SQL: `GRANT` (on tables, sequences, functions, types, the
-schema itself — `USAGE` included) or `ALTER DEFAULT PRIVILEGES ... GRANT` to `PUBLIC`, to
-`SESSION_USER`, or to any role other than the module's own `<project>_<module>` and
-`<project>_<module>_owner`; a grant `WITH GRANT OPTION`; and `GRANT role TO role` (role
-membership).
-
-**Why it matters.** moat derives every privilege from the manifest: a module's runtime role gets
-exactly its own schema, consumers get exactly the contract views that list them. A grant written
-in a migration opens a door the manifest does not show and the audit has to find later: another
-module, a reporting role or everyone (`PUBLIC`) can read the module's tables directly, and the
-boundary is gone.
-
-**Example.** In a migration of `billing` (project `clinic`):
-
-```sql
-GRANT SELECT ON charges TO reporting;
-GRANT USAGE ON SCHEMA billing TO PUBLIC;
-```
-
-**Fix.** Delete the grant; moat grants the module's own roles what they need (`moat provision`).
-To share data, declare a contract view in moat.toml (`[contracts.<name>]` with `reads` and
-`readers`): the readers get `SELECT` on the view and nothing else.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::GrantBeyondManifest;
 
 /// Reports grants to roles outside the module.
 pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
@@ -72,7 +43,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
                 let span = frame.name_span(role.location, None);
                 out.push(
                     Hit::new(
-                        &RULE,
+                        RULE,
                         span,
                         format!("grants membership in `{granted}` to `{}`", role_name(role)),
                         help.clone(),
@@ -118,7 +89,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
             let whom = if name == "PUBLIC" { "PUBLIC, that is to every role".to_owned() } else { format!("`{name}`") };
             out.push(
                 Hit::new(
-                    &RULE,
+                    RULE,
                     span,
                     format!("grants {privileges} on {target} to {whom}, beyond module `{module}`'s own roles"),
                     help.clone(),
@@ -128,7 +99,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
         } else if grant.grant_option && role.roletype == RoleSpecType::RolespecCstring as i32 {
             out.push(
                 Hit::new(
-                    &RULE,
+                    RULE,
                     span,
                     format!("grants {privileges} on {target} to `{name}` WITH GRANT OPTION"),
                     "a module's roles hold no grant option: they must not pass privileges on".to_owned(),

@@ -1,7 +1,9 @@
 //! The rules, one file each. A rule reads one statement (its tree and its facts) in the context
 //! of the file it comes from and reports hits; `analyze` turns hits into findings.
 //!
-//! Rule names are kebab-case and read as "allow <rule>": `-- moat:allow cross-module-reference`.
+//! Rule ids are kebab-case and read as "allow <rule>": `-- moat:allow cross-module-reference`.
+//! Each rule file names its [`RuleId`]; the ids and the documentation are in the catalog
+//! ([`moat_core::rules`]), which `moat explain` prints.
 
 pub(crate) mod contract_not_a_view;
 pub(crate) mod contract_undeclared_read;
@@ -27,27 +29,16 @@ use std::ops::Range;
 use moat_core::findings::Severity;
 use moat_core::manifest::{Contract, Manifest};
 use moat_core::names::{CONTRACTS_SCHEMA, ModuleName};
+use moat_core::rules::RuleId;
 
 use crate::analyze::Unit;
 use crate::ast::{Frame, Reference};
 use crate::resolve::Resolver;
 use crate::{CrossingKind, SourceKind};
 
-/// A rule: its name, severity, one-line summary and documentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rule {
-    /// Kebab-case name that reads as "allow <rule>".
-    pub name: &'static str,
-    /// The severity of its findings (`security-definer-function` also reports warnings).
-    pub severity: Severity,
-    /// What it finds, in one line.
-    pub summary: &'static str,
-    /// What it finds, why it matters, an example and the fix (Markdown), as `moat explain` prints it.
-    pub doc: &'static str,
-}
-
-/// Every rule, in the order `moat explain` lists them.
-pub fn rules() -> &'static [Rule] {
+/// Every rule the analysis can report, in the order `moat explain` lists them. The rules, their
+/// ids and their documentation live in the catalog, [`moat_core::rules`].
+pub fn rules() -> &'static [RuleId] {
     &[
         cross_module_reference::RULE,
         cross_module_foreign_key::RULE,
@@ -68,11 +59,6 @@ pub fn rules() -> &'static [Rule] {
         unused_suppression::RULE,
         suppression_without_reason::RULE,
     ]
-}
-
-/// The rule with this name.
-pub fn find_rule(name: &str) -> Option<&'static Rule> {
-    rules().iter().find(|r| r.name == name)
 }
 
 /// Checks that read a statement's tree. They run while the file is read, and the tree is
@@ -101,7 +87,7 @@ pub(crate) const NAME_CHECKS: &[fn(&Cx<'_>, &mut Vec<Hit>)] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Hit {
     /// The rule.
-    pub(crate) rule: &'static Rule,
+    pub(crate) rule: RuleId,
     /// The severity, when it differs from the rule's.
     pub(crate) severity: Severity,
     /// What is wrong, starting lowercase, naming the object in backticks.
@@ -118,8 +104,8 @@ pub(crate) struct Hit {
 
 impl Hit {
     /// A hit of `rule` with its own severity.
-    pub(crate) fn new(rule: &'static Rule, span: Range<usize>, message: String, help: String) -> Self {
-        Self { rule, severity: rule.severity, message, help, object: None, span, crossing: None }
+    pub(crate) fn new(rule: RuleId, span: Range<usize>, message: String, help: String) -> Self {
+        Self { rule, severity: rule.severity(), message, help, object: None, span, crossing: None }
     }
 
     /// Marks the hit as a crossing into module `to`.

@@ -1,42 +1,12 @@
 //! `object-outside-module-schema`: a module creates something outside its own schema.
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 
-use super::{Cx, Hit, Owner, Rule};
+use super::{Cx, Hit, Owner};
 use crate::resolve::{ObjectKind, Resolver};
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "object-outside-module-schema",
-    severity: Severity::Error,
-    summary: "a module (or contract) creates an object outside its own schema",
-    doc: r#"# object-outside-module-schema
-
-**What it finds.** A module's migration or embedded SQL that creates anything outside the
-module's own schema: a table, view, sequence, type, function, index, trigger, policy or rule in
-another schema (`public` included), another schema, an object moved elsewhere with `ALTER ...
-SET SCHEMA`, or an object that belongs to no schema at all (an event trigger, a cast, a
-publication, a foreign server...). Unqualified names are created in the first schema of the
-`search_path` in force, as PostgreSQL does. For a contract file, the schema is `contracts`.
-Temporary objects are fine.
-
-**Why it matters.** Each module owns exactly one schema: that is what lets moat give it a role
-that can use nothing else, apply its migrations independently, and later move it to a database of
-its own by dumping that one schema. An object outside it has no owner moat knows, escapes the
-module's grants, and stays behind when the module leaves.
-
-**Example.** In a migration of `billing`:
-
-```sql
-CREATE TABLE public.invoice_numbers (n bigint);
-CREATE INDEX charges_by_patient ON patients.patients (id);
-```
-
-**Fix.** Create the object in the module's schema: leave the name unqualified (migrations run with
-`search_path` set to the module's schema) or qualify it with that schema. Database-wide objects
-(event triggers, casts, extensions) belong to the database's setup, not to a module.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::ObjectOutsideModuleSchema;
 
 /// Reports creations whose schema is not the file's own.
 pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
@@ -50,7 +20,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
             let label = if creation.label.is_empty() { String::new() } else { format!(" `{}`", creation.label) };
             out.push(
                 Hit::new(
-                    &RULE,
+                    RULE,
                     creation.span.clone(),
                     format!("creates {}{label}, which belongs to no schema, outside schema `{own}`", creation.what),
                     format!(
@@ -111,7 +81,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
         };
         out.push(
             Hit::new(
-                &RULE,
+                RULE,
                 creation.span.clone(),
                 message,
                 format!(

@@ -2,39 +2,13 @@
 
 use std::ops::Range;
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 
-use super::{Hit, Rule};
+use super::Hit;
 use crate::parse::message_with_backticks;
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "parse-error",
-    severity: Severity::Error,
-    summary: "SQL that PostgreSQL's grammar rejects",
-    doc: r#"# parse-error
-
-**What it finds.** SQL that PostgreSQL's own grammar rejects: a statement of a migration or a
-contract, an embedded query in Rust source, a PL/pgSQL function body or DO block. The finding
-points at the token where the grammar gave up, with PostgreSQL's message. Rust source that does
-not parse, and text that holds a NUL character, are reported under this rule too.
-
-**Why it matters.** moat reads SQL with the parser of PostgreSQL itself (through `pg_query`), so
-what it cannot read the database will refuse as well, and a statement moat cannot read is a
-statement whose boundary crossings it cannot check. Nothing is skipped silently.
-
-**Example.**
-
-```sql
-CREATE TABLE charges (id uuid PRIMARY KEY, amount numeric NOT NULL,);
---                                                                  ^ syntax error at or near `)`
-```
-
-**Fix.** Correct the statement. psql meta-commands (`\set`, `\d`, ...) are skipped and counted,
-but psql variables (`:name`, `:'name'`) are not SQL: a migration that moat applies must not use
-them.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::ParseError;
 
 /// A parse error at `span` with PostgreSQL's `message`.
 pub(crate) fn hit(span: Range<usize>, message: &str) -> Hit {
@@ -48,7 +22,7 @@ pub(crate) fn hit(span: Range<usize>, message: &str) -> Hit {
     } else {
         "fix the statement; moat reads SQL with PostgreSQL's own grammar, so the database would reject it too"
     };
-    Hit::new(&RULE, span, message_with_backticks(message), help.to_owned())
+    Hit::new(RULE, span, message_with_backticks(message), help.to_owned())
 }
 
 #[cfg(test)]

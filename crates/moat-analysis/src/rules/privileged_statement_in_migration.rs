@@ -1,41 +1,13 @@
 //! `privileged-statement-in-migration`: statements a module's owner role must not run.
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 use pg_query::NodeEnum;
 use pg_query::protobuf::{ObjectType, VariableSetKind};
 
-use super::{Cx, Hit, Rule, statement_label};
+use super::{Cx, Hit, statement_label};
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "privileged-statement-in-migration",
-    severity: Severity::Error,
-    summary: "CREATE/ALTER/DROP ROLE, CREATE DATABASE, CREATE EXTENSION, SET ROLE, ALTER SYSTEM... in a module migration",
-    doc: r#"# privileged-statement-in-migration
-
-**What it finds.** In a module migration (also inside its DO blocks and function bodies):
-`CREATE`/`ALTER`/`DROP ROLE` (and `USER`/`GROUP`), `CREATE`/`ALTER`/`DROP DATABASE`, `CREATE`/
-`ALTER`/`DROP EXTENSION`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `RESET ROLE`, `RESET SESSION
-AUTHORIZATION`, `set_config('role', ...)`, `ALTER SYSTEM` and `REASSIGN OWNED`.
-
-**Why it matters.** moat applies a module's migrations as the module's owner role (`SET LOCAL
-ROLE <project>_<module>_owner`), which owns the module's schema and nothing else. Roles,
-databases, extensions and server settings are the whole database's business: a migration that
-needs them either fails, or — run by hand as a superuser — changes what every module may do.
-Changing or resetting the role would escape the owner role the migration runs as.
-
-**Example.**
-
-```sql
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
-RESET ROLE;
-```
-
-**Fix.** moat creates and manages roles and grants itself (`moat provision`); declare consumers in
-moat.toml instead of creating roles. Install extensions once, as an administrator, in the
-database's setup. Never change the role inside a migration.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::PrivilegedStatementInMigration;
 
 /// Reports privileged statements in migrations.
 pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
@@ -52,7 +24,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
     for (setting, span) in &cx.unit.facts.role_changes {
         out.push(
             Hit::new(
-                &RULE,
+                RULE,
                 span.clone(),
                 format!("`set_config('{setting}', ...)` changes the role in a migration"),
                 role_help(),
@@ -76,7 +48,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
             let span = frame.offset(def.location).map_or_else(|| frame.keyword_span(), |o| frame.file_span(o..o + 3));
             out.push(
                 Hit::new(
-                    &RULE,
+                    RULE,
                     span,
                     format!("`SET {}` on a function in a migration: every call changes the role", set.name),
                     role_help(),
@@ -98,7 +70,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
                 if d.behavior == pg_query::protobuf::DropBehavior::DropCascade as i32 { " CASCADE" } else { "" };
             out.push(
                 Hit::new(
-                    &RULE,
+                    RULE,
                     frame.word_span(&schema.sval),
                     format!(
                         "`DROP SCHEMA{cascade}` of `{}` in a migration, outside schema `{}`",
@@ -151,7 +123,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
                 };
             let what = if set.name == "role" { "ROLE" } else { "SESSION AUTHORIZATION" };
             out.push(
-                Hit::new(&RULE, frame.keyword_span(), format!("`{verb} {what}` in a migration"), role_help())
+                Hit::new(RULE, frame.keyword_span(), format!("`{verb} {what}` in a migration"), role_help())
                     .object(format!("{verb} {what}")),
             );
             return;
@@ -165,7 +137,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
         format!("`{label}` of `{object}` in a migration")
     };
     let object = if object.is_empty() { label } else { format!("{label} {object}") };
-    out.push(Hit::new(&RULE, frame.keyword_span(), message, help).object(object));
+    out.push(Hit::new(RULE, frame.keyword_span(), message, help).object(object));
 }
 
 fn roles_help() -> String {

@@ -2,39 +2,18 @@
 
 use std::ops::Range;
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 
-use super::{Hit, Rule};
+use super::Hit;
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "psql-include",
-    severity: Severity::Warning,
-    summary: "a psql include (`\\i`, `\\ir`) in a SQL file",
-    doc: r#"# psql-include
-
-**What it finds.** `\i file`, `\ir file`, `\include` and `\include_relative` in a migration or
-contract file.
-
-**Why it matters.** Only psql follows includes. moat applies migrations itself, so the included
-file does not run, and `moat check` does not read it: what it holds is neither applied nor
-checked.
-
-**Example.**
-
-```sql
-\ir functions/billing.sql
-```
-
-**Fix.** Put the included SQL in the migration itself, or make it a migration of its own.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::PsqlInclude;
 
 /// A hit for one include.
 pub(crate) fn hit(span: Range<usize>, path: &str, relative: bool) -> Hit {
     let command = if relative { "\\ir" } else { "\\i" };
     Hit::new(
-        &RULE,
+        RULE,
         span,
         format!("`{command} {path}` includes a file that moat neither applies nor checks"),
         "only psql follows includes: put the included SQL in the migration, or make it a migration of its own"

@@ -2,36 +2,12 @@
 
 use std::ops::Range;
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 
-use super::{Hit, Rule};
+use super::Hit;
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "psql-variable",
-    severity: Severity::Warning,
-    summary: "psql variables (`:name`, `:'name'`, `:\"name\"`) in a SQL file",
-    doc: r#"# psql-variable
-
-**What it finds.** psql variables in a migration or contract file: `:name`, `:'name'` (a
-string) and `:"name"` (an identifier), as init scripts written for `psql -v name=value` use them.
-One finding per file, at the first variable, with how many there are. moat reads the rest of the
-file with each variable replaced by a placeholder of the same kind, so its statements are still
-checked.
-
-**Why it matters.** moat applies migrations itself, not through psql: nothing substitutes the
-variables, and PostgreSQL rejects `:name` as a syntax error when the migration runs.
-
-**Example.**
-
-```sql
-CREATE ROLE app LOGIN PASSWORD :'app_password';
-```
-
-**Fix.** Write the value in the migration, or do the work outside the module's migrations (roles
-and passwords belong to the database's setup; moat manages the module roles itself).
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::PsqlVariable;
 
 /// One hit for a file's psql variables: the first one's span, their names.
 pub(crate) fn hit(first: Range<usize>, names: &[&str]) -> Hit {
@@ -45,7 +21,7 @@ pub(crate) fn hit(first: Range<usize>, names: &[&str]) -> Hit {
     let more = if distinct.len() > 5 { format!(" and {} more", distinct.len() - 5) } else { String::new() };
     let count = names.len();
     Hit::new(
-        &RULE,
+        RULE,
         first,
         format!(
             "{count} psql variable{} ({list}{more}): only psql substitutes them",

@@ -2,46 +2,15 @@
 //! `search_path`.
 
 use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 use pg_query::NodeEnum;
 
-use super::{Cx, Hit, Rule};
+use super::{Cx, Hit};
 use crate::ast::{function_options, name_of, strings};
 use crate::resolve::{QualifiedName, Resolver};
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "security-definer-function",
-    severity: Severity::Error,
-    summary: "a SECURITY DEFINER function: an error without a pinned `search_path`, a warning with one",
-    doc: r#"# security-definer-function
-
-**What it finds.** `CREATE FUNCTION`/`CREATE PROCEDURE` or `ALTER FUNCTION` with `SECURITY
-DEFINER`. Without `SET search_path = ...` on the function it is an error; with a pinned
-`search_path` it is a warning.
-
-**Why it matters.** A definer function runs with the rights of its owner, the module's owner role,
-whoever calls it: it is a hole through the module's boundary by design. Without a pinned
-`search_path` it is also a privilege escalation: a caller who can create objects in a schema on
-the path can put a function or operator there that the definer function then runs with the
-owner's rights.
-
-**Example.**
-
-```sql
-CREATE FUNCTION patients.exists(id uuid) RETURNS boolean
-LANGUAGE sql SECURITY DEFINER
-AS $$ SELECT EXISTS (SELECT 1 FROM patients WHERE patients.id = $1) $$;
-```
-
-**Fix.** Prefer `SECURITY INVOKER` and an API in application code. If the function must be a
-definer, pin the path and restrict who may call it:
-
-```sql
-ALTER FUNCTION patients.exists(uuid) SET search_path = patients, pg_temp;
-REVOKE EXECUTE ON FUNCTION patients.exists(uuid) FROM PUBLIC;
-```
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::SecurityDefinerFunction;
 
 /// Reports SECURITY DEFINER functions.
 pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
@@ -65,7 +34,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
     });
     let hit = match &options.pinned_path {
         None => Hit::new(
-            &RULE,
+            RULE,
             span,
             format!("{what} `{name}` is SECURITY DEFINER without a pinned `search_path`"),
             format!(
@@ -75,7 +44,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
             ),
         ),
         Some(path) => Hit::new(
-            &RULE,
+            RULE,
             span,
             format!("{what} `{name}` is SECURITY DEFINER (with `search_path` pinned to `{}`)", path.join(", ")),
             "it runs with its owner's rights for every caller: REVOKE EXECUTE ON FUNCTION ... FROM PUBLIC and \
@@ -90,7 +59,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
 /// An unpinned SECURITY DEFINER function whose `search_path` an `ALTER FUNCTION ... SET
 /// search_path` of the module pins: a warning, as if it had been pinned where it was created.
 pub(crate) fn pinned_later(hit: &mut Hit, object: &str) {
-    if hit.rule != &RULE || hit.severity != Severity::Error {
+    if hit.rule != RULE || hit.severity != Severity::Error {
         return;
     }
     hit.severity = Severity::Warning;

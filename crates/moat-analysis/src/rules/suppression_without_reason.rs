@@ -1,42 +1,17 @@
 //! `suppression-without-reason`: a `moat:allow` comment without `-- <reason>`.
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 
-use super::{Hit, Rule};
+use super::Hit;
 use crate::suppress::Suppression;
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "suppression-without-reason",
-    severity: Severity::Error,
-    summary: "a `moat:allow` comment without a reason",
-    doc: r#"# suppression-without-reason
-
-**What it finds.** A `moat:allow` comment with no reason after its rules.
-
-**Why it matters.** A suppression accepts a boundary crossing; the next reader needs to know why
-it was accepted and when it can go. The reason is required. The suppression still silences its
-rules, so that this is the only error the comment causes.
-
-**Example.**
-
-```sql
--- moat:allow cross-module-reference
-SELECT * FROM patients.patients;
-```
-
-**Fix.** Add the reason after `--`:
-
-```sql
--- moat:allow cross-module-reference -- the nightly export reads patients until #42 lands
-```
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::SuppressionWithoutReason;
 
 /// The hit for `suppression`.
 pub(crate) fn hit(suppression: &Suppression) -> Hit {
     Hit::new(
-        &RULE,
+        RULE,
         suppression.span.clone(),
         format!("`moat:allow {}` gives no reason", suppression.rules.join(", ")),
         "add why the crossing is accepted: `-- moat:allow <rule> -- <reason>`".to_owned(),

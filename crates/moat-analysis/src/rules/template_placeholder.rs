@@ -2,37 +2,12 @@
 
 use std::ops::Range;
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 
-use super::{Hit, Rule};
+use super::Hit;
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "template-placeholder",
-    severity: Severity::Warning,
-    summary: "Go-template placeholders (`{{ .Name }}`) in a SQL file",
-    doc: r#"# template-placeholder
-
-**What it finds.** A migration whose text holds Go-template placeholders (`{{ .Schema }}`,
-`{{ index .Options "Namespace" }}`, `{{- if .X }}`): one finding per file, at the first
-placeholder, with how many there are. moat reads the file with each placeholder replaced by an
-identifier to keep every position, and checks the statements that hold none: a statement that
-holds a placeholder becomes what the template's input makes it, so it is not checked (nor
-reported as a parse error).
-
-**Why it matters.** moat applies migrations as they are written: a template must be rendered
-first, and its statements can only be checked as rendered.
-
-**Example.**
-
-```sql
-CREATE SCHEMA IF NOT EXISTS {{ index .Options "Namespace" }};
-```
-
-**Fix.** Render the templates before `moat check` (and apply the rendered files), or write the
-values in the migration.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::TemplatePlaceholder;
 
 /// One hit for a file's placeholders.
 pub(crate) fn hit(first: Range<usize>, text: &str, count: usize, unread: usize) -> Hit {
@@ -46,7 +21,7 @@ pub(crate) fn hit(first: Range<usize>, text: &str, count: usize, unread: usize) 
         }
     };
     Hit::new(
-        &RULE,
+        RULE,
         first,
         format!(
             "the file is a template: {count} placeholder{} such as `{text}`{unread}",

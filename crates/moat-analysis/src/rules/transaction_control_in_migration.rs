@@ -1,42 +1,13 @@
 //! `transaction-control-in-migration`: a migration that ends, starts or splits its transaction.
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 use pg_query::NodeEnum;
 use pg_query::protobuf::TransactionStmtKind as K;
 
-use super::{Cx, Hit, Rule};
+use super::{Cx, Hit};
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "transaction-control-in-migration",
-    severity: Severity::Error,
-    summary: "BEGIN, COMMIT, ROLLBACK, SAVEPOINT or PREPARE TRANSACTION in a module migration",
-    doc: r#"# transaction-control-in-migration
-
-**What it finds.** In a module migration: `BEGIN`/`START TRANSACTION`, `COMMIT`/`END`,
-`ROLLBACK`/`ABORT`, `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`, `PREPARE TRANSACTION`, `COMMIT
-PREPARED` and `ROLLBACK PREPARED`, and `COMMIT`/`ROLLBACK` inside the DO blocks and procedures it
-creates.
-
-**Why it matters.** moat runs each migration in one transaction that it opens, with the module's
-owner role, and records it as applied in the same transaction. A `COMMIT` in the middle ends that
-transaction: what follows runs outside it (in autocommit, without the role moat set for the
-transaction, and is not undone when the migration fails), and the history no longer says what
-ran. It is also how a migration escapes the owner role it was given.
-
-**Example.**
-
-```sql
-CREATE TABLE charges (id uuid PRIMARY KEY);
-COMMIT;
-CREATE TABLE public.stolen AS SELECT * FROM patients.patients;
-```
-
-**Fix.** Remove the transaction commands: moat opens and commits the transaction. A statement
-that cannot run in a transaction (`CREATE INDEX CONCURRENTLY`) goes in a migration of its own
-marked `-- moat:no-transaction`.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::TransactionControlInMigration;
 
 /// Reports transaction control in migrations.
 pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
@@ -50,7 +21,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
     };
     for (word, span) in &cx.unit.transaction_control {
         out.push(
-            Hit::new(&RULE, span.clone(), format!("`{word}` in a PL/pgSQL body of a migration"), help())
+            Hit::new(RULE, span.clone(), format!("`{word}` in a PL/pgSQL body of a migration"), help())
                 .object((*word).to_owned()),
         );
     }
@@ -68,7 +39,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
         K::TransStmtRollbackPrepared => "ROLLBACK PREPARED",
         K::Undefined => "a transaction command",
     };
-    out.push(Hit::new(&RULE, cx.frame().keyword_span(), format!("`{label}` in a migration"), help()).object(label));
+    out.push(Hit::new(RULE, cx.frame().keyword_span(), format!("`{label}` in a migration"), help()).object(label));
 }
 
 #[cfg(test)]

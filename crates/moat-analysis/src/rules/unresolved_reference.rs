@@ -1,42 +1,11 @@
 //! `unresolved-reference`: an unqualified relation or sequence that no module creates.
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 
-use super::{Cx, Hit, Rule};
+use super::{Cx, Hit};
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "unresolved-reference",
-    severity: Severity::Warning,
-    summary: "an unqualified table, view or sequence that no module's migrations create",
-    doc: r#"# unresolved-reference
-
-**What it finds.** An unqualified relation or sequence (`REFERENCES customers (id)`, `FROM
-customers`, `nextval('customers_id_seq')`, and the same inside function bodies and DO blocks) that
-no migration of any module creates: not the module's own, not another module's, not a temporary
-table of the file. moat resolves an unqualified name along the `search_path` in force and then
-across every module's objects; a name that matches nothing cannot be checked. The finding names
-the closest object some module creates, or the module whose name the reference starts with.
-
-**Why it matters.** When an existing database is split into modules with its names left
-unqualified (as Rails, diesel and most hand-written migrations write them), a reference to a
-table that moved to another module, or one that was never created by a migration at all (made by
-hand, by an extension, or by a dump that is not in the migrations), would otherwise be silently
-taken for the module's own. At run time it fails (`relation "customers" does not exist`) or, worse,
-finds a different object of the same name.
-
-**Example.** In a migration of `orders`, where module `customers` creates `customers`:
-
-```sql
-CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint REFERENCES customer (id));
---                                                                       ^ `customer` is created by no module; did you mean `customers.customers`?
-```
-
-**Fix.** Correct the name, qualify it with the schema that holds it, or create the object in a
-migration of the module that owns it. An object that comes from outside moat's migrations
-(an extension's tables) is best qualified with its schema.
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::UnresolvedReference;
 
 /// Reports unqualified relations and sequences that no file creates.
 pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
@@ -61,7 +30,7 @@ pub(crate) fn check(cx: &Cx<'_>, out: &mut Vec<Hit>) {
         };
         out.push(
             Hit::new(
-                &RULE,
+                RULE,
                 reference.span.clone(),
                 message,
                 "correct the name, qualify it with the schema that holds it, or create it in a migration of the \

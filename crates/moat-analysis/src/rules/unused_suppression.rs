@@ -1,39 +1,16 @@
 //! `unused-suppression`: a `moat:allow` comment that silences nothing.
 
-use moat_core::findings::Severity;
+use moat_core::rules::RuleId;
 
-use super::{Hit, Rule, find_rule};
+use super::{Hit, rules};
 use crate::suppress::Suppression;
 
-/// The rule.
-pub(crate) const RULE: Rule = Rule {
-    name: "unused-suppression",
-    severity: Severity::Warning,
-    summary: "a `moat:allow` comment that silences nothing",
-    doc: r#"# unused-suppression
-
-**What it finds.** A `-- moat:allow <rule> -- <reason>` comment (or `// moat:allow ...` above a
-Rust call with embedded SQL) whose rule finds nothing in the statement that follows it, or that
-names a rule that does not exist.
-
-**Why it matters.** A suppression documents an accepted boundary crossing. When the crossing is
-gone, a stale suppression would silently cover the next one written there; a misspelt rule name
-suppresses nothing while looking as if it did.
-
-**Example.**
-
-```sql
--- moat:allow cross-module-reference -- the report reads patients directly until #42
-SELECT count(*) FROM charges;   -- no longer reads patients: the comment silences nothing
-```
-
-**Fix.** Delete the comment, or correct the rule name (`moat explain` lists them).
-"#,
-};
+/// The rule (its documentation is in the catalog, `moat_core::rules`).
+pub(crate) const RULE: RuleId = RuleId::UnusedSuppression;
 
 /// The hit for `rule` of `suppression`.
 pub(crate) fn hit(suppression: &Suppression, rule: &str) -> Hit {
-    let (message, help) = if find_rule(rule).is_none() {
+    let (message, help) = if !rules().iter().any(|r| *r == rule) {
         (format!("`moat:allow` names `{rule}`, which is not a rule"), "`moat explain` lists the rules".to_owned())
     } else {
         (
@@ -41,7 +18,7 @@ pub(crate) fn hit(suppression: &Suppression, rule: &str) -> Hit {
             "remove the comment; the statement after it no longer triggers the rule".to_owned(),
         )
     };
-    Hit::new(&RULE, suppression.span.clone(), message, help).object(rule)
+    Hit::new(RULE, suppression.span.clone(), message, help).object(rule)
 }
 
 #[cfg(test)]

@@ -96,9 +96,7 @@ impl BodyAnalyzer for SqlBodies {
         moat_analysis::analyze(&input)
             .findings
             .into_iter()
-            .filter(|f| {
-                matches!(f.rule.as_str(), "cross-module-reference" | "cross-module-foreign-key" | "dynamic-sql")
-            })
+            .filter(|f| moat_admin::audit::BODY_RULES.contains(&f.rule))
             .map(|mut f| {
                 let referenced = f.object.take();
                 f.message = format!("routine `{}`: {}", routine.signature, f.message);
@@ -159,9 +157,12 @@ fn print_report(cli: &Cli, manifest: &Manifest, report: &AuditReport, outcome: &
             print_stale(manifest, outcome);
             print_summary(outcome)?;
         }
-        Format::Sarif | Format::Github => {
-            crate::commands::check::print_machine(cli.format, &outcome.new, &Default::default())?
-        }
+        Format::Sarif | Format::Github => crate::commands::check::print_machine(
+            cli.format,
+            moat_admin::audit::rules(),
+            &outcome.new,
+            &Default::default(),
+        )?,
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use moat_analysis::{Analysis, AnalysisInput, Source, SourceKind};
 use moat_core::baseline::{Baseline, BaselineOutcome, FILE_NAME};
 use moat_core::findings::{Finding, Severity, Summary};
 use moat_core::manifest::Manifest;
+use moat_core::rules::RuleId;
 
 use crate::output::{self, Format, paint, style};
 use crate::render::{self, RuleDescription, Sources};
@@ -68,7 +69,7 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
             document["coupling"] = serde_json::to_value(&analysis.coupling)?;
             output::json(&document)?;
         }
-        Format::Sarif | Format::Github => print_machine(cli.format, &outcome.new, &sources)?,
+        Format::Sarif | Format::Github => print_machine(cli.format, moat_analysis::rules(), &outcome.new, &sources)?,
     }
     Ok(u8::from(outcome.new.iter().any(|f| f.severity == Severity::Error)))
 }
@@ -241,15 +242,13 @@ fn print_human(analysis: &Analysis, outcome: &BaselineOutcome, sources: &Sources
     Ok(())
 }
 
-/// Prints findings as SARIF or GitHub annotations; `sources` holds the text of the files they
+/// Prints findings as SARIF or GitHub annotations; `rules` are the rules the command can report
+/// (SARIF describes each, from the catalog), `sources` holds the text of the files the findings
 /// point into (empty for catalog findings). `moat audit` uses it too.
-pub fn print_machine(format: Format, findings: &[Finding], sources: &Sources) -> anyhow::Result<()> {
+pub fn print_machine(format: Format, rules: &[RuleId], findings: &[Finding], sources: &Sources) -> anyhow::Result<()> {
     match format {
         Format::Sarif => {
-            let rules: Vec<RuleDescription<'_>> = moat_analysis::rules()
-                .iter()
-                .map(|r| RuleDescription { id: r.name, summary: r.summary, doc: r.doc, severity: r.severity })
-                .collect();
+            let rules: Vec<RuleDescription<'_>> = rules.iter().map(|r| RuleDescription::of(*r)).collect();
             output::json(&render::sarif(findings, &rules, sources))?;
         }
         Format::Github => output::text(render::github(findings, sources))?,
@@ -258,41 +257,62 @@ pub fn print_machine(format: Format, findings: &[Finding], sources: &Sources) ->
     Ok(())
 }
 
-/// `moat explain [RULE]`: a rule's documentation, or the list of rules.
+/// The commands that report `rule`: `check`, `audit` or both.
+fn reported_by(rule: RuleId) -> Vec<&'static str> {
+    let mut commands = Vec::new();
+    if moat_analysis::rules().contains(&rule) {
+        commands.push("check");
+    }
+    if moat_admin::audit::rules().contains(&rule) {
+        commands.push("audit");
+    }
+    commands
+}
+
+/// `moat explain [RULE]`: a rule's documentation, or the list of rules, static and live alike.
 pub fn explain(cli: &Cli, rule: Option<&str>) -> anyhow::Result<u8> {
-    let rules = moat_analysis::rules();
-    let describe = |r: &moat_analysis::Rule| serde_json::json!({"name": r.name, "severity": r.severity, "summary": r.summary, "doc": r.doc});
+    let rules = RuleId::ALL;
+    let describe = |r: RuleId| {
+        serde_json::json!({
+            "name": r.as_str(),
+            "severity": r.severity(),
+            "summary": r.summary(),
+            "reported_by": reported_by(r),
+            "doc": r.doc(),
+        })
+    };
     match rule {
         None if cli.format == Format::Json => {
-            output::json(&serde_json::json!({"rules": rules.iter().map(describe).collect::<Vec<_>>()}))?;
+            output::json(&serde_json::json!({"rules": rules.iter().map(|r| describe(*r)).collect::<Vec<_>>()}))?;
         }
         None => {
-            let width = rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+            let width = rules.iter().map(|r| r.as_str().len()).max().unwrap_or(0);
             for r in rules {
-                let severity = match r.severity {
+                let severity = match r.severity() {
                     Severity::Error => paint(style::BAD, "error  "),
                     Severity::Warning => paint(style::WARN, "warning"),
                 };
                 output::line(format!(
-                    "{}  {severity}  {}",
-                    paint(style::BOLD, format!("{:width$}", r.name)),
-                    r.summary
+                    "{}  {severity}  {:12}  {}",
+                    paint(style::BOLD, format!("{:width$}", r.as_str())),
+                    reported_by(*r).join(", "),
+                    r.summary()
                 ))?;
             }
             output::line("")?;
             output::line("`moat explain <rule>` prints what a rule finds, why it matters, an example and the fix.")?;
         }
         Some(name) => {
-            let Some(r) = moat_analysis::find_rule(name) else {
+            let Some(r) = RuleId::parse(name) else {
                 anyhow::bail!(
                     "no rule is named `{name}`\n  help: the rules are {}",
-                    rules.iter().map(|r| format!("`{}`", r.name)).collect::<Vec<_>>().join(", ")
+                    rules.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
                 );
             };
             if cli.format == Format::Json {
                 output::json(&describe(r))?;
             } else {
-                output::text(r.doc)?;
+                output::text(r.doc())?;
             }
         }
     }

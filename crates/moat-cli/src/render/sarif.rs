@@ -1,6 +1,7 @@
 //! SARIF 2.1.0, the format GitHub code scanning (and most CI dashboards) upload.
 
 use moat_core::findings::{Finding, Severity};
+use moat_core::rules::RuleId;
 use serde_json::{Value, json};
 
 use super::{Sources, end_position};
@@ -18,6 +19,13 @@ pub struct RuleDescription<'a> {
     pub severity: Severity,
 }
 
+impl RuleDescription<'static> {
+    /// The catalog's description of `rule`.
+    pub fn of(rule: RuleId) -> Self {
+        Self { id: rule.as_str(), summary: rule.summary(), doc: rule.doc(), severity: rule.severity() }
+    }
+}
+
 fn level(severity: Severity) -> &'static str {
     match severity {
         Severity::Error => "error",
@@ -25,13 +33,13 @@ fn level(severity: Severity) -> &'static str {
     }
 }
 
-/// A SARIF 2.1.0 log with one run of moat: the rules it knows (plus any rule a finding names
-/// that is not among them) and one result per finding.
+/// A SARIF 2.1.0 log with one run of moat: the rules it knows (plus the catalog's description of
+/// any rule a finding names that is not among them) and one result per finding.
 pub fn sarif(findings: &[Finding], rules: &[RuleDescription<'_>], sources: &Sources) -> Value {
     let mut described: Vec<RuleDescription<'_>> = rules.to_vec();
     for finding in findings {
-        if !described.iter().any(|r| r.id == finding.rule) {
-            described.push(RuleDescription { id: &finding.rule, summary: "", doc: "", severity: finding.severity });
+        if !described.iter().any(|r| finding.rule == r.id) {
+            described.push(RuleDescription::of(finding.rule));
         }
     }
     let rule_objects: Vec<Value> = described
@@ -55,7 +63,7 @@ pub fn sarif(findings: &[Finding], rules: &[RuleDescription<'_>], sources: &Sour
     let results: Vec<Value> = findings
         .iter()
         .map(|finding| {
-            let index = described.iter().position(|r| r.id == finding.rule).unwrap_or(0);
+            let index = described.iter().position(|r| finding.rule == r.id).unwrap_or(0);
             let mut text = finding.message.clone();
             if let Some(help) = &finding.help {
                 text.push_str("\nhelp: ");

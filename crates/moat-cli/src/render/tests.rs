@@ -5,6 +5,7 @@ use std::path::Path;
 use moat_analysis::{AnalysisInput, Source, SourceKind, analyze};
 use moat_core::findings::{Finding, Severity};
 use moat_core::manifest::{Manifest, PathCheck};
+use moat_core::rules::RuleId;
 
 use super::*;
 
@@ -173,19 +174,27 @@ fn machine_formats() {
     let mut findings = findings_of(file, kind, text);
     let sources = Sources::from([(file.to_owned(), text.to_owned())]);
     // A catalog finding, as `moat audit` reports them: no file, an object.
-    let mut catalog = Finding::new("grant-to-public", Severity::Warning, "`PUBLIC` may connect to database `clinic`")
-        .object("clinic")
-        .help("REVOKE CONNECT ON DATABASE clinic FROM PUBLIC");
+    let mut catalog =
+        Finding::new(RuleId::PublicDatabaseAccess, Severity::Warning, "`PUBLIC` may connect to database `clinic`")
+            .object("clinic")
+            .help("REVOKE CONNECT ON DATABASE clinic FROM PUBLIC");
     catalog.module = None;
     findings.push(catalog);
 
     insta::assert_snapshot!("human_catalog", plain(&human(&findings[1..], &sources)));
     insta::assert_snapshot!("json", pretty(&json(&findings, 1)));
     insta::assert_snapshot!("github", github(&findings, &sources));
+    // The rules the run knows; the catalog finding's rule is not among them, so SARIF takes its
+    // description from the catalog.
     let rules: Vec<RuleDescription<'_>> = moat_analysis::rules()
         .iter()
-        .filter(|r| r.name == "cross-module-reference")
-        .map(|r| RuleDescription { id: r.name, summary: r.summary, doc: "(documentation)", severity: r.severity })
+        .filter(|r| **r == RuleId::CrossModuleReference)
+        .map(|r| RuleDescription {
+            id: r.as_str(),
+            summary: r.summary(),
+            doc: "(documentation)",
+            severity: r.severity(),
+        })
         .collect();
     let log = sarif(&findings, &rules, &sources);
     assert_eq!(log["version"], "2.1.0");
