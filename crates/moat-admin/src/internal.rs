@@ -34,6 +34,35 @@ macro_rules! cluster_id {
 /// whose cluster differs from the current one.
 pub const CLUSTER_ID: &str = cluster_id!();
 
+/// The function beside a publishing module's outbox that gives `moat_outbox.cluster` its
+/// default: [`CLUSTER_ID`], declared `IMMUTABLE` so that the planner computes it once per
+/// statement it plans (a prepared publish: once per connection) instead of reading the control
+/// file for every row. The identity cannot change under a plan: a plan lives in one server
+/// process, which lives in one cluster; a restored database gets fresh sessions. Owned by
+/// `<project>_moat`, so no module role can replace it; the default refers to it by OID.
+pub const CLUSTER_FUNCTION: &str = "moat_cluster";
+
+/// `<schema>.moat_cluster()`, the default of the outbox's `cluster`.
+pub fn cluster_default(schema: &str) -> String {
+    format!("{}()", qualified(schema, CLUSTER_FUNCTION))
+}
+
+/// Statements that create [`CLUSTER_FUNCTION`] in `schema`, owned by `owner`, executable by
+/// `runtime` (the role that inserts into the outbox) only.
+pub fn cluster_function_ddl(schema: &str, owner: &str, runtime: &str) -> Vec<String> {
+    let function = cluster_default(schema);
+    vec![
+        format!(
+            "CREATE FUNCTION {function} RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog \
+             AS {}",
+            literal("SELECT (pg_catalog.pg_control_system()).system_identifier::pg_catalog.text")
+        ),
+        format!("ALTER FUNCTION {function} OWNER TO {}", ident(owner)),
+        format!("REVOKE ALL ON FUNCTION {function} FROM PUBLIC"),
+        format!("GRANT EXECUTE ON FUNCTION {function} TO {}", ident(runtime)),
+    ]
+}
+
 /// The state of an event held in a subscriber's inbox (`moat_inbox.state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,12 +146,14 @@ pub fn migrations_ddl(schema: &str, owner: &str) -> Vec<String> {
     ]
 }
 
-/// Statements that create the outbox of a publishing module.
-pub fn outbox_ddl(schema: &str, owner: &str) -> Vec<String> {
+/// Statements that create the outbox of a publishing module (and the function its `cluster`
+/// defaults to, executable by the module's runtime role `runtime`).
+pub fn outbox_ddl(schema: &str, owner: &str, runtime: &str) -> Vec<String> {
+    let mut ddl = cluster_function_ddl(schema, owner, runtime);
     let owner = ident(owner);
     let sequence = qualified(schema, OUTBOX_SEQUENCE);
     let table = qualified(schema, OUTBOX);
-    let mut ddl = vec![
+    ddl.extend([
         format!("CREATE SEQUENCE {sequence} AS bigint"),
         format!(
             "CREATE TABLE {table} (\
@@ -133,9 +164,9 @@ pub fn outbox_ddl(schema: &str, owner: &str) -> Vec<String> {
              correlation_id uuid, causation_id uuid, published_at timestamptz NOT NULL DEFAULT clock_timestamp(), \
              {}) PARTITION BY LIST (slot)",
             literal(&sequence),
-            added_columns_sql(OUTBOX),
+            added_columns_sql(schema, OUTBOX),
         ),
-    ];
+    ]);
     for slot in 0..OUTBOX_SLOTS {
         ddl.push(format!(
             "CREATE TABLE {} PARTITION OF {table} FOR VALUES IN ({slot})",
@@ -148,7 +179,7 @@ pub fn outbox_ddl(schema: &str, owner: &str) -> Vec<String> {
     ddl.push(format!(
         "CREATE TABLE {} (subscriber text PRIMARY KEY, consumed_below xid8 NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), {})",
         qualified(schema, OUTBOX_PROGRESS),
-        added_columns_sql(OUTBOX_PROGRESS),
+        added_columns_sql(schema, OUTBOX_PROGRESS),
     ));
     ddl.push(format!("ALTER SEQUENCE {sequence} OWNER TO {owner}"));
     ddl.push(format!("ALTER TABLE {table} OWNER TO {owner}"));
@@ -168,7 +199,7 @@ pub fn inbox_ddl(schema: &str, owner: &str) -> Vec<String> {
         format!(
             "CREATE TABLE {subscriptions} (publisher text PRIMARY KEY, lo pg_snapshot NOT NULL, hi pg_snapshot, \
              last_id bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now(), {})",
-            added_columns_sql(SUBSCRIPTIONS),
+            added_columns_sql(schema, SUBSCRIPTIONS),
         ),
         format!(
             "CREATE TABLE {inbox} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, publisher text NOT NULL, \
@@ -195,10 +226,10 @@ pub struct AddedColumn {
     /// Its type, constraints and default, as in `CREATE TABLE` (and `ALTER TABLE ... ADD COLUMN`
     /// unless `cluster_of_existing_rows`).
     pub definition: &'static str,
-    /// The column names the cluster (`text NOT NULL`, defaulting to [`CLUSTER_ID`]): rows that
-    /// exist when it is added were written in the cluster that adds it, which is given as a
-    /// constant, so that adding it rewrites nothing (no index of the table is rebuilt and no
-    /// expression evaluated for the existing rows).
+    /// The column names the cluster (`text NOT NULL`, defaulting to the schema's
+    /// [`CLUSTER_FUNCTION`]): rows that exist when it is added were written in the cluster that
+    /// adds it, which is given as a constant, so that adding it rewrites nothing (no index of the
+    /// table is rebuilt and no expression evaluated for the existing rows).
     pub cluster_of_existing_rows: bool,
 }
 
@@ -208,7 +239,7 @@ pub struct AddedColumn {
 /// drops, renames or changes a column of its own tables, so adding is the whole upgrade.
 /// Every other default is a constant, so adding a column never rewrites a table.
 pub const ADDED_COLUMNS: [AddedColumn; 6] = [
-    added(OUTBOX, "cluster", concat!("text NOT NULL DEFAULT ", cluster_id!()), true),
+    added(OUTBOX, "cluster", "text NOT NULL", true),
     added(OUTBOX_PROGRESS, "cluster", "text", false),
     added(SUBSCRIPTIONS, "handled", "text[] NOT NULL DEFAULT '{}'", false),
     added(SUBSCRIPTIONS, "ignored", "text[] NOT NULL DEFAULT '{}'", false),
@@ -225,12 +256,15 @@ const fn added(
     AddedColumn { table, name, definition, cluster_of_existing_rows }
 }
 
-/// `name definition, ...` of the added columns of `table`, for its `CREATE TABLE`.
-fn added_columns_sql(table: &str) -> String {
+/// `name definition, ...` of the added columns of `table` in `schema`, for its `CREATE TABLE`.
+fn added_columns_sql(schema: &str, table: &str) -> String {
     ADDED_COLUMNS
         .iter()
         .filter(|c| c.table == table)
-        .map(|c| format!("{} {}", c.name, c.definition))
+        .map(|c| match c.cluster_of_existing_rows {
+            true => format!("{} {} DEFAULT {}", c.name, c.definition, cluster_default(schema)),
+            false => format!("{} {}", c.name, c.definition),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -244,7 +278,7 @@ pub fn add_column_sql(schema: &str, column: &AddedColumn, cluster: &str) -> Vec<
     if column.cluster_of_existing_rows {
         vec![
             format!("ALTER TABLE {table} ADD COLUMN {name} text NOT NULL DEFAULT {}", literal(cluster)),
-            format!("ALTER TABLE {table} ALTER COLUMN {name} SET DEFAULT {CLUSTER_ID}"),
+            format!("ALTER TABLE {table} ALTER COLUMN {name} SET DEFAULT {}", cluster_default(schema)),
         ]
     } else {
         vec![format!("ALTER TABLE {table} ADD COLUMN {name} {}", column.definition)]

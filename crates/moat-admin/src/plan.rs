@@ -688,7 +688,7 @@ impl<'a> Planner<'a> {
             }
             if self.manifest.is_depended_on(&module.name) && self.snapshot.relation(schema, internal::OUTBOX).is_none()
             {
-                for sql in internal::outbox_ddl(schema, &owner) {
+                for sql in internal::outbox_ddl(schema, &owner, &roles.module_runtime(&module.name)) {
                     self.push(Section::InternalTables, sql);
                 }
                 let mut created = vec![(internal::OUTBOX.to_owned(), "p"), (internal::OUTBOX_SEQUENCE.to_owned(), "S")];
@@ -701,6 +701,7 @@ impl<'a> Planner<'a> {
                 }
             }
             self.progress_rows(module);
+            self.cluster_function(module, &owner);
             self.added_columns(schema);
             if !module.depends_on.is_empty() && self.snapshot.relation(schema, internal::SUBSCRIPTIONS).is_none() {
                 for sql in internal::inbox_ddl(schema, &owner) {
@@ -720,6 +721,34 @@ impl<'a> Planner<'a> {
             for sql in internal::contracts_ledger_ddl(&owner) {
                 self.push(Section::InternalTables, sql);
             }
+        }
+    }
+
+    /// The function the outbox's `cluster` defaults to, for an outbox an older moat created
+    /// (whose default read the control file for every row): created, and made the default when
+    /// the column exists (when it does not, [`Self::added_columns`] adds it with this default).
+    fn cluster_function(&mut self, module: &moat_core::manifest::Module, owner: &str) {
+        let schema = module.schema.as_str();
+        let Some(outbox) = self.snapshot.relation(schema, internal::OUTBOX) else { return };
+        if !self.manifest.is_depended_on(&module.name)
+            || self.snapshot.functions.iter().any(|f| f.schema == schema && f.name == internal::CLUSTER_FUNCTION)
+        {
+            return;
+        }
+        let runtime = self.manifest.roles().module_runtime(&module.name);
+        for sql in internal::cluster_function_ddl(schema, owner, &runtime) {
+            self.push(Section::InternalTables, sql);
+        }
+        if outbox.columns.as_ref().is_some_and(|columns| columns.iter().any(|c| c == "cluster")) {
+            self.push(
+                Section::InternalTables,
+                format!(
+                    "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}",
+                    qualified(schema, internal::OUTBOX),
+                    ident("cluster"),
+                    internal::cluster_default(schema)
+                ),
+            );
         }
     }
 
@@ -812,7 +841,7 @@ impl<'a> Planner<'a> {
             if function.extension {
                 continue;
             }
-            let Some((owner, wanted)) = policy.function(&function.schema) else { continue };
+            let Some((owner, wanted)) = policy.function(&function.schema, &function.name) else { continue };
             if function.owner != owner {
                 statements.push(format!("ALTER ROUTINE {} OWNER TO {}", function.signature, ident(&owner)));
             }

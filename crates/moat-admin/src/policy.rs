@@ -155,13 +155,19 @@ impl<'a> Policy<'a> {
         }
     }
 
-    /// A routine in a managed schema: its owner role and who may execute it.
-    pub fn function(&self, schema: &str) -> Option<(String, Wanted)> {
+    /// A routine `name` in a managed schema: its owner role and who may execute it. The
+    /// outbox's cluster function belongs to moat (the runtime role executes it when publishing).
+    pub fn function(&self, schema: &str, name: &str) -> Option<(String, Wanted)> {
         let roles = self.manifest.roles();
         if let Some(module) = self.manifest.module_by_schema(schema) {
             let mut wanted = Wanted::new();
             wanted.insert(roles.module_runtime(&module.name), BTreeSet::from(["EXECUTE"]));
-            return Some((roles.module_owner(&module.name), wanted));
+            let owner = if name == internal::CLUSTER_FUNCTION && self.manifest.is_depended_on(&module.name) {
+                roles.moat_owner()
+            } else {
+                roles.module_owner(&module.name)
+            };
+            return Some((owner, wanted));
         }
         if schema == CONTRACTS_SCHEMA && !self.manifest.contracts.is_empty() {
             return Some((roles.contracts_owner(), Wanted::new()));

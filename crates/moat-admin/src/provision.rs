@@ -188,6 +188,29 @@ async fn refuse_tampered_moat_tables(conn: &mut PgConnection, manifest: &Manifes
     .fetch_all(&mut *conn)
     .await
     .map_err(db("checking moat's tables"))?;
+    // The function the outbox's `cluster` defaults to is moat's; one a module role created under
+    // its name would be adopted (and run by every publish) if moat took it over.
+    let moat_owner = manifest.roles().moat_owner();
+    let foreign: Vec<(String, String)> = sqlx::query_as(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, p.proname), pg_catalog.pg_get_userbyid(p.proowner)::text \
+         FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace \
+         WHERE n.nspname OPERATOR(pg_catalog.=) ANY($1) AND p.proname OPERATOR(pg_catalog.=) $2 \
+         AND pg_catalog.pg_get_userbyid(p.proowner) OPERATOR(pg_catalog.<>) $3",
+    )
+    .bind(&schemas)
+    .bind(crate::internal::CLUSTER_FUNCTION)
+    .bind(&moat_owner)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db("checking moat's functions"))?;
+    if let Some((function, owner)) = foreign.first() {
+        return Err(AdminError::Refused {
+            message: format!("`{function}` is owned by `{owner}`, not by `{moat_owner}`: moat's name, another role's function"),
+            help: "moat creates this function beside a publishing module's outbox; a module role created one under its name. \
+                   Inspect and drop it as the admin (`DROP FUNCTION ...`), then run moat again"
+                .into(),
+        });
+    }
     for (schema, name, kind, triggers, rules, policies, rls) in rows {
         if !crate::internal::owned_by_moat(&name) {
             continue;

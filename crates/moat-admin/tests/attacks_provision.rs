@@ -503,3 +503,44 @@ async fn a_moat_table_a_module_owner_prepared_or_hooked_is_refused() {
         sqlx::query_scalar("SELECT to_regnamespace('insurance')::text").fetch_one(&mut admin).await.unwrap();
     assert_eq!(schema, None, "nothing changed");
 }
+
+/// A module that nobody depends on yet has no outbox; its migration plants a function under the
+/// name of the one moat puts beside an outbox (whose result would label every event it publishes,
+/// and which moat would run at every publish). When the manifest makes it a publisher,
+/// provisioning refuses, naming the function, and creates nothing.
+#[tokio::test]
+async fn a_module_function_under_the_name_of_moats_cluster_function_is_refused() {
+    let db = TestDb::new().await;
+    let files = [
+        (
+            "modules/customers/migrations/0001_plant.sql",
+            "CREATE TABLE customers (id bigint PRIMARY KEY);\n\
+             CREATE FUNCTION moat_cluster() RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'elsewhere' $$;\n",
+        ),
+        ("modules/orders/migrations/0001_orders.sql", "CREATE TABLE orders (id bigint PRIMARY KEY);\n"),
+    ];
+    let alone = TestProject::new(
+        &db.project,
+        "[project]\nname = \"{project}\"\n[modules.customers]\n[modules.orders]\n",
+        &files,
+    );
+    up_quietly(&db, &alone.manifest()).await;
+    let publisher = TestProject::new(
+        &db.project,
+        "[project]\nname = \"{project}\"\n[modules.customers]\n[modules.orders]\ndepends_on = [\"customers\"]\n",
+        &files,
+    );
+    let error = up_err(&db, &publisher, "a planted moat_cluster()").await;
+    assert!(error.contains("`customers.moat_cluster` is owned by"), "{error}");
+    let mut admin = db.connect().await;
+    let outbox: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('customers.moat_outbox')::text").fetch_one(&mut admin).await.unwrap();
+    assert_eq!(outbox, None, "provisioning went ahead");
+    let owner: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(proowner)::text FROM pg_proc WHERE proname = 'moat_cluster' AND pronamespace = 'customers'::regnamespace",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(owner, db.role("customers_owner"), "moat took the planted function over");
+}

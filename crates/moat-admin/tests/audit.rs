@@ -310,7 +310,9 @@ fn crossings(report: &AuditReport) -> Vec<(String, String, String)> {
         .findings
         .iter()
         .filter(|f| f.rule.as_str().starts_with("cross-module-"))
-        .map(|f| (f.rule.as_str().to_owned(), f.module.clone().unwrap_or_default(), f.object.clone().unwrap_or_default()))
+        .map(|f| {
+            (f.rule.as_str().to_owned(), f.module.clone().unwrap_or_default(), f.object.clone().unwrap_or_default())
+        })
         .collect();
     found.sort();
     found

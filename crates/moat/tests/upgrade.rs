@@ -111,7 +111,7 @@ async fn up_adds_the_columns_an_older_moat_did_not_create_and_delivery_goes_on_e
     // The layout of an older moat, with a row in every table, and 6 events it published and
     // never delivered.
     db.exec(
-        "ALTER TABLE customers.moat_outbox DROP COLUMN cluster; \
+        "ALTER TABLE customers.moat_outbox DROP COLUMN cluster; DROP FUNCTION customers.moat_cluster(); \
          ALTER TABLE customers.moat_outbox_progress DROP COLUMN cluster; \
          ALTER TABLE orders.moat_subscriptions DROP COLUMN handled, DROP COLUMN ignored, DROP COLUMN cluster, DROP COLUMN moved_id",
     )
@@ -125,8 +125,9 @@ async fn up_adds_the_columns_an_older_moat_did_not_create_and_delivery_goes_on_e
     let identity: String =
         sqlx::query_scalar("SELECT (pg_control_system()).system_identifier::text").fetch_one(&mut admin).await.unwrap();
     for statement in [
+        "CREATE FUNCTION \"customers\".\"moat_cluster\"() RETURNS text LANGUAGE sql IMMUTABLE".to_owned(),
         format!("ALTER TABLE \"customers\".\"moat_outbox\" ADD COLUMN \"cluster\" text NOT NULL DEFAULT '{identity}'"),
-        "ALTER TABLE \"customers\".\"moat_outbox\" ALTER COLUMN \"cluster\" SET DEFAULT ((pg_control_system()).system_identifier)::text".to_owned(),
+        "ALTER TABLE \"customers\".\"moat_outbox\" ALTER COLUMN \"cluster\" SET DEFAULT \"customers\".\"moat_cluster\"()".to_owned(),
         "ALTER TABLE \"customers\".\"moat_outbox_progress\" ADD COLUMN \"cluster\" text".to_owned(),
         "ALTER TABLE \"orders\".\"moat_subscriptions\" ADD COLUMN \"handled\" text[] NOT NULL DEFAULT '{}'".to_owned(),
         "ALTER TABLE \"orders\".\"moat_subscriptions\" ADD COLUMN \"ignored\" text[] NOT NULL DEFAULT '{}'".to_owned(),
@@ -169,4 +170,51 @@ async fn up_adds_the_columns_an_older_moat_did_not_create_and_delivery_goes_on_e
     let out_of_order = "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY key ORDER BY id) AS prev FROM orders.applied) x \
                         WHERE seq <> coalesce(prev, 0) + 1";
     assert_eq!(count(&db, out_of_order).await, 0, "per-key order broke across the upgrade");
+}
+
+/// The layout of the moat before the cluster function: the outbox's `cluster` read the control
+/// file for every row. `moat up` creates the function and makes it the default; events published
+/// afterwards name this cluster.
+#[tokio::test]
+async fn up_gives_an_outbox_of_an_older_moat_the_cluster_function() {
+    let db = TestDb::new().await;
+    let project = TestProject::new(
+        &db.project,
+        MANIFEST,
+        &[
+            ("modules/customers/migrations/0001_customers.sql", "CREATE TABLE customers (id bigint PRIMARY KEY);\n"),
+            (
+                "modules/orders/migrations/0001_applied.sql",
+                "CREATE TABLE applied (id bigserial PRIMARY KEY, event_id uuid NOT NULL, key text NOT NULL, seq bigint NOT NULL);\n",
+            ),
+        ],
+    );
+    let app_config = || Config::new(project.manifest()).database_url(db.url.expose()).pool_size(4);
+    drop(Moat::start(app_config()).await.unwrap());
+    db.exec(
+        "ALTER TABLE customers.moat_outbox ALTER COLUMN cluster SET DEFAULT ((pg_control_system()).system_identifier)::text; \
+         DROP FUNCTION customers.moat_cluster()",
+    )
+    .await;
+    let mut admin = db.connect().await;
+    let plan = moat_admin::provision::compute_plan(&mut admin, &project.manifest()).await.unwrap().to_sql();
+    assert!(plan.contains("CREATE FUNCTION \"customers\".\"moat_cluster\"()"), "{plan}");
+    assert!(
+        plan.contains("ALTER TABLE \"customers\".\"moat_outbox\" ALTER COLUMN \"cluster\" SET DEFAULT \"customers\".\"moat_cluster\"()"),
+        "{plan}"
+    );
+    let app = Moat::start(app_config()).await.unwrap();
+    assert!(moat_admin::provision::compute_plan(&mut admin, &project.manifest()).await.unwrap().is_empty());
+    let default: String = sqlx::query_scalar(
+        "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
+         WHERE d.adrelid = 'customers.moat_outbox'::regclass AND a.attname = 'cluster'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(default, "customers.moat_cluster()");
+    publish(&app, 0, 3).await;
+    let here =
+        "SELECT count(*) FROM customers.moat_outbox WHERE cluster = (pg_control_system()).system_identifier::text";
+    assert_eq!(count(&db, here).await, 3);
 }
