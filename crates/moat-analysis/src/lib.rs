@@ -38,6 +38,7 @@ mod analyze;
 mod ast;
 pub mod embedded;
 mod fragment;
+mod include;
 pub mod layout;
 mod parse;
 mod plpgsql;
@@ -50,6 +51,7 @@ use moat_core::findings::Finding;
 use moat_core::manifest::Manifest;
 
 pub use crate::analyze::analyze;
+pub use crate::include::included_files;
 pub use crate::layout::MigrationFormat;
 pub use crate::rules::{Rule, find_rule, rules};
 
@@ -65,7 +67,8 @@ pub struct AnalysisInput<'a> {
 /// One file to analyze.
 #[derive(Debug, Clone)]
 pub struct Source<'a> {
-    /// Path relative to the manifest's directory, with `/` separators; findings carry it.
+    /// Path relative to the manifest's directory, with `/` separators; findings carry it, and
+    /// includes name files by it.
     pub file: String,
     /// The file's text.
     pub text: &'a str,
@@ -91,6 +94,11 @@ pub enum SourceKind {
         /// The module.
         module: String,
     },
+    /// A file that psql includes (`\i`, `\ir`) pull in (see [`included_files`]): read only
+    /// where a migration or contract includes it, as part of that script, its findings
+    /// located in this file. A migration or contract file that another script includes needs no
+    /// `Included` source: it is read as itself and where it is included.
+    Included,
 }
 
 /// What the analysis found, and how much it read.

@@ -1,4 +1,4 @@
-//! `psql-include`: a SQL file includes another with `\i` or `\ir`, which moat does not follow.
+//! `psql-include`: a SQL file includes another with `\i` or `\ir` that moat cannot follow.
 
 use std::ops::Range;
 
@@ -13,31 +13,41 @@ pub(crate) const RULE: Rule = Rule {
     summary: "a psql include (`\\i`, `\\ir`) in a SQL file",
     doc: r#"# psql-include
 
-**What it finds.** `\i file`, `\ir file`, `\include` and `\include_relative` in a migration or
-contract file.
+**What it finds.** An include (`\i file`, `\ir file`, `\include`, `\include_relative`) in a
+migration or contract file that `moat check` does not follow: the file does not exist, the path
+leaves the project's folder (the folder of `moat.toml`: `..` past it, or an absolute path
+outside it), the path holds a psql variable or a shell command, or the file is already being
+read (an include cycle).
 
-**Why it matters.** Only psql follows includes. moat applies migrations itself, so the included
-file does not run, and `moat check` does not read it: what it holds is neither applied nor
-checked.
+`moat check` follows every other include, relative to the including file's folder for both `\i`
+and `\ir`: the included statements are checked where the include stands, as part of the
+including script and as its module's, and their findings point into the included file.
+
+**Why it matters.** What the included file holds runs when psql runs the script, but moat has
+not checked it. moat's own `moat migrate` sends SQL to PostgreSQL and runs no psql
+meta-commands, includes among them.
 
 **Example.**
 
 ```sql
-\ir functions/billing.sql
+\ir ../../shared/functions.sql   -- inside the project: followed
+\i :schema_dir/tables.sql        -- a psql variable: reported
 ```
 
-**Fix.** Put the included SQL in the migration itself, or make it a migration of its own.
+**Fix.** Make the path a plain path to a file inside the project, or put the included SQL in the
+migration itself.
 "#,
 };
 
-/// A hit for one include.
-pub(crate) fn hit(span: Range<usize>, path: &str, relative: bool) -> Hit {
+/// A hit for one include that is not followed, and why (`why` ends the sentence).
+pub(crate) fn hit(span: Range<usize>, path: &str, relative: bool, why: &str) -> Hit {
     let command = if relative { "\\ir" } else { "\\i" };
     Hit::new(
         &RULE,
         span,
-        format!("`{command} {path}` includes a file that moat neither applies nor checks"),
-        "only psql follows includes: put the included SQL in the migration, or make it a migration of its own"
+        format!("`{command} {path}` is not followed, so what it includes is not checked: {why}"),
+        "moat follows includes of files inside the project, relative to the including file's folder: \
+         write a plain path to such a file, or put the included SQL in the migration itself"
             .to_owned(),
     )
     .object(path.to_owned())
@@ -45,7 +55,54 @@ pub(crate) fn hit(span: Range<usize>, path: &str, relative: bool) -> Hit {
 
 #[cfg(test)]
 mod tests {
-    use crate::rules::test_support::{migration, rules};
+    use crate::rules::test_support::{manifest, migration, rules};
+    use crate::{AnalysisInput, Source, SourceKind, analyze};
+
+    #[test]
+    fn an_included_file_runs_in_place_in_the_includers_session() {
+        let manifest = manifest();
+        let billing = SourceKind::Migration { module: "billing".into() };
+        let sources = vec![
+            Source {
+                file: "modules/billing/migrations/0001_init.sql".into(),
+                text: "SELECT * FROM patients;\n\\ir ../sql/path.sql\nSELECT * FROM patients;\n\\ir ../sql/path.sql\n",
+                kind: billing,
+            },
+            Source {
+                file: "modules/billing/sql/path.sql".into(),
+                text: "CREATE TABLE t (id int);\nSET search_path = patients;\nSELECT 1 FROM patients.patients;\n",
+                kind: SourceKind::Included,
+            },
+        ];
+        let analysis = analyze(&AnalysisInput { manifest: &manifest, sources });
+        let places: Vec<String> = analysis
+            .findings
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}:{}:{} {}",
+                    f.file.as_deref().unwrap_or("-"),
+                    f.line.unwrap_or(0),
+                    f.column.unwrap_or(0),
+                    f.rule
+                )
+            })
+            .collect();
+        // Before the include, `patients` is billing's own (unknown) name; after it, the
+        // included `SET search_path` holds, so the second reading creates `t` in `patients`.
+        // What the included file gives the same way both times is reported once.
+        assert_eq!(
+            places,
+            [
+                "modules/billing/migrations/0001_init.sql:1:15 unresolved-reference",
+                "modules/billing/migrations/0001_init.sql:3:15 cross-module-reference",
+                "modules/billing/migrations/0001_init.sql:3:15 unresolved-reference",
+                "modules/billing/sql/path.sql:1:14 object-outside-module-schema",
+                "modules/billing/sql/path.sql:3:15 cross-module-reference",
+            ]
+        );
+        assert_eq!(analysis.stats.files, 2);
+    }
 
     #[test]
     fn fires_on_each_include() {
