@@ -542,7 +542,9 @@ impl FileRead<'_> {
         let refused = match include::resolve(&self.manifest.root, includer, target) {
             Target::Refused(why) => why,
             Target::File(name) => match self.files.get_key_value(name.as_str()) {
-                None => format!("there is no file `{name}` in the project"),
+                None => {
+                    format!("there is no file `{name}` inside the project (a symbolic link out of it does not count)")
+                }
                 Some(_) if self.chain.contains(&name.as_str()) => {
                     format!("`{name}` is already being read: the include would repeat forever")
                 }

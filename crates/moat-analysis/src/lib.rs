@@ -3,7 +3,9 @@
 //! The analyzer reads module migrations, contract files and the SQL embedded in Rust sources
 //! with PostgreSQL's own grammar (the `pg_query` crate), resolves every name it meets to a schema
 //! and so to a module, and reports what crosses a module boundary. It does no I/O: the caller
-//! reads the files and passes their text.
+//! reads the files and passes their text, including the files that psql includes (`\i`, `\ir`)
+//! name ([`included_files`] says which; `moat-sources` reads them for `moat check`), which the
+//! analysis reads in place; an include it cannot follow is a `psql-include` finding.
 //!
 //! ```
 //! use moat_analysis::{AnalysisInput, Source, SourceKind, analyze};
