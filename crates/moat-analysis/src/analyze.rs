@@ -3,19 +3,21 @@
 //! objects the files create and run the rules on every statement.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use moat_core::findings::{Finding, sort};
 use moat_core::manifest::Manifest;
 use moat_core::names::CONTRACTS_SCHEMA;
-use moat_core::text::LineIndex;
+use moat_core::rules::RuleId;
+use moat_core::text::{LineCol, LineIndex};
 use pg_query::{NodeEnum, ParserOptions};
 use rayon::prelude::*;
 
 use crate::ast::{self, Facts, Frame, Language, PathChange};
 use crate::fragment::{OffsetMap, sql_string_value};
+use crate::include::{self, Target};
 use crate::layout::{self, MigrationFormat};
 use crate::parse::{for_each_statement, parse_script, parse_text};
 use crate::resolve::{Resolver, SearchPath, Symbols};
@@ -25,6 +27,10 @@ use crate::{Analysis, AnalysisInput, CouplingRow, CrossingKind, Source, SourceKi
 
 /// Function bodies inside function bodies are followed this deep.
 const MAX_BODY_DEPTH: usize = 8;
+
+/// A script follows at most this many includes (counting every include of included files): a
+/// few files that each include the next twice would otherwise be read millions of times.
+const MAX_INCLUDES: usize = 1_000;
 
 /// Analyzes every source and returns the findings, sorted, and what was read.
 pub fn analyze(input: &AnalysisInput<'_>) -> Analysis {
@@ -54,8 +60,19 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
 
 fn analyze_here(input: &AnalysisInput<'_>) -> Analysis {
     let unresolved = Resolver::new(input.manifest, Symbols::default());
-    let read: Vec<FileRead<'_>> =
-        input.sources.par_iter().map(|source| read_source(source, input.manifest, &unresolved)).collect();
+    // What an include may name: the SQL files given, by name.
+    let files: HashMap<&str, &str> = input
+        .sources
+        .iter()
+        .filter(|s| !matches!(s.kind, SourceKind::RustSource { .. }))
+        .map(|s| (s.file.as_str(), s.text))
+        .collect();
+    let read: Vec<FileRead<'_>> = input
+        .sources
+        .par_iter()
+        .filter(|source| source.kind != SourceKind::Included)
+        .map(|source| read_source(source, input.manifest, &unresolved, &files))
+        .collect();
 
     let mut symbols = Symbols::default();
     for file in &read {
@@ -90,21 +107,55 @@ fn analyze_here(input: &AnalysisInput<'_>) -> Analysis {
     let checked: Vec<Checked> =
         read.par_iter().map(|file| check_file(file, input.manifest, &resolver, &pinned)).collect();
     let mut analysis = Analysis::default();
-    let mut coupling: BTreeMap<(String, String), CouplingRow> = BTreeMap::new();
+    for source in input.sources.iter().filter(|s| s.kind == SourceKind::Included) {
+        analysis.stats.files += 1;
+        analysis.stats.bytes += source.text.len();
+    }
+    // A file included twice, or a migration that another migration also includes, is read in
+    // each place (it runs in each); what it gives twice at the same place counts once. What a
+    // script's own text gives is always kept; what came through an include is dropped when the
+    // same finding (or crossing) was already kept.
+    let mut crossings = Vec::new();
+    let mut later_findings = Vec::new();
+    let mut later_crossings = Vec::new();
     for checked in checked {
-        analysis.findings.extend(checked.findings);
         analysis.stats.add(&checked.stats);
-        for (from, to, kind) in checked.crossings {
-            let row = coupling.entry((from.clone(), to.clone())).or_insert_with(|| CouplingRow {
-                from,
-                to,
-                ..CouplingRow::default()
-            });
-            match kind {
-                CrossingKind::ForeignKey => row.foreign_keys += 1,
-                CrossingKind::Reference => row.references += 1,
-                CrossingKind::FunctionCall => row.function_calls += 1,
+        for (finding, from_include) in checked.findings {
+            if from_include {
+                later_findings.push(finding);
+            } else {
+                analysis.findings.push(finding);
             }
+        }
+        for crossing in checked.crossings {
+            if crossing.from_include {
+                later_crossings.push(crossing);
+            } else {
+                crossings.push(crossing);
+            }
+        }
+    }
+    if !later_findings.is_empty() || !later_crossings.is_empty() {
+        let mut seen: HashSet<FindingKey> = analysis.findings.iter().map(FindingKey::of).collect();
+        for finding in later_findings {
+            if seen.insert(FindingKey::of(&finding)) {
+                analysis.findings.push(finding);
+            }
+        }
+        let mut seen: HashSet<FindingKey> = crossings.iter().map(|c| c.key.clone()).collect();
+        crossings.extend(later_crossings.into_iter().filter(|c| seen.insert(c.key.clone())));
+    }
+    let mut coupling: BTreeMap<(String, String), CouplingRow> = BTreeMap::new();
+    for Crossing { from, to, kind, .. } in crossings {
+        let row = coupling.entry((from.clone(), to.clone())).or_insert_with(|| CouplingRow {
+            from,
+            to,
+            ..CouplingRow::default()
+        });
+        match kind {
+            CrossingKind::ForeignKey => row.foreign_keys += 1,
+            CrossingKind::Reference => row.references += 1,
+            CrossingKind::FunctionCall => row.function_calls += 1,
         }
     }
     analysis.coupling = coupling.into_values().collect();
@@ -149,10 +200,92 @@ impl Unit {
     }
 }
 
-/// A top-level statement: the lines a suppression may target to silence its findings.
+/// A top-level statement: the lines (segment, line) a suppression may target to silence its
+/// findings.
 #[derive(Debug, Default)]
 struct Top {
-    anchor_lines: Vec<u32>,
+    anchor_lines: Vec<(usize, u32)>,
+}
+
+/// One file whose text a script reads: the script's own file, then each file it includes. Each
+/// has its own range of offsets (from `base`), so that a span says which file it is in.
+struct Segment<'a> {
+    file: &'a str,
+    base: usize,
+    len: usize,
+    index: LineIndex<'a>,
+}
+
+/// The files a script reads, in the order of their offsets.
+struct Segments<'a>(Vec<Segment<'a>>);
+
+impl suppress::Lines for Segments<'_> {
+    fn line_of(&self, offset: usize) -> (usize, u32) {
+        let (segment, position) = self.line_col(offset);
+        (segment, position.line)
+    }
+}
+
+impl<'a> Segments<'a> {
+    fn new(file: &'a str, text: &'a str) -> Self {
+        Self(vec![Segment { file, base: 0, len: text.len(), index: LineIndex::new(text) }])
+    }
+
+    /// The segment that holds `offset`.
+    fn at(&self, offset: usize) -> usize {
+        self.0.partition_point(|s| s.base <= offset).saturating_sub(1)
+    }
+
+    /// The segment of `offset`, and its line and column there.
+    fn line_col(&self, offset: usize) -> (usize, LineCol) {
+        let k = self.at(offset);
+        (k, self.0[k].index.line_col(offset - self.0[k].base))
+    }
+
+    /// The segment of `file`, added if new; and whether it is new.
+    fn of(&mut self, file: &'a str, text: &'a str) -> (usize, bool) {
+        if let Some(k) = self.0.iter().position(|s| s.file == file) {
+            return (k, false);
+        }
+        let last = self.0.last().map_or(0, |s| s.base + s.len + 1);
+        self.0.push(Segment { file, base: last, len: text.len(), index: LineIndex::new(text) });
+        (self.0.len() - 1, true)
+    }
+}
+
+/// What tells two findings apart when one file is read in several places.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FindingKey {
+    rule: RuleId,
+    module: Option<String>,
+    file: Option<String>,
+    span: Option<Range<usize>>,
+    object: Option<String>,
+    message: String,
+}
+
+impl FindingKey {
+    fn of(f: &Finding) -> Self {
+        Self {
+            rule: f.rule,
+            module: f.module.clone(),
+            file: f.file.clone(),
+            span: f.span.clone(),
+            object: f.object.clone(),
+            message: f.message.clone(),
+        }
+    }
+}
+
+/// A crossing from one module to another, for the coupling report.
+struct Crossing {
+    from: String,
+    to: String,
+    kind: CrossingKind,
+    /// The finding it is, to count it once when its file is read in several places.
+    key: FindingKey,
+    /// Whether it is in a file reached through an include.
+    from_include: bool,
 }
 
 struct FileRead<'a> {
@@ -167,7 +300,14 @@ struct FileRead<'a> {
     placeholders: Vec<Range<usize>>,
     /// Statements not checked because they hold a placeholder.
     template_skipped: usize,
-    index: LineIndex<'a>,
+    /// The file and the files it includes, by offset.
+    segments: Segments<'a>,
+    /// The SQL files an include may name, by name.
+    files: &'a HashMap<&'a str, &'a str>,
+    /// The files being read, the including ones first (an include of one of them is a cycle).
+    chain: Vec<&'a str>,
+    /// Includes followed so far.
+    followed: usize,
     units: Vec<Unit>,
     tops: Vec<Top>,
     /// Parse errors, with their top-level statement.
@@ -186,10 +326,17 @@ fn owner<'m>(kind: &'m SourceKind, manifest: &'m Manifest) -> Owner<'m> {
             name: contract,
             contract: manifest.contracts.iter().find(|c| c.name.as_str() == contract),
         },
+        // Not read on its own: its text is read as its includer's.
+        SourceKind::Included => Owner::Contract { name: "", contract: None },
     }
 }
 
-fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &'a Resolver<'a>) -> FileRead<'a> {
+fn read_source<'a>(
+    source: &'a Source<'a>,
+    manifest: &'a Manifest,
+    resolver: &'a Resolver<'a>,
+    files: &'a HashMap<&'a str, &'a str>,
+) -> FileRead<'a> {
     let owner = owner(&source.kind, manifest);
     let mut file = FileRead {
         source,
@@ -199,7 +346,10 @@ fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &'a
         format: None,
         placeholders: Vec::new(),
         template_skipped: 0,
-        index: LineIndex::new(source.text),
+        segments: Segments::new(&source.file, source.text),
+        files,
+        chain: vec![source.file.as_str()],
+        followed: 0,
         units: Vec::new(),
         tops: Vec::new(),
         hits: Vec::new(),
@@ -241,6 +391,7 @@ fn read_source<'a>(source: &'a Source<'a>, manifest: &'a Manifest, resolver: &'a
         SourceKind::Contract { .. } => {
             file.read_sql(source.text, &OffsetMap::identity(0), true, &default_path, &[]);
         }
+        SourceKind::Included => {}
         SourceKind::RustSource { .. } => match embedded::extract(source.text) {
             Ok(queries) => {
                 file.suppressions.extend(suppress::in_rust(source.text));
@@ -308,6 +459,24 @@ impl FileRead<'_> {
 
     /// Reads a SQL text (a file, or an embedded literal) whose offsets `map` takes to the file.
     fn read_sql(&mut self, text: &str, map: &OffsetMap, psql: bool, default_path: &SearchPath, anchors: &[u32]) {
+        let mut path = Arc::new(default_path.clone());
+        self.read_script(text, map, psql, default_path, anchors, &mut path, true);
+    }
+
+    /// Reads a SQL text with the `search_path` `path` in force, and leaves in `path` the one in
+    /// force at its end; follows its includes in place. With `suppressions`, collects its
+    /// `moat:allow` comments (once per file).
+    #[allow(clippy::too_many_arguments)]
+    fn read_script(
+        &mut self,
+        text: &str,
+        map: &OffsetMap,
+        psql: bool,
+        default_path: &SearchPath,
+        anchors: &[u32],
+        path: &mut Arc<SearchPath>,
+        suppressions: bool,
+    ) {
         let script = script::split(text, psql);
         self.stats.meta_commands += script.meta_commands;
         self.stats.copy_data_lines += script.copy_data_lines;
@@ -315,19 +484,25 @@ impl FileRead<'_> {
             let names: Vec<&str> = script.variables.iter().map(|(_, n)| n.as_str()).collect();
             self.hits.push((rules::psql_variable::hit(map.map_range(first.clone()), &names), None));
         }
-        for (range, path, relative) in &script.includes {
-            self.hits.push((rules::psql_include::hit(map.map_range(range.clone()), path, *relative), None));
-        }
         for &nul in &script.nuls {
             let at = map.map(nul);
             self.parse_error(at..at + 1, "the text holds a NUL character, which PostgreSQL cannot read", None);
         }
-        self.suppressions.extend(suppress::in_sql(&script.text, map, &self.index));
+        if suppressions {
+            let found = suppress::in_sql(&script.text, map, &self.segments);
+            self.suppressions.extend(found);
+        }
         let text = Arc::clone(&script.text);
         let map = Arc::new(map.clone());
-        let mut path = Arc::new(default_path.clone());
         let placeholders = std::mem::take(&mut self.placeholders);
+        // An include runs where it stands: before the statement that is not complete there.
+        let includes = &script.includes;
+        let mut next_include = 0;
         for_each_statement(&script, |statement| {
+            while let Some(include) = includes.get(next_include).filter(|i| i.0.start < statement.range.end) {
+                self.include(include, &map, default_path, path);
+                next_include += 1;
+            }
             self.stats.statements += 1;
             if !placeholders.is_empty() {
                 let span = map.map_range(statement.range.clone());
@@ -337,8 +512,9 @@ impl FileRead<'_> {
                 }
             }
             let top = self.tops.len();
-            let mut anchor_lines = vec![self.index.line_col(map.map(statement.first_token)).line];
-            anchor_lines.extend_from_slice(anchors);
+            let (segment, first) = self.segments.line_col(map.map(statement.first_token));
+            let mut anchor_lines = vec![(segment, first.line)];
+            anchor_lines.extend(anchors.iter().map(|&line| (0, line)));
             self.tops.push(Top { anchor_lines });
             match statement.parsed {
                 Err(error) => {
@@ -346,9 +522,9 @@ impl FileRead<'_> {
                     self.parse_error(span, &error.message, Some(top));
                 }
                 Ok(node) => {
-                    let changes = self.unit(node, &text, statement.base, statement.range, &map, &path, top, 0);
+                    let changes = self.unit(node, &text, statement.base, statement.range, &map, path, top, 0);
                     for change in changes {
-                        path = Arc::new(match change {
+                        *path = Arc::new(match change {
                             PathChange::Set(p) => p,
                             PathChange::Default => default_path.clone(),
                         });
@@ -356,7 +532,46 @@ impl FileRead<'_> {
                 }
             }
         });
+        for include in &includes[next_include..] {
+            self.include(include, &map, default_path, path);
+        }
         self.placeholders = placeholders;
+    }
+
+    /// Follows one include of the text that `map` takes to the file, or reports why not.
+    fn include(
+        &mut self,
+        (range, target, relative): &(Range<usize>, String, bool),
+        map: &OffsetMap,
+        default_path: &SearchPath,
+        path: &mut Arc<SearchPath>,
+    ) {
+        let span = map.map_range(range.clone());
+        let includer = self.segments.0[self.segments.at(span.start)].file;
+        let refused = match include::resolve(&self.manifest.root, includer, target) {
+            Target::Refused(why) => why,
+            Target::File(name) => match self.files.get_key_value(name.as_str()) {
+                None => {
+                    format!("there is no file `{name}` inside the project (a symbolic link out of it does not count)")
+                }
+                Some(_) if self.chain.contains(&name.as_str()) => {
+                    format!("`{name}` is already being read: the include would repeat forever")
+                }
+                Some(_) if self.followed >= MAX_INCLUDES => {
+                    format!("the script already follows {MAX_INCLUDES} includes, the most moat follows")
+                }
+                Some((&file, &text)) => {
+                    self.followed += 1;
+                    let (segment, new) = self.segments.of(file, text);
+                    let base = self.segments.0[segment].base;
+                    self.chain.push(file);
+                    self.read_script(text, &OffsetMap::identity(base), true, default_path, &[], path, new);
+                    self.chain.pop();
+                    return;
+                }
+            },
+        };
+        self.hits.push((rules::psql_include::hit(span, target, *relative, &refused), None));
     }
 
     /// Collects one statement's facts, records it, and reads the bodies it holds; returns its
@@ -500,11 +715,12 @@ fn constant_string(expression: &str) -> Option<(String, OffsetMap)> {
     Some((value, literal.shifted(token.start)))
 }
 
-/// One file's findings, what it read, and its crossings `(from, to, kind)`.
+/// One script's findings (and whether each is in a file it includes), what it read, and its
+/// crossings.
 struct Checked {
-    findings: Vec<Finding>,
+    findings: Vec<(Finding, bool)>,
     stats: Stats,
-    crossings: Vec<(String, String, CrossingKind)>,
+    crossings: Vec<Crossing>,
 }
 
 fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>, pinned: &HashSet<String>) -> Checked {
@@ -527,40 +743,46 @@ fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>,
         Owner::Module { name, .. } => Some(name.to_owned()),
         Owner::Contract { .. } => None,
     };
-    let crossings = hits
-        .iter()
-        .filter_map(|(hit, _)| {
-            let (to, kind) = hit.crossing.as_ref()?;
-            Some((module.clone()?, to.clone(), *kind))
-        })
-        .collect();
-    let finding = |hit: Hit| -> Finding {
-        let position = file.index.line_col(hit.span.start);
-        Finding {
+    // A finding, its segment, and whether that is a file the script includes.
+    let finding = |hit: Hit| -> (Finding, usize) {
+        let (segment, position) = file.segments.line_col(hit.span.start);
+        let base = file.segments.0[segment].base;
+        let finding = Finding {
             rule: hit.rule,
             severity: hit.severity,
             module: module.clone(),
-            file: Some(file.source.file.clone()),
+            file: Some(file.segments.0[segment].file.to_owned()),
             line: Some(position.line),
             column: Some(position.column),
             object: hit.object,
             message: hit.message,
             help: Some(hit.help),
-            span: Some(hit.span),
-        }
+            span: Some(hit.span.start - base..hit.span.end - base),
+        };
+        (finding, segment)
     };
+    let crossings = hits
+        .iter()
+        .filter_map(|(hit, _)| {
+            let (to, kind) = hit.crossing.clone()?;
+            let (finding, segment) = finding(hit.clone());
+            Some(Crossing { from: module.clone()?, to, kind, key: FindingKey::of(&finding), from_include: segment > 0 })
+        })
+        .collect();
 
     // Suppressions: a suppression silences findings of its rules in the statement whose first
     // line it targets, or on that line.
     let mut used: Vec<HashSet<&str>> = vec![HashSet::new(); file.suppressions.len()];
     let mut findings = Vec::new();
     for (hit, top) in hits {
-        let finding = finding(hit);
+        let (finding, segment) = finding(hit);
         let silenced_by = file.suppressions.iter().position(|s| {
             s.rules.iter().any(|r| finding.rule == r.as_str())
                 && s.target_line.is_some_and(|target| {
-                    finding.line == Some(target)
-                        || top.is_some_and(|t| file.tops.get(t).is_some_and(|t| t.anchor_lines.contains(&target)))
+                    (segment == s.segment && finding.line == Some(target))
+                        || top.is_some_and(|t| {
+                            file.tops.get(t).is_some_and(|t| t.anchor_lines.contains(&(s.segment, target)))
+                        })
                 })
         });
         match silenced_by {
@@ -570,17 +792,18 @@ fn check_file(file: &FileRead<'_>, manifest: &Manifest, resolver: &Resolver<'_>,
                     used[k].insert(rule.as_str());
                 }
             }
-            None => findings.push(finding),
+            None => findings.push((finding, segment > 0)),
         }
     }
+    let mut push = |(finding, segment): (Finding, usize)| findings.push((finding, segment > 0));
     for (suppression, used) in file.suppressions.iter().zip(&used) {
         for rule in &suppression.rules {
             if !used.contains(rule.as_str()) {
-                findings.push(finding(rules::unused_suppression::hit(suppression, rule)));
+                push(finding(rules::unused_suppression::hit(suppression, rule)));
             }
         }
         if suppression.reason.is_none() {
-            findings.push(finding(rules::suppression_without_reason::hit(suppression)));
+            push(finding(rules::suppression_without_reason::hit(suppression)));
         }
     }
     Checked { findings, stats: file.stats, crossings }

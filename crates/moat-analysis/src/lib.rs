@@ -3,7 +3,9 @@
 //! The analyzer reads module migrations, contract files and the SQL embedded in Rust sources
 //! with PostgreSQL's own grammar (the `pg_query` crate), resolves every name it meets to a schema
 //! and so to a module, and reports what crosses a module boundary. It does no I/O: the caller
-//! reads the files and passes their text.
+//! reads the files and passes their text, including the files that psql includes (`\i`, `\ir`)
+//! name ([`included_files`] says which; `moat-sources` reads them for `moat check`), which the
+//! analysis reads in place; an include it cannot follow is a `psql-include` finding.
 //!
 //! ```
 //! use moat_analysis::{AnalysisInput, Source, SourceKind, analyze};
@@ -38,6 +40,7 @@ mod analyze;
 mod ast;
 pub mod embedded;
 mod fragment;
+mod include;
 pub mod layout;
 mod parse;
 mod plpgsql;
@@ -50,6 +53,7 @@ use moat_core::findings::Finding;
 use moat_core::manifest::Manifest;
 
 pub use crate::analyze::analyze;
+pub use crate::include::included_files;
 pub use crate::layout::MigrationFormat;
 pub use crate::rules::rules;
 
@@ -65,7 +69,8 @@ pub struct AnalysisInput<'a> {
 /// One file to analyze.
 #[derive(Debug, Clone)]
 pub struct Source<'a> {
-    /// Path relative to the manifest's directory, with `/` separators; findings carry it.
+    /// Path relative to the manifest's directory, with `/` separators; findings carry it, and
+    /// includes name files by it.
     pub file: String,
     /// The file's text.
     pub text: &'a str,
@@ -91,6 +96,11 @@ pub enum SourceKind {
         /// The module.
         module: String,
     },
+    /// A file that psql includes (`\i`, `\ir`) pull in (see [`included_files`]): read only
+    /// where a migration or contract includes it, as part of that script, its findings
+    /// located in this file. A migration or contract file that another script includes needs no
+    /// `Included` source: it is read as itself and where it is included.
+    Included,
 }
 
 /// What the analysis found, and how much it read.

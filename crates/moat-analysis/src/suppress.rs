@@ -20,6 +20,21 @@ pub(crate) struct Suppression {
     /// The 1-based file line of the first code after the comment: the statement it applies to
     /// starts there (or a finding sits on it).
     pub(crate) target_line: Option<u32>,
+    /// The file it is in, among those a script reads (0: the script's own; then the files it
+    /// includes).
+    pub(crate) segment: usize,
+}
+
+/// Where an offset is: the file (0 for the script's own, then the files it includes) and its
+/// 1-based line there.
+pub(crate) trait Lines {
+    fn line_of(&self, offset: usize) -> (usize, u32);
+}
+
+impl Lines for LineIndex<'_> {
+    fn line_of(&self, offset: usize) -> (usize, u32) {
+        (0, self.line_col(offset).line)
+    }
 }
 
 const DIRECTIVE: &str = "moat:allow";
@@ -39,7 +54,7 @@ fn directive(comment: &str) -> Option<(Vec<String>, Option<String>)> {
 }
 
 /// `-- moat:allow` comments in SQL text, whose offsets `map` takes to the file.
-pub(crate) fn in_sql(text: &str, map: &OffsetMap, file: &LineIndex<'_>) -> Vec<Suppression> {
+pub(crate) fn in_sql(text: &str, map: &OffsetMap, file: &impl Lines) -> Vec<Suppression> {
     if !text.contains(DIRECTIVE) {
         return Vec::new();
     }
@@ -56,13 +71,9 @@ pub(crate) fn in_sql(text: &str, map: &OffsetMap, file: &LineIndex<'_>) -> Vec<S
                 let t = l.trim();
                 !t.is_empty() && !t.starts_with("--")
             })
-            .map(|&(s, l)| file.line_col(map.map(s + (l.len() - l.trim_start().len()))).line);
-        out.push(Suppression {
-            rules,
-            reason,
-            span: map.map_range(comment_start..start + line.trim_end().len()),
-            target_line: target,
-        });
+            .map(|&(s, l)| file.line_of(map.map(s + (l.len() - l.trim_start().len()))).1);
+        let span = map.map_range(comment_start..start + line.trim_end().len());
+        out.push(Suppression { rules, reason, segment: file.line_of(span.start).0, span, target_line: target });
     }
     out
 }
@@ -91,6 +102,7 @@ pub(crate) fn in_rust(source: &str) -> Vec<Suppression> {
             reason,
             span: comment_start..start + line.trim_end().len(),
             target_line: target,
+            segment: 0,
         });
     }
     out

@@ -5,36 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
-use moat_analysis::{AnalysisInput, Source, SourceKind, analyze};
+use moat_analysis::{AnalysisInput, analyze};
 use moat_core::manifest::Manifest;
-
-fn sql_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(dir).expect("read fixture folder").map(|e| e.expect("entry").path()).collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            sql_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "sql") {
-            out.push(path);
-        }
-    }
-}
 
 /// The findings of a fixture project, rendered one per line.
 fn findings_of(project: &Path) -> String {
     let manifest = Manifest::load(&project.join("moat.toml")).unwrap_or_else(|e| panic!("{}: {e}", project.display()));
-    let mut files = Vec::new();
-    for module in &manifest.modules {
-        let mut paths = Vec::new();
-        sql_files(&module.migrations, &mut paths);
-        for path in paths {
-            let text = std::fs::read_to_string(&path).expect("read migration");
-            files.push((manifest.relative(&path), text, SourceKind::Migration { module: module.name.to_string() }));
-        }
-    }
-    let sources =
-        files.iter().map(|(file, text, kind)| Source { file: file.clone(), text, kind: kind.clone() }).collect();
+    // The migrations and what their includes pull in, read as `moat check` reads them.
+    let files = moat_sources::read_migrations(&manifest).unwrap_or_else(|e| panic!("{}: {e}", project.display()));
+    let sources = files.iter().map(moat_sources::SourceFile::source).collect();
     let analysis = analyze(&AnalysisInput { manifest: &manifest, sources });
     let mut out = String::new();
     for f in &analysis.findings {

@@ -299,3 +299,50 @@ fn unreadable_input_exits_2_and_names_the_file() {
     let output = moat(empty.path(), &["check"]);
     assert_eq!(output.status.code(), Some(2), "no manifest");
 }
+
+#[test]
+fn included_files_are_checked_where_they_are_included_and_findings_point_into_them() {
+    let dir = clinic_copy();
+    // A migration that pulls the report in from a folder of shared SQL, and one include that
+    // leaves the project.
+    write(
+        dir.path(),
+        "src/billing/migrations/0002_reports.sql",
+        "-- The reports live in their own files.\n\\ir ../sql/reports.sql\n\\ir ../../../../secret.sql\n",
+    );
+    write(dir.path(), "src/billing/sql/reports.sql", "\\ir unpaid.sql\n");
+    write(dir.path(), "src/billing/sql/unpaid.sql", UNPAID_SQL);
+    let before = moat(clinic().as_path(), &["--format", "json", "check"]);
+    let before: serde_json::Value = serde_json::from_slice(&before.stdout).expect("one JSON document");
+
+    let output = moat(dir.path(), &["--format", "json", "check"]);
+    assert_eq!(output.status.code(), Some(1), "{}", transcript(dir.path(), &output));
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    let findings = document["findings"].as_array().expect("findings");
+    let places: Vec<String> = findings
+        .iter()
+        .map(|f| format!("{}:{}:{} {} {} {}", f["file"], f["line"], f["column"], f["rule"], f["module"], f["object"]))
+        .collect();
+    insta::assert_snapshot!(places.join("\n"), @r#"
+    "src/billing/migrations/0002_reports.sql":3:1 "psql-include" "billing" "../../../../secret.sql"
+    "src/billing/sql/unpaid.sql":5:6 "cross-module-reference" "billing" "patients.patients"
+    "#);
+    assert_eq!(
+        findings[0]["message"],
+        "`\\ir ../../../../secret.sql` is not followed, so what it includes is not checked: it leaves the \
+         project's folder (the folder of `moat.toml`), which moat never reads outside"
+    );
+    // The two included files count as files read.
+    let files = |d: &serde_json::Value| d["summary"]["files"].as_u64().expect("files");
+    assert_eq!(files(&document), files(&before) + 3);
+    assert_eq!(
+        document["coupling"],
+        serde_json::json!([{"from": "billing", "to": "patients", "foreign_keys": 0, "references": 1, "function_calls": 0}])
+    );
+
+    // The human output shows the included file's line.
+    let output = moat(dir.path(), &["check"]);
+    let text = transcript(dir.path(), &output);
+    assert!(text.contains("src/billing/sql/unpaid.sql:5:6"), "{text}");
+    assert!(text.contains("JOIN patients.patients p"), "{text}");
+}

@@ -118,9 +118,9 @@ catalog! {
     /// psql variables in a SQL file.
     PsqlVariable = "psql-variable", Warning,
         "psql variables (`:name`, `:'name'`, `:\"name\"`) in a SQL file";
-    /// psql includes in a SQL file.
+    /// psql includes in a SQL file that `moat check` does not follow.
     PsqlInclude = "psql-include", Warning,
-        "a psql include (`\\i`, `\\ir`) in a SQL file";
+        "a psql include (`\\i`, `\\ir`) in a SQL file that `moat check` cannot follow";
     /// Go-template placeholders in a SQL file.
     TemplatePlaceholder = "template-placeholder", Warning,
         "Go-template placeholders (`{{ .Name }}`) in a SQL file";

@@ -1,13 +1,12 @@
 //! `moat check`: static analysis of every module's migrations, every contract file and the SQL
 //! embedded in each module's `sources`, with no database; and `moat explain`, the rules' docs.
 //!
-//! This is the I/O edge: it reads the files the manifest names and hands their text to
-//! `moat_analysis`, which does no I/O, then applies the baseline and renders the findings.
-
-use std::path::{Path, PathBuf};
+//! This is the I/O edge: it reads the files the manifest names (and those their psql includes
+//! name) with `moat_sources`, hands their text to `moat_analysis`, which does no I/O, then
+//! applies the baseline and renders the findings.
 
 use anyhow::Context;
-use moat_analysis::{Analysis, AnalysisInput, Source, SourceKind};
+use moat_analysis::{Analysis, AnalysisInput};
 use moat_core::baseline::{Baseline, BaselineOutcome, FILE_NAME};
 use moat_core::findings::{Finding, Severity, Summary};
 use moat_core::manifest::Manifest;
@@ -34,14 +33,9 @@ pub struct CheckArgs {
 /// `moat check`.
 pub fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     let manifest = load_manifest(cli)?;
-    let files = read_sources(&manifest)?;
-    let input = AnalysisInput {
-        manifest: &manifest,
-        sources: files
-            .iter()
-            .map(|file| Source { file: file.name.clone(), text: &file.text, kind: file.kind.clone() })
-            .collect(),
-    };
+    let files = moat_sources::read(&manifest)?;
+    let input =
+        AnalysisInput { manifest: &manifest, sources: files.iter().map(moat_sources::SourceFile::source).collect() };
     let analysis = moat_analysis::analyze(&input);
     let sources: Sources = files.iter().map(|f| (f.name.clone(), f.text.clone())).collect();
 
@@ -72,86 +66,6 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
         Format::Sarif | Format::Github => print_machine(cli.format, moat_analysis::rules(), &outcome.new, &sources)?,
     }
     Ok(u8::from(outcome.new.iter().any(|f| f.severity == Severity::Error)))
-}
-
-/// A file read for the analysis.
-struct File {
-    name: String,
-    text: String,
-    kind: SourceKind,
-}
-
-/// Reads every module's migrations (`*.sql` in its folder), every contract's file, and the Rust
-/// files under each module's `sources`, in a stable order.
-fn read_sources(manifest: &Manifest) -> anyhow::Result<Vec<File>> {
-    let mut files = Vec::new();
-    for module in &manifest.modules {
-        let kind = SourceKind::Migration { module: module.name.to_string() };
-        for path in migration_files(&module.migrations)? {
-            files.push(read(manifest, &path, kind.clone())?);
-        }
-        for source in &module.sources {
-            let kind = SourceKind::RustSource { module: module.name.to_string() };
-            let paths = if source.is_dir() { list(source, "rs", true)? } else { vec![source.clone()] };
-            for path in paths {
-                files.push(read(manifest, &path, kind.clone())?);
-            }
-        }
-    }
-    for contract in &manifest.contracts {
-        files.push(read(manifest, &contract.sql, SourceKind::Contract { contract: contract.name.to_string() })?);
-    }
-    Ok(files)
-}
-
-/// A module's migration files: `*.sql` in its folder, and diesel's `<folder>/up.sql` and
-/// `down.sql` one level down, sorted by path.
-fn migration_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = list(dir, "sql", false)?;
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read folder `{}`", dir.display()))?;
-    for entry in entries {
-        let path = entry.with_context(|| format!("cannot read folder `{}`", dir.display()))?.path();
-        if path.is_dir() && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
-            out.extend(["up.sql", "down.sql"].iter().map(|f| path.join(f)).filter(|p| p.is_file()));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The files of `dir` whose extension is `extension`, sorted; with `recursive`, also in its
-/// subfolders (but not in hidden folders or `target`).
-fn list(dir: &Path, extension: &str, recursive: bool) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read folder `{}`", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read folder `{}`", dir.display()))?;
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let file_type = entry.file_type().with_context(|| format!("cannot read `{}`", path.display()))?;
-        if file_type.is_dir() || (file_type.is_symlink() && path.is_dir()) {
-            if recursive && !name.starts_with('.') && name != "target" {
-                out.extend(list(&path, extension, true)?);
-            }
-        } else if path.extension().is_some_and(|e| e == extension) {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn read(manifest: &Manifest, path: &Path, kind: SourceKind) -> anyhow::Result<File> {
-    let name = manifest.relative(path);
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read `{name}`"))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "`{name}` is not UTF-8 text (invalid byte at offset {})\n  help: save the file as UTF-8",
-            e.utf8_error().valid_up_to()
-        )
-    })?;
-    Ok(File { name, text, kind })
 }
 
 fn plural(n: usize) -> &'static str {
