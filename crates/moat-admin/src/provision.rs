@@ -188,16 +188,18 @@ async fn refuse_tampered_moat_tables(conn: &mut PgConnection, manifest: &Manifes
     .fetch_all(&mut *conn)
     .await
     .map_err(db("checking moat's tables"))?;
-    // The function the outbox's `cluster` defaults to is moat's; one a module role created under
-    // its name would be adopted (and run by every publish) if moat took it over.
+    // The function a publisher's outbox `cluster` defaults to is moat's; one a module role
+    // created under its name would be adopted (and run by every publish) if moat took it over.
     let moat_owner = manifest.roles().moat_owner();
+    let publishers: Vec<String> =
+        manifest.modules.iter().filter(|m| manifest.is_depended_on(&m.name)).map(|m| m.schema.to_string()).collect();
     let foreign: Vec<(String, String)> = sqlx::query_as(
         "SELECT pg_catalog.format('%I.%I', n.nspname, p.proname), pg_catalog.pg_get_userbyid(p.proowner)::text \
          FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace \
          WHERE n.nspname OPERATOR(pg_catalog.=) ANY($1) AND p.proname OPERATOR(pg_catalog.=) $2 \
          AND pg_catalog.pg_get_userbyid(p.proowner) OPERATOR(pg_catalog.<>) $3",
     )
-    .bind(&schemas)
+    .bind(&publishers)
     .bind(crate::internal::CLUSTER_FUNCTION)
     .bind(&moat_owner)
     .fetch_all(&mut *conn)
