@@ -10,8 +10,13 @@ pub(crate) const RULE: RuleId = RuleId::UnusedSuppression;
 
 /// The hit for `rule` of `suppression`.
 pub(crate) fn hit(suppression: &Suppression, rule: &str) -> Hit {
-    let (message, help) = if !rules().iter().any(|r| *r == rule) {
+    let (message, help) = if RuleId::parse(rule).is_none() {
         (format!("`moat:allow` names `{rule}`, which is not a rule"), "`moat explain` lists the rules".to_owned())
+    } else if !rules().iter().any(|r| *r == rule) {
+        (
+            format!("`moat:allow` names `{rule}`, which `moat check` does not report (only `moat audit` does)"),
+            "an audit finding is silenced by the baseline (`moat audit --write-baseline`), not in SQL".to_owned(),
+        )
     } else {
         (
             format!("`moat:allow {rule}` silences nothing"),
@@ -32,6 +37,13 @@ mod tests {
         let findings = migration("billing", sql);
         assert_eq!(rules(&findings), ["unused-suppression", "unused-suppression"]);
         insta::assert_snapshot!(render(sql, &findings));
+    }
+
+    #[test]
+    fn an_audit_rule_is_named_as_one_that_only_the_audit_reports() {
+        let findings = migration("billing", "-- moat:allow access-leak -- the old grant\nSELECT 1;");
+        assert_eq!(rules(&findings), ["unused-suppression"]);
+        assert!(findings[0].message.contains("which `moat check` does not report"), "{}", findings[0].message);
     }
 
     #[test]
