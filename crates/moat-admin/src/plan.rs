@@ -168,6 +168,12 @@ impl Plan {
     /// The plan as SQL text, one statement per line (empty when in sync).
     pub fn to_sql(&self) -> String {
         let mut out = String::new();
+        if !self.steps.is_empty() {
+            // The statements resolve types and functions as moat's own session does (it pins
+            // `search_path` to `pg_catalog`), so a schema a module can create objects in never
+            // lends them a type or function when the plan is run by hand.
+            out.push_str("SET search_path = pg_catalog;\n\n");
+        }
         let mut section = None;
         for step in &self.steps {
             if section != Some(step.section()) {
@@ -755,15 +761,22 @@ impl<'a> Planner<'a> {
     /// The columns an older moat did not create in moat's tables of `schema` that exist (tables
     /// this plan creates have them). Snapshots without column lists (built by hand) add nothing.
     fn added_columns(&mut self, schema: &str) {
-        let cluster = self.snapshot.cluster.clone().unwrap_or_default();
+        let cluster = self.snapshot.cluster.clone();
         for column in &internal::ADDED_COLUMNS {
             let missing = self
                 .snapshot
                 .relation(schema, column.table)
                 .and_then(|r| r.columns.as_ref())
                 .is_some_and(|columns| !columns.iter().any(|c| c == column.name));
+            // Existing rows are labelled with this cluster's identity, which a live snapshot
+            // always reads (one built by hand without it adds no cluster column).
+            let cluster = match (&cluster, column.cluster_of_existing_rows) {
+                (Some(cluster), _) => cluster.as_str(),
+                (None, false) => "",
+                (None, true) => continue,
+            };
             if missing {
-                for sql in internal::add_column_sql(schema, column, &cluster) {
+                for sql in internal::add_column_sql(schema, column, cluster) {
                     self.push(Section::InternalTables, sql);
                 }
             }
@@ -841,7 +854,9 @@ impl<'a> Planner<'a> {
             if function.extension {
                 continue;
             }
-            let Some((owner, wanted)) = policy.function(&function.schema, &function.name) else { continue };
+            let Some((owner, wanted)) = policy.function(&function.schema, &function.name, &function.owner) else {
+                continue;
+            };
             if function.owner != owner {
                 statements.push(format!("ALTER ROUTINE {} OWNER TO {}", function.signature, ident(&owner)));
             }

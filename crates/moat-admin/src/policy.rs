@@ -155,15 +155,21 @@ impl<'a> Policy<'a> {
         }
     }
 
-    /// A routine `name` in a managed schema: its owner role and who may execute it. The
-    /// outbox's cluster function belongs to moat (the runtime role executes it when publishing).
-    pub fn function(&self, schema: &str, name: &str) -> Option<(String, Wanted)> {
+    /// A routine `name` in a managed schema, now owned by `owner`: its owner role and who may
+    /// execute it. The outbox's cluster function belongs to moat (the runtime role executes it
+    /// when publishing): in a publisher's schema, and wherever moat already owns it (a module
+    /// that stopped publishing keeps its outbox and the function its default calls, and moat
+    /// never hands that function to the module's owner).
+    pub fn function(&self, schema: &str, name: &str, owner: &str) -> Option<(String, Wanted)> {
         let roles = self.manifest.roles();
         if let Some(module) = self.manifest.module_by_schema(schema) {
             let mut wanted = Wanted::new();
             wanted.insert(roles.module_runtime(&module.name), BTreeSet::from(["EXECUTE"]));
-            let owner = if name == internal::CLUSTER_FUNCTION && self.manifest.is_depended_on(&module.name) {
-                roles.moat_owner()
+            let moat = roles.moat_owner();
+            let owner = if name == internal::CLUSTER_FUNCTION
+                && (self.manifest.is_depended_on(&module.name) || owner == moat)
+            {
+                moat
             } else {
                 roles.module_owner(&module.name)
             };

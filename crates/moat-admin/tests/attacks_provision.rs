@@ -544,3 +544,37 @@ async fn a_module_function_under_the_name_of_moats_cluster_function_is_refused()
     .unwrap();
     assert_eq!(owner, db.role("customers_owner"), "moat took the planted function over");
 }
+
+/// A module that stops publishing keeps its outbox and the function the outbox's default calls:
+/// provisioning leaves that function with moat and never hands it to the module's owner (who
+/// could then replace what every later insert into the outbox runs).
+#[tokio::test]
+async fn a_module_that_stops_publishing_does_not_get_moats_cluster_function() {
+    let db = TestDb::new().await;
+    let files = [
+        ("modules/customers/migrations/0001_customers.sql", "CREATE TABLE customers (id bigint PRIMARY KEY);\n"),
+        ("modules/orders/migrations/0001_orders.sql", "CREATE TABLE orders (id bigint PRIMARY KEY);\n"),
+    ];
+    let publisher = TestProject::new(
+        &db.project,
+        "[project]\nname = \"{project}\"\n[modules.customers]\n[modules.orders]\ndepends_on = [\"customers\"]\n",
+        &files,
+    );
+    up_quietly(&db, &publisher.manifest()).await;
+    let alone = TestProject::new(
+        &db.project,
+        "[project]\nname = \"{project}\"\n[modules.customers]\n[modules.orders]\n",
+        &files,
+    );
+    let mut admin = db.connect().await;
+    let plan = moat_admin::provision::compute_plan(&mut admin, &alone.manifest()).await.unwrap().to_sql();
+    assert!(!plan.contains("moat_cluster"), "{plan}");
+    up_quietly(&db, &alone.manifest()).await;
+    let owner: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(proowner)::text FROM pg_proc WHERE proname = 'moat_cluster' AND pronamespace = 'customers'::regnamespace",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(owner, db.role("moat"));
+}

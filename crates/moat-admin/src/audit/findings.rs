@@ -239,7 +239,9 @@ pub(super) fn acl_findings(manifest: &Manifest, snapshot: &Snapshot, policy: &Po
         }
     }
     for function in snapshot.functions.iter().filter(|f| !f.extension) {
-        let Some((owner, wanted)) = policy.function(&function.schema, &function.name) else { continue };
+        let Some((owner, wanted)) = policy.function(&function.schema, &function.name, &function.owner) else {
+            continue;
+        };
         let module = module_of(manifest, &function.schema).map(|m| m.name.to_string());
         if function.owner != owner {
             findings.push(
