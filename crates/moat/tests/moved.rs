@@ -4,96 +4,20 @@
 //! first cluster mean nothing in the second one).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use moat::events::{DispatcherConfig, Envelope, Event, Handler, HandlerContext, HandlerError};
+use common::{APPLIED, CustomerRenamed, OUT_OF_ORDER, Record, config, count, publish, text, wait_for};
 use moat::{Config, Moat};
 use moat_admin::DatabaseUrl;
 use moat_admin::embedded::{EmbeddedOptions, ensure_running, find_binaries, stop};
 use moat_testkit::{TestDb, TestProject};
-use serde::{Deserialize, Serialize};
-
-const MANIFEST: &str = r#"
-[project]
-name = "{project}"
-[modules.customers]
-[modules.orders]
-depends_on = ["customers"]
-"#;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CustomerRenamed {
-    customer_id: i64,
-    version: i64,
-}
-
-impl Event for CustomerRenamed {
-    const MODULE: &'static str = "customers";
-    const TYPE: &'static str = "CustomerRenamed";
-    fn key(&self) -> String {
-        self.customer_id.to_string()
-    }
-}
-
-struct Record;
-
-impl Handler<CustomerRenamed> for Record {
-    async fn handle(&self, ctx: &mut HandlerContext<'_>, e: &Envelope<CustomerRenamed>) -> Result<(), HandlerError> {
-        sqlx::query("INSERT INTO applied (event_id, key, seq) VALUES ($1, $2, $3)")
-            .bind(e.id)
-            .bind(&e.key)
-            .bind(e.payload.version)
-            .execute(&mut **ctx)
-            .await?;
-        Ok(())
-    }
-}
-
-fn config() -> DispatcherConfig {
-    DispatcherConfig {
-        batch_size: 4,
-        poll_interval: Duration::from_millis(50),
-        backoff_base: Duration::from_millis(10),
-        backoff_max: Duration::from_millis(50),
-        progress_interval: Duration::from_millis(100),
-        ..DispatcherConfig::default()
-    }
-}
 
 async fn start(url: &DatabaseUrl, project: &TestProject) -> Moat {
     Moat::start(Config::new(project.manifest()).database_url(url.expose()).pool_size(4)).await.unwrap()
-}
-
-async fn publish(app: &Moat, from: i64, to: i64) {
-    for n in from..to {
-        let mut tx = app.begin("customers").await.unwrap();
-        tx.publish(&CustomerRenamed { customer_id: n % 3, version: n / 3 + 1 }).unwrap();
-        tx.commit().await.unwrap();
-    }
-}
-
-async fn count(url: &DatabaseUrl, sql: &str) -> i64 {
-    let mut conn = moat_admin::connect(url).await.unwrap();
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&mut conn).await.unwrap()
-}
-
-async fn text(url: &DatabaseUrl, sql: &str) -> String {
-    let mut conn = moat_admin::connect(url).await.unwrap();
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&mut conn).await.unwrap()
-}
-
-async fn wait_for(url: &DatabaseUrl, sql: &str, expected: i64, timeout: Duration) {
-    let started = Instant::now();
-    loop {
-        let n = count(url, sql).await;
-        if n == expected {
-            return;
-        }
-        assert!(started.elapsed() < timeout, "`{sql}` is {n}, expected {expected} within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn run(tool: &std::path::Path, args: &[&str]) {
@@ -113,18 +37,7 @@ impl Drop for Second {
 #[tokio::test]
 async fn a_database_dumped_and_restored_into_another_cluster_delivers_every_event_exactly_once() {
     let db = TestDb::new().await;
-    let project = TestProject::new(
-        &db.project,
-        MANIFEST,
-        &[
-            ("modules/customers/migrations/0001_customers.sql", "CREATE TABLE customers (id bigint PRIMARY KEY);\n"),
-            (
-                "modules/orders/migrations/0001_applied.sql",
-                "CREATE TABLE applied (id bigserial PRIMARY KEY, event_id uuid NOT NULL, key text NOT NULL, seq bigint NOT NULL);\n",
-            ),
-        ],
-    );
-    const APPLIED: &str = "SELECT count(*) FROM orders.applied";
+    let project = common::project(&db);
 
     // In the first cluster: some of 12 events delivered (batches of 4: the dispatcher stops
     // after the second batch or later, usually with the cursor inside the backlog, `hi` set),
@@ -185,9 +98,7 @@ async fn a_database_dumped_and_restored_into_another_cluster_delivers_every_even
     dispatcher.shutdown().await;
     assert_eq!(count(&moved, APPLIED).await, 33);
     assert_eq!(count(&moved, "SELECT count(DISTINCT event_id) FROM orders.applied").await, 33);
-    let out_of_order = "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY key ORDER BY id) AS prev FROM orders.applied) x \
-                        WHERE seq <> coalesce(prev, 0) + 1";
-    assert_eq!(count(&moved, out_of_order).await, 0, "per-key order broke across the move");
+    assert_eq!(count(&moved, OUT_OF_ORDER).await, 0, "per-key order broke across the move");
     let cursors =
         "SELECT count(*) FROM orders.moat_subscriptions WHERE cluster = (pg_control_system()).system_identifier::text";
     assert_eq!(count(&moved, cursors).await, 1, "the cursor is re-based onto the second cluster");

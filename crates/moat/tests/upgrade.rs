@@ -4,99 +4,20 @@
 //! event, old and new, applied exactly once and in key order.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+mod common;
 
-use moat::events::{DispatcherConfig, Envelope, Event, Handler, HandlerContext, HandlerError};
+use std::time::Duration;
+
+use common::{APPLIED, CustomerRenamed, OUT_OF_ORDER, Record, config, count, publish, wait_for};
 use moat::{Config, Moat};
-use moat_testkit::{TestDb, TestProject};
-use serde::{Deserialize, Serialize};
+use moat_testkit::TestDb;
 
-const MANIFEST: &str = r#"
-[project]
-name = "{project}"
-[modules.customers]
-[modules.orders]
-depends_on = ["customers"]
-"#;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CustomerRenamed {
-    customer_id: i64,
-    version: i64,
-}
-
-impl Event for CustomerRenamed {
-    const MODULE: &'static str = "customers";
-    const TYPE: &'static str = "CustomerRenamed";
-    fn key(&self) -> String {
-        self.customer_id.to_string()
-    }
-}
-
-struct Record;
-
-impl Handler<CustomerRenamed> for Record {
-    async fn handle(&self, ctx: &mut HandlerContext<'_>, e: &Envelope<CustomerRenamed>) -> Result<(), HandlerError> {
-        sqlx::query("INSERT INTO applied (event_id, key, seq) VALUES ($1, $2, $3)")
-            .bind(e.id)
-            .bind(&e.key)
-            .bind(e.payload.version)
-            .execute(&mut **ctx)
-            .await?;
-        Ok(())
-    }
-}
-
-fn config() -> DispatcherConfig {
-    DispatcherConfig {
-        batch_size: 4,
-        poll_interval: Duration::from_millis(50),
-        progress_interval: Duration::from_millis(100),
-        ..DispatcherConfig::default()
-    }
-}
-
-async fn publish(app: &Moat, from: i64, to: i64) {
-    for n in from..to {
-        let mut tx = app.begin("customers").await.unwrap();
-        tx.publish(&CustomerRenamed { customer_id: n % 3, version: n / 3 + 1 }).unwrap();
-        tx.commit().await.unwrap();
-    }
-}
-
-async fn count(db: &TestDb, sql: &str) -> i64 {
-    let mut conn = db.connect().await;
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&mut conn).await.unwrap()
-}
-
-async fn wait_for(db: &TestDb, sql: &str, expected: i64) {
-    let started = Instant::now();
-    loop {
-        let n = count(db, sql).await;
-        if n == expected {
-            return;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "`{sql}` is {n}, expected {expected}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-const APPLIED: &str = "SELECT count(*) FROM orders.applied";
+const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn up_adds_the_columns_an_older_moat_did_not_create_and_delivery_goes_on_exactly_once() {
     let db = TestDb::new().await;
-    let project = TestProject::new(
-        &db.project,
-        MANIFEST,
-        &[
-            ("modules/customers/migrations/0001_customers.sql", "CREATE TABLE customers (id bigint PRIMARY KEY);\n"),
-            (
-                "modules/orders/migrations/0001_applied.sql",
-                "CREATE TABLE applied (id bigserial PRIMARY KEY, event_id uuid NOT NULL, key text NOT NULL, seq bigint NOT NULL);\n",
-            ),
-        ],
-    );
+    let project = common::project(&db);
     let app_config = || Config::new(project.manifest()).database_url(db.url.expose()).pool_size(4);
 
     // Delivered under the current layout: 6 events.
@@ -104,7 +25,7 @@ async fn up_adds_the_columns_an_older_moat_did_not_create_and_delivery_goes_on_e
     publish(&app, 0, 6).await;
     let dispatcher = app.events().config(config()).subscribe::<CustomerRenamed, _>("orders", Record).unwrap();
     let dispatcher = dispatcher.start().await.unwrap();
-    wait_for(&db, APPLIED, 6).await;
+    wait_for(&db.url, APPLIED, 6, WAIT).await;
     dispatcher.shutdown().await;
     drop(app);
 
@@ -157,19 +78,17 @@ async fn up_adds_the_columns_an_older_moat_did_not_create_and_delivery_goes_on_e
     assert_eq!(files_before, files_after, "adding the columns rewrote a table");
     assert!(moat_admin::provision::compute_plan(&mut admin, &project.manifest()).await.unwrap().is_empty());
     let foreign = format!("SELECT count(*) FROM customers.moat_outbox WHERE cluster <> '{identity}'");
-    assert_eq!(count(&db, &foreign).await, 0, "the rows of the older moat belong to this cluster");
+    assert_eq!(count(&db.url, &foreign).await, 0, "the rows of the older moat belong to this cluster");
 
     publish(&app, 12, 18).await;
     let dispatcher = app.events().config(config()).subscribe::<CustomerRenamed, _>("orders", Record).unwrap();
     let dispatcher = dispatcher.start().await.unwrap();
-    wait_for(&db, APPLIED, 18).await;
+    wait_for(&db.url, APPLIED, 18, WAIT).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     dispatcher.shutdown().await;
-    assert_eq!(count(&db, APPLIED).await, 18);
-    assert_eq!(count(&db, "SELECT count(DISTINCT event_id) FROM orders.applied").await, 18);
-    let out_of_order = "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY key ORDER BY id) AS prev FROM orders.applied) x \
-                        WHERE seq <> coalesce(prev, 0) + 1";
-    assert_eq!(count(&db, out_of_order).await, 0, "per-key order broke across the upgrade");
+    assert_eq!(count(&db.url, APPLIED).await, 18);
+    assert_eq!(count(&db.url, "SELECT count(DISTINCT event_id) FROM orders.applied").await, 18);
+    assert_eq!(count(&db.url, OUT_OF_ORDER).await, 0, "per-key order broke across the upgrade");
 }
 
 /// The layout of the moat before the cluster function: the outbox's `cluster` read the control
@@ -178,17 +97,7 @@ async fn up_adds_the_columns_an_older_moat_did_not_create_and_delivery_goes_on_e
 #[tokio::test]
 async fn up_gives_an_outbox_of_an_older_moat_the_cluster_function() {
     let db = TestDb::new().await;
-    let project = TestProject::new(
-        &db.project,
-        MANIFEST,
-        &[
-            ("modules/customers/migrations/0001_customers.sql", "CREATE TABLE customers (id bigint PRIMARY KEY);\n"),
-            (
-                "modules/orders/migrations/0001_applied.sql",
-                "CREATE TABLE applied (id bigserial PRIMARY KEY, event_id uuid NOT NULL, key text NOT NULL, seq bigint NOT NULL);\n",
-            ),
-        ],
-    );
+    let project = common::project(&db);
     let app_config = || Config::new(project.manifest()).database_url(db.url.expose()).pool_size(4);
     drop(Moat::start(app_config()).await.unwrap());
     db.exec(
@@ -216,5 +125,5 @@ async fn up_gives_an_outbox_of_an_older_moat_the_cluster_function() {
     publish(&app, 0, 3).await;
     let here =
         "SELECT count(*) FROM customers.moat_outbox WHERE cluster = (pg_control_system()).system_identifier::text";
-    assert_eq!(count(&db, here).await, 3);
+    assert_eq!(count(&db.url, here).await, 3);
 }
