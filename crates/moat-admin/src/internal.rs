@@ -273,16 +273,27 @@ fn added_columns_sql(schema: &str, table: &str) -> String {
 /// with the constant `cluster` (the identity of the cluster provisioning runs in) for the rows
 /// that exist, then given its default.
 pub fn add_column_sql(schema: &str, column: &AddedColumn, cluster: &str) -> Vec<String> {
-    let table = qualified(schema, column.table);
-    let name = ident(column.name);
+    let add = format!(
+        "ALTER TABLE {} ADD COLUMN {} {}",
+        qualified(schema, column.table),
+        ident(column.name),
+        column.definition
+    );
     if column.cluster_of_existing_rows {
-        vec![
-            format!("ALTER TABLE {table} ADD COLUMN {name} text NOT NULL DEFAULT {}", literal(cluster)),
-            format!("ALTER TABLE {table} ALTER COLUMN {name} SET DEFAULT {}", cluster_default(schema)),
-        ]
+        vec![format!("{add} DEFAULT {}", literal(cluster)), cluster_set_default_sql(schema, column)]
     } else {
-        vec![format!("ALTER TABLE {table} ADD COLUMN {name} {}", column.definition)]
+        vec![add]
     }
+}
+
+/// `ALTER TABLE ... ALTER COLUMN ... SET DEFAULT <schema>.moat_cluster()` for a cluster column.
+pub fn cluster_set_default_sql(schema: &str, column: &AddedColumn) -> String {
+    format!(
+        "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}",
+        qualified(schema, column.table),
+        ident(column.name),
+        cluster_default(schema)
+    )
 }
 
 /// `GRANT <privilege> (<columns>) ON TABLE <schema>.<relation> TO <grantee>`.

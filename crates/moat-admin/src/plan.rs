@@ -745,16 +745,12 @@ impl<'a> Planner<'a> {
         for sql in internal::cluster_function_ddl(schema, owner, &runtime) {
             self.push(Section::InternalTables, sql);
         }
-        if outbox.columns.as_ref().is_some_and(|columns| columns.iter().any(|c| c == "cluster")) {
-            self.push(
-                Section::InternalTables,
-                format!(
-                    "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}",
-                    qualified(schema, internal::OUTBOX),
-                    ident("cluster"),
-                    internal::cluster_default(schema)
-                ),
-            );
+        for column in
+            internal::ADDED_COLUMNS.iter().filter(|c| c.cluster_of_existing_rows && c.table == internal::OUTBOX)
+        {
+            if outbox.columns.as_ref().is_some_and(|columns| columns.iter().any(|c| c == column.name)) {
+                self.push(Section::InternalTables, internal::cluster_set_default_sql(schema, column));
+            }
         }
     }
 
@@ -770,15 +766,11 @@ impl<'a> Planner<'a> {
                 .is_some_and(|columns| !columns.iter().any(|c| c == column.name));
             // Existing rows are labelled with this cluster's identity, which a live snapshot
             // always reads (one built by hand without it adds no cluster column).
-            let cluster = match (&cluster, column.cluster_of_existing_rows) {
-                (Some(cluster), _) => cluster.as_str(),
-                (None, false) => "",
-                (None, true) => continue,
-            };
-            if missing {
-                for sql in internal::add_column_sql(schema, column, cluster) {
-                    self.push(Section::InternalTables, sql);
-                }
+            if !missing || (column.cluster_of_existing_rows && cluster.is_none()) {
+                continue;
+            }
+            for sql in internal::add_column_sql(schema, column, cluster.as_deref().unwrap_or_default()) {
+                self.push(Section::InternalTables, sql);
             }
         }
     }
@@ -959,11 +951,12 @@ impl<'a> Planner<'a> {
                 self.plan.notes.push(Note::OrphanedRole(role.clone()));
             }
         }
+        let claimed = self.manifest.claimed_schemas();
         for (name, schema) in &self.snapshot.schemas {
             let declared = self.manifest.module_by_schema(name).is_some()
                 || name == CONTRACTS_SCHEMA
                 || name == "public"
-                || self.manifest.modules.iter().any(|m| m.claims.iter().any(|c| c.schema == *name));
+                || claimed.contains(name);
             if !declared && self.snapshot.roles.contains_key(&schema.owner) {
                 self.plan.notes.push(Note::OrphanedSchema(name.clone()));
             }

@@ -14,6 +14,17 @@ use moat_testkit::TestDb;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The files of the outbox's partitions and its progress table (a rewrite gives a table a new one).
+async fn outbox_files(admin: &mut sqlx::PgConnection) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT pg_relation_filenode(c.oid)::bigint FROM pg_class c WHERE c.relnamespace = 'customers'::regnamespace \
+         AND c.relkind = 'r' AND c.relname LIKE 'moat_outbox_%' ORDER BY c.relname",
+    )
+    .fetch_all(admin)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn up_adds_the_columns_an_older_moat_did_not_create_and_delivery_goes_on_exactly_once() {
     let db = TestDb::new().await;
@@ -57,24 +68,12 @@ async fn up_adds_the_columns_an_older_moat_did_not_create_and_delivery_goes_on_e
     ] {
         assert!(plan.contains(&statement), "the plan lacks `{statement}`:\n{plan}");
     }
-    let files_before: Vec<i64> = sqlx::query_scalar(
-        "SELECT pg_relation_filenode(c.oid)::bigint FROM pg_class c WHERE c.relnamespace = 'customers'::regnamespace \
-         AND c.relkind = 'r' AND c.relname LIKE 'moat_outbox_%' ORDER BY c.relname",
-    )
-    .fetch_all(&mut admin)
-    .await
-    .unwrap();
+    let files_before = outbox_files(&mut admin).await;
     assert_eq!(files_before.len(), 5, "the 4 partitions of the outbox and its progress");
 
     // The current moat starts on it: up adds the columns, and nothing is rewritten.
     let app = Moat::start(app_config()).await.unwrap();
-    let files_after: Vec<i64> = sqlx::query_scalar(
-        "SELECT pg_relation_filenode(c.oid)::bigint FROM pg_class c WHERE c.relnamespace = 'customers'::regnamespace \
-         AND c.relkind = 'r' AND c.relname LIKE 'moat_outbox_%' ORDER BY c.relname",
-    )
-    .fetch_all(&mut admin)
-    .await
-    .unwrap();
+    let files_after = outbox_files(&mut admin).await;
     assert_eq!(files_before, files_after, "adding the columns rewrote a table");
     assert!(moat_admin::provision::compute_plan(&mut admin, &project.manifest()).await.unwrap().is_empty());
     let foreign = format!("SELECT count(*) FROM customers.moat_outbox WHERE cluster <> '{identity}'");
