@@ -14,7 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use moat_analysis::{Source, SourceKind, included_files};
-use moat_core::manifest::Manifest;
+use moat_core::manifest::{Manifest, Module};
 
 /// A file read for the analysis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +68,7 @@ pub enum Error {
 pub fn read(manifest: &Manifest) -> Result<Vec<SourceFile>, Error> {
     let mut files = Vec::new();
     for module in &manifest.modules {
-        let kind = SourceKind::Migration { module: module.name.to_string() };
-        for path in migration_files(&module.migrations)? {
-            files.push(read_file(manifest, &path, kind.clone())?);
-        }
+        push_migrations(manifest, module, &mut files)?;
         for source in &module.sources {
             let kind = SourceKind::RustSource { module: module.name.to_string() };
             let paths = if source.is_dir() { list(source, "rs", true)? } else { vec![source.clone()] };
@@ -91,13 +88,19 @@ pub fn read(manifest: &Manifest) -> Result<Vec<SourceFile>, Error> {
 pub fn read_migrations(manifest: &Manifest) -> Result<Vec<SourceFile>, Error> {
     let mut files = Vec::new();
     for module in &manifest.modules {
-        let kind = SourceKind::Migration { module: module.name.to_string() };
-        for path in migration_files(&module.migrations)? {
-            files.push(read_file(manifest, &path, kind.clone())?);
-        }
+        push_migrations(manifest, module, &mut files)?;
     }
     add_included(manifest, &mut files)?;
     Ok(files)
+}
+
+/// Reads the migration files of `module` into `files`.
+fn push_migrations(manifest: &Manifest, module: &Module, files: &mut Vec<SourceFile>) -> Result<(), Error> {
+    let kind = SourceKind::Migration { module: module.name.to_string() };
+    for path in migration_files(&module.migrations)? {
+        files.push(read_file(manifest, &path, kind.clone())?);
+    }
+    Ok(())
 }
 
 /// Reads the files that the includes of `files` name (and of those, and so on) and that are
