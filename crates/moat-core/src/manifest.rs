@@ -37,6 +37,12 @@ pub struct Manifest {
     pub consumers: Vec<ConsumerName>,
     /// `[databases.NAME]`: databases besides the main one, in declaration order.
     pub databases: Vec<Database>,
+    /// The project's modules that live in another database than the one this manifest is
+    /// [restricted](Manifest::restricted) to (empty for a whole manifest): they still count as
+    /// publishers and subscribers, their roles are not orphans, nothing of theirs is created here.
+    pub elsewhere: Vec<Module>,
+    /// Contracts that live in another database than the one this manifest is restricted to.
+    pub elsewhere_contracts: Vec<ContractName>,
     /// `[project] connection_limit`: the `CONNECTION LIMIT` of every login role moat creates
     /// (default [`DEFAULT_CONNECTION_LIMIT`]); a module's own `connection_limit` overrides it for
     /// its runtime role.
@@ -337,7 +343,11 @@ impl Manifest {
             let before = remaining.len();
             let mut i = 0;
             while i < remaining.len() {
-                let ready = remaining[i].depends_on.iter().all(|d| placed.iter().any(|p| &p.name == d));
+                // A dependency in another database (not in `modules`) orders nothing here.
+                let ready = remaining[i]
+                    .depends_on
+                    .iter()
+                    .all(|d| placed.iter().any(|p| &p.name == d) || !self.modules.iter().any(|m| &m.name == d));
                 if ready {
                     placed.push(remaining.remove(i));
                     // Restart so that declaration order wins among ready modules.
@@ -357,12 +367,39 @@ impl Manifest {
     /// Whether any module depends on another, so module events may be used: then provisioning
     /// creates the event relay role, outboxes in depended-on modules and inboxes in dependents.
     pub fn uses_events(&self) -> bool {
-        self.modules.iter().any(|m| !m.depends_on.is_empty())
+        self.modules.iter().chain(&self.elsewhere).any(|m| !m.depends_on.is_empty())
     }
 
-    /// Whether some module depends on `module` (so it may publish events to it).
+    /// Whether some module (here or in another database) depends on `module` (so it may publish
+    /// events to it).
     pub fn is_depended_on(&self, module: &ModuleName) -> bool {
-        self.modules.iter().any(|m| m.depends_on.contains(module))
+        self.dependents(module).next().is_some()
+    }
+
+    /// The modules (here or in another database) that depend on `module`.
+    pub fn dependents<'a>(&'a self, module: &'a ModuleName) -> impl Iterator<Item = &'a Module> + 'a {
+        self.modules.iter().chain(&self.elsewhere).filter(move |m| m.depends_on.contains(module))
+    }
+
+    /// The module with this name, here or in another database.
+    pub fn any_module(&self, name: &str) -> Option<&Module> {
+        self.modules.iter().chain(&self.elsewhere).find(|m| m.name.as_str() == name)
+    }
+
+    /// The part of the manifest that lives in one database: the modules `here` keeps (the others
+    /// move to [`Manifest::elsewhere`]), the contracts whose reads are all theirs, every consumer.
+    pub fn restricted(&self, here: impl Fn(&Module) -> bool) -> Manifest {
+        let mut part = self.clone();
+        let (kept, moved): (Vec<Module>, Vec<Module>) =
+            self.modules.iter().chain(&self.elsewhere).cloned().partition(|m| here(m));
+        part.modules = kept;
+        part.elsewhere = moved;
+        let schemas: Vec<&SchemaName> = part.modules.iter().map(|m| &m.schema).collect();
+        let (kept, moved): (Vec<Contract>, Vec<Contract>) =
+            self.contracts.iter().cloned().partition(|c| c.reads.iter().all(|r| schemas.contains(&&r.schema)));
+        part.contracts = kept;
+        part.elsewhere_contracts.extend(moved.into_iter().map(|c| c.name));
+        part
     }
 
     /// A path relative to the manifest's directory, with `/` separators, for messages and findings.
@@ -419,6 +456,9 @@ struct Parser<'a> {
     connection_limit: Option<u32>,
     /// `[databases]`, parsed before the modules that name them.
     databases: Vec<Database>,
+    /// Every key of `[databases]`, valid or not, so that a module naming an invalid one is not
+    /// also told it is unknown.
+    database_keys: Vec<String>,
 }
 
 type Table<'i> = DeTable<'i>;
@@ -438,6 +478,7 @@ impl<'a> Parser<'a> {
             claim_spans: Vec::new(),
             connection_limit: None,
             databases: Vec::new(),
+            database_keys: Vec::new(),
         }
     }
 
@@ -528,6 +569,8 @@ impl<'a> Parser<'a> {
                     contracts,
                     consumers: consumers.into_iter().map(|(c, _)| c).collect(),
                     databases: std::mem::take(&mut self.databases),
+                    elsewhere: Vec::new(),
+                    elsewhere_contracts: Vec::new(),
                     connection_limit: self.connection_limit.unwrap_or(DEFAULT_CONNECTION_LIMIT),
                 };
                 self.role_collisions(&manifest, &module_tables, &consumer_tables, &contract_tables);
@@ -792,8 +835,10 @@ impl<'a> Parser<'a> {
                     "database" => match self.string(v, &field) {
                         Some(s) => match self.databases.iter().find(|d| d.name.as_str() == s) {
                             Some(d) => database = Some(d.name.clone()),
+                            // Declared with an error of its own, reported there.
+                            None if self.database_keys.contains(&s) => ok = false,
                             None => {
-                                let known: Vec<String> = self.databases.iter().map(|d| d.name.to_string()).collect();
+                                let known = self.database_keys.clone();
                                 let help = closest(&s, &known).map(|c| format!("did you mean `{c}`?")).or_else(|| {
                                     Some(format!(
                                         "declare it:\n    [databases.{s}]\n    url_env = \"{}_DATABASE_URL\"",
@@ -888,6 +933,7 @@ impl<'a> Parser<'a> {
     fn databases(&mut self, entries: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)]) {
         for (key, value) in entries {
             let raw = key.get_ref().to_string();
+            self.database_keys.push(raw.clone());
             let prefix = format!("databases.{raw}");
             let Some(name) = self.name(DatabaseName::parse, &raw, key.span(), &prefix) else {
                 continue;

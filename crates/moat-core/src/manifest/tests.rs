@@ -101,11 +101,11 @@ password = "x"
     /p/moat.toml:3:1: `project.owner`: unknown key `owner`
       help: known keys here: `name`, `connection_limit`
     /p/moat.toml:6:1: `modules.patients.schmea`: unknown key `schmea`
-      help: known keys here: `schema`, `migrations`, `sources`, `depends_on`, `claims`, `connection_limit`
+      help: known keys here: `schema`, `migrations`, `sources`, `depends_on`, `claims`, `connection_limit`, `database`
     /p/moat.toml:9:1: `consumers.reporting.password`: unknown key `password`
       help: `consumers.reporting` takes no keys
     /p/moat.toml:11:2: `extra`: unknown key `extra`
-      help: known keys here: `project`, `modules`, `contracts`, `consumers`
+      help: known keys here: `project`, `modules`, `contracts`, `consumers`, `databases`
     "#);
 }
 
@@ -402,8 +402,9 @@ url_env = "postgres://u:secret@h/db"
 url_env = "DATABASE_URL"
 
 [modules.billing]
-database = "biling_db"
+database = "othr"
 "#;
+
     insta::assert_snapshot!(errors(text), @r#"
     /p/moat.toml:6:11: `databases.billing_db.url_env`: `url_env` names an environment variable; the URL itself never goes in the manifest
       help: write `url_env = "BILLING_DB_DATABASE_URL"` and put the URL in that variable
@@ -411,8 +412,8 @@ database = "biling_db"
       help: add `url_env = "OTHER_DATABASE_URL"`
     /p/moat.toml:11:11: `databases.third.url_env`: `DATABASE_URL` holds the main database's URL
       help: use a variable of its own, such as `THIRD_DATABASE_URL`
-    /p/moat.toml:14:12: `modules.billing.database`: unknown database `biling_db`
-      help: did you mean `billing_db`?
+    /p/moat.toml:14:12: `modules.billing.database`: unknown database `othr`
+      help: did you mean `other`?
     "#);
 }
 
