@@ -17,6 +17,12 @@ pub const OUTBOX_PROGRESS: &str = "moat_outbox_progress";
 pub const SUBSCRIPTIONS: &str = "moat_subscriptions";
 /// A subscriber's held events (retrying, waiting behind a failed event of the same key, dead).
 pub const INBOX: &str = "moat_inbox";
+/// The journal of a module's move to another database (`moat extract`), in the module's schema in
+/// the database it moves from: one row, whose `step` is `switched` once the module lives at the
+/// target.
+pub const MOVE: &str = "moat_move";
+/// The journal step after which a moved module lives in its target database.
+pub const MOVE_SWITCHED: &str = "switched";
 /// The ledger of installed contracts, in the contracts schema.
 pub const CONTRACTS_LEDGER: &str = "moat_contracts";
 
@@ -126,7 +132,7 @@ pub fn is_outbox_partition(name: &str) -> bool {
 
 /// Whether `name` (in a module schema) is one of moat's own relations, owned by `<project>_moat`.
 pub fn owned_by_moat(name: &str) -> bool {
-    [MIGRATIONS, OUTBOX, OUTBOX_SEQUENCE, OUTBOX_PROGRESS, SUBSCRIPTIONS, INBOX].contains(&name)
+    [MIGRATIONS, OUTBOX, OUTBOX_SEQUENCE, OUTBOX_PROGRESS, SUBSCRIPTIONS, INBOX, MOVE].contains(&name)
         || is_outbox_partition(name)
         || name == INBOX_SEQUENCE
 }

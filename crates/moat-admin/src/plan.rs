@@ -513,6 +513,8 @@ impl<'a> Planner<'a> {
         let wanted_roles = wanted_roles(manifest);
         let mut managed: BTreeSet<String> = wanted_roles.iter().map(|r| r.name.clone()).collect();
         managed.insert(PUBLIC.to_owned());
+        // Roles of modules in other databases hold nothing here.
+        managed.extend(elsewhere_roles(manifest));
         Self { manifest, snapshot, inputs, wanted_roles, managed, plan: Plan::default() }
     }
 

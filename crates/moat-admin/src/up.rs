@@ -2,19 +2,24 @@
 //! every module in dependency order, install contracts after all modules.
 
 use moat_core::manifest::Manifest;
+use moat_core::names::DatabaseName;
 
+use crate::databases::{DatabaseKey, Databases};
 use crate::embedded::{EmbeddedOptions, RunningCluster};
 use crate::error::AdminError;
 use crate::migrate::{MigrateEvent, MigrateReport};
+use crate::placement::Placement;
 use crate::plan::{Note, Plan};
 use crate::provision::{ProvisionOutcome, provision};
 use crate::target::{DatabaseUrl, UrlSource, admin_url_from};
 
-/// The database moat administers.
+/// The databases moat administers.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The admin URL (of the project database).
+    /// The admin URL (of the project's main database).
     pub url: DatabaseUrl,
+    /// Every database of the project: the main one and the manifest's `[databases]`.
+    pub databases: Databases,
     /// Where the URL came from; `None` for the embedded default.
     pub source: Option<UrlSource>,
     /// The embedded cluster, when it is used.
@@ -25,7 +30,8 @@ pub struct Target {
 /// cluster next to the manifest and creates the project's database in it.
 pub async fn resolve_target(manifest: &Manifest, flag: Option<&str>) -> Result<Target, AdminError> {
     if let Some((url, source)) = admin_url_from(flag)? {
-        return Ok(Target { url, source: Some(source), embedded: None });
+        let databases = Databases::from_env(manifest, url.clone())?;
+        return Ok(Target { url, databases, source: Some(source), embedded: None });
     }
     let options = EmbeddedOptions::for_project(&manifest.root);
     let cluster =
@@ -34,7 +40,59 @@ pub async fn resolve_target(manifest: &Manifest, flag: Option<&str>) -> Result<T
         })??;
     let database = manifest.project.to_string();
     crate::embedded::ensure_database(&cluster.url("postgres"), &database).await?;
-    Ok(Target { url: cluster.url(&database), source: None, embedded: Some(cluster) })
+    // The embedded cluster serves `[databases.NAME]` as database `NAME`.
+    let mut databases = Databases::single(cluster.url(&database));
+    for named in &manifest.databases {
+        crate::embedded::ensure_database(&cluster.url("postgres"), named.name.as_str()).await?;
+        databases.named.insert(named.name.clone(), cluster.url(named.name.as_str()));
+    }
+    Ok(Target { url: cluster.url(&database), databases, source: None, embedded: Some(cluster) })
+}
+
+impl Target {
+    /// A target of explicit URLs (tests, and applications that resolve URLs themselves).
+    pub fn new(databases: Databases) -> Self {
+        Self { url: databases.main.clone(), databases, source: None, embedded: None }
+    }
+
+    /// Where every module is now, and the part of the manifest each database holds: the main
+    /// database first (always, so that a project without modules there is still provisioned),
+    /// then each named database that holds a module or a contract.
+    pub async fn parts(&self, manifest: &Manifest) -> Result<(Placement, Vec<Part>), AdminError> {
+        let placement = crate::placement::locate(manifest, &self.databases).await?;
+        let mut parts = Vec::new();
+        for key in self.databases.keys() {
+            let part = placement.part(manifest, key.as_ref());
+            if key.is_some() && part.modules.is_empty() && part.contracts.is_empty() {
+                continue;
+            }
+            parts.push(Part { url: self.databases.url(key.as_ref())?.clone(), key, manifest: part });
+        }
+        Ok((placement, parts))
+    }
+}
+
+/// One database and the part of the manifest that lives in it.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// Which database.
+    pub key: DatabaseKey,
+    /// Its admin URL.
+    pub url: DatabaseUrl,
+    /// The manifest restricted to it ([`Manifest::restricted`]).
+    pub manifest: Manifest,
+}
+
+impl Part {
+    /// How messages name the database.
+    pub fn label(&self) -> String {
+        crate::databases::label(self.key.as_ref())
+    }
+
+    /// The database's key, `None` for the main database.
+    pub fn name(&self) -> Option<&DatabaseName> {
+        self.key.as_ref()
+    }
 }
 
 /// What `up` reports as it goes.
@@ -76,6 +134,39 @@ impl UpReport {
     pub fn plans(&self) -> impl Iterator<Item = &Plan> {
         std::iter::once(&self.provision.plan).chain(self.contracts.iter().map(|c| &c.plan))
     }
+}
+
+/// What `up` did in each database.
+#[derive(Debug, Clone)]
+pub struct UpAll {
+    /// Where every module was found.
+    pub placement: Placement,
+    /// One report per database, the main database first.
+    pub databases: Vec<(DatabaseKey, UpReport)>,
+}
+
+impl UpAll {
+    /// Whether anything changed in any database.
+    pub fn changed(&self) -> bool {
+        self.databases.iter().any(|(_, r)| r.changed())
+    }
+}
+
+/// [`up`] in every database of the project, each with the part of the manifest that lives there:
+/// a module is provisioned and migrated where its data is (see [`crate::placement`]).
+pub async fn up_all(
+    target: &Target,
+    manifest: &Manifest,
+    observe: &(dyn Fn(&DatabaseKey, UpEvent<'_>) + Sync),
+) -> Result<UpAll, AdminError> {
+    let (placement, parts) = target.parts(manifest).await?;
+    let mut databases = Vec::new();
+    for part in parts {
+        let key = part.key.clone();
+        let report = up(&part.url, &part.manifest, &|event| observe(&key, event)).await?;
+        databases.push((part.key, report));
+    }
+    Ok(UpAll { placement, databases })
 }
 
 /// Provisions, migrates every module in dependency order, then installs contracts.
