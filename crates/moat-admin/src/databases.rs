@@ -66,8 +66,22 @@ impl Databases {
 
     /// The named databases' URLs from the environment variables the manifest names.
     pub fn from_env(manifest: &Manifest, main: DatabaseUrl) -> Result<Self, AdminError> {
+        Self::resolve(manifest, main, &BTreeMap::new())
+    }
+
+    /// The named databases' URLs: those `given` (by key), the others from the environment
+    /// variables the manifest names.
+    pub fn resolve(
+        manifest: &Manifest,
+        main: DatabaseUrl,
+        given: &BTreeMap<String, DatabaseUrl>,
+    ) -> Result<Self, AdminError> {
         let mut named = BTreeMap::new();
         for database in &manifest.databases {
+            if let Some(url) = given.get(database.name.as_str()) {
+                named.insert(database.name.clone(), url.clone());
+                continue;
+            }
             let raw =
                 std::env::var(&database.url_env).ok().filter(|v| !v.is_empty()).ok_or_else(|| AdminError::Refused {
                     message: format!(

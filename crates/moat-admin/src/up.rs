@@ -29,8 +29,18 @@ pub struct Target {
 /// Finds the admin URL (flag, `MOAT_DATABASE_URL`, `DATABASE_URL`) or starts the embedded
 /// cluster next to the manifest and creates the project's database in it.
 pub async fn resolve_target(manifest: &Manifest, flag: Option<&str>) -> Result<Target, AdminError> {
+    resolve_target_with(manifest, flag, &std::collections::BTreeMap::new()).await
+}
+
+/// [`resolve_target`], with the admin URLs of some `[databases]` given instead of read from their
+/// `url_env` (applications and tests that hold them already).
+pub async fn resolve_target_with(
+    manifest: &Manifest,
+    flag: Option<&str>,
+    given: &std::collections::BTreeMap<String, DatabaseUrl>,
+) -> Result<Target, AdminError> {
     if let Some((url, source)) = admin_url_from(flag)? {
-        let databases = Databases::from_env(manifest, url.clone())?;
+        let databases = Databases::resolve(manifest, url.clone(), given)?;
         return Ok(Target { url, databases, source: Some(source), embedded: None });
     }
     let options = EmbeddedOptions::for_project(&manifest.root);

@@ -74,6 +74,8 @@ pub struct TestDb {
     /// The database name.
     pub database: String,
     server: DatabaseUrl,
+    /// More databases of this test ([`TestDb::another`]), dropped with it.
+    others: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestDb {
@@ -92,7 +94,21 @@ impl TestDb {
             .await
             .unwrap();
         let _ = conn.close().await;
-        Self { url: server.with_database(&database), project, database, server }
+        Self { url: server.with_database(&database), project, database, server, others: Default::default() }
+    }
+
+    /// Another database on the same server (`<database>_<suffix>`), for a module that lives in a
+    /// database of its own; dropped with this one. Returns its admin URL.
+    pub async fn another(&self, suffix: &str) -> DatabaseUrl {
+        let database = format!("{}_{suffix}", self.database);
+        let mut conn = moat_admin::connect(&self.server).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", ident(&database))))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let _ = conn.close().await;
+        self.others.lock().unwrap().push(database.clone());
+        self.server.with_database(&database)
     }
 
     /// An admin connection to the test database.
@@ -124,19 +140,22 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let server = self.server.clone();
-        let database = self.database.clone();
+        let mut databases = std::mem::take(&mut *self.others.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        databases.push(self.database.clone());
         let prefix = format!("{}_", self.project);
         // Drop runs inside the test's runtime; clean up on a thread with a runtime of its own.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 let Ok(mut conn) = moat_admin::connect(&server).await else { return };
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    ident(&database)
-                )))
-                .execute(&mut conn)
-                .await;
+                for database in databases {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        ident(&database)
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
                 let roles: Vec<String> =
                     sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1)")
                         .bind(&prefix)

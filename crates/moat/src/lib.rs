@@ -79,7 +79,9 @@ struct ModulePool {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for task in self.tasks.lock().map(|t| t.iter().map(|t| t.abort_handle()).collect::<Vec<_>>()).unwrap_or_default() {
+        for task in
+            self.tasks.lock().map(|t| t.iter().map(|t| t.abort_handle()).collect::<Vec<_>>()).unwrap_or_default()
+        {
             task.abort();
         }
     }
@@ -89,7 +91,7 @@ impl Moat {
     /// Provisions and migrates every database (unless the config says otherwise), audits them,
     /// then opens the pools.
     pub async fn start(config: Config) -> Result<Self, Error> {
-        let target = moat_admin::up::resolve_target(&config.manifest, config.database_url.as_deref()).await?;
+        let target = resolve(&config).await?;
         let startup = if config.migrate {
             let report = moat_admin::up::up_all(&target, &config.manifest, &|database, event| {
                 if let moat_admin::up::UpEvent::Migrate(moat_admin::migrate::MigrateEvent::Applied {
@@ -131,7 +133,7 @@ impl Moat {
 
     /// Opens the pools without provisioning or migrating (migrations ran elsewhere).
     pub async fn connect(config: Config) -> Result<Self, Error> {
-        let target = moat_admin::up::resolve_target(&config.manifest, config.database_url.as_deref()).await?;
+        let target = resolve(&config).await?;
         Self::open(config, target, None).await
     }
 
@@ -143,7 +145,8 @@ impl Moat {
         let mut pools = BTreeMap::new();
         for module in &config.manifest.modules {
             let at = placement.at(module.name.as_str()).cloned();
-            let pool = open_module_pool(&config.manifest, &target, config.isolation, config.pool_size, module, &at).await?;
+            let pool =
+                open_module_pool(&config.manifest, &target, config.isolation, config.pool_size, module, &at).await?;
             pools.insert(module.name.to_string(), pool);
         }
         let mut consumer_pools = BTreeMap::new();
@@ -169,9 +172,11 @@ impl Moat {
             .map(|m| m.name.to_string())
             .collect();
         let notifier = Arc::new(notify::Notifier::new(publishers.iter().cloned()));
-        let follow = config.manifest.modules.iter().any(|m| {
-            placement.modules.get(m.name.as_str()).is_some_and(|l| l.at != l.wanted)
-        });
+        let follow = config
+            .manifest
+            .modules
+            .iter()
+            .any(|m| placement.modules.get(m.name.as_str()).is_some_and(|l| l.at != l.wanted));
         let app = Self {
             inner: Arc::new(Inner {
                 manifest: config.manifest,
@@ -196,16 +201,16 @@ impl Moat {
         }
         let mut tasks = Vec::new();
         let weak = Arc::downgrade(&app.inner);
-        tasks.extend(app.inner.notifier.spawn_senders(
-            publishers
-                .iter()
-                .map(|p| (p.clone(), notify::channel_name(app.inner.manifest.project.as_str(), p)))
-                .collect(),
-            events::DispatcherConfig::default().notify_debounce,
-            Arc::new(move |module: &str| {
-                weak.upgrade().and_then(|inner| Moat { inner }.pool(module).ok())
-            }),
-        ));
+        tasks.extend(
+            app.inner.notifier.spawn_senders(
+                publishers
+                    .iter()
+                    .map(|p| (p.clone(), notify::channel_name(app.inner.manifest.project.as_str(), p)))
+                    .collect(),
+                events::DispatcherConfig::default().notify_debounce,
+                Arc::new(move |module: &str| weak.upgrade().and_then(|inner| Moat { inner }.pool(module).ok())),
+            ),
+        );
         if follow {
             tasks.push(tokio::spawn(follow::follow(Arc::downgrade(&app.inner))));
         }
@@ -411,6 +416,15 @@ impl Moat {
             pool.close().await;
         }
     }
+}
+
+/// The admin target of a configuration.
+async fn resolve(config: &Config) -> Result<Target, Error> {
+    let mut given = BTreeMap::new();
+    for (name, url) in &config.databases {
+        given.insert(name.clone(), DatabaseUrl::parse(url)?);
+    }
+    Ok(moat_admin::up::resolve_target_with(&config.manifest, config.database_url.as_deref(), &given).await?)
 }
 
 /// The database a `[databases]` key stands for now: where the modules of that key live (a

@@ -51,7 +51,7 @@ impl Notifier {
         &self,
         channels: BTreeMap<String, String>,
         debounce: Duration,
-        pool_of: Arc<dyn Fn(&str) -> Option<PgPool> + Send + Sync>,
+        pool_of: PoolOf,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         for (module, channel_name) in channels {
@@ -74,6 +74,9 @@ impl Notifier {
         tasks
     }
 }
+
+/// A module's pool as it is now (`None` once the application is gone).
+pub(crate) type PoolOf = Arc<dyn Fn(&str) -> Option<PgPool> + Send + Sync>;
 
 /// The NOTIFY channel of a publishing module.
 pub(crate) fn channel_name(project: &str, module: &str) -> String {

@@ -42,7 +42,12 @@ impl Subscription {
              WHERE p.cluster IS DISTINCT FROM excluded.cluster OR p.consumed_below < excluded.consumed_below",
             progress = self.tables.progress
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.subscriber).bind(&lo).bind(&here).execute(&self.relay().await?).await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&self.subscriber)
+            .bind(&lo)
+            .bind(&here)
+            .execute(&self.relay().await?)
+            .await?;
         Ok(())
     }
 }

@@ -288,7 +288,8 @@ impl Subscription {
         if cursor.cluster.as_ref().is_some_and(|c| *c != here) {
             return self.rebase(tx, &cursor, &handled, &here).await;
         }
-        let batch = fetch(&self.relay().await?, &self.tables.outbox, &here, &cursor, &handled, self.config.batch_size).await?;
+        let batch =
+            fetch(&self.relay().await?, &self.tables.outbox, &here, &cursor, &handled, self.config.batch_size).await?;
         let mut published = Vec::new();
         let applied = match mode {
             Mode::Fast => self.apply_fast(&mut tx, &batch.events, &mut blocked, &mut published).await?,
