@@ -39,6 +39,26 @@ pub fn server_url() -> DatabaseUrl {
         .clone()
 }
 
+/// The tests' embedded cluster (its `postgres` database), whatever `DATABASE_URL` says: moat
+/// starts it with `wal_level = logical`, for the tests of logical replication (the local server
+/// may run with `wal_level = replica`).
+pub fn logical_server_url() -> DatabaseUrl {
+    static SERVER: OnceLock<DatabaseUrl> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            let dir = test_cluster_dir();
+            match ensure_running(&EmbeddedOptions { dir: dir.clone(), durable: false }) {
+                Ok(cluster) => cluster.url("postgres"),
+                Err(e) => panic!(
+                    "the tests of logical replication need moat's embedded cluster in `{}`, which did not start:\n{e}\n\
+                     Install the PostgreSQL server binaries (`scripts/setup` does it).",
+                    dir.display()
+                ),
+            }
+        })
+        .clone()
+}
+
 /// Where the tests' embedded cluster lives: `target/moat-test-pg`, or, when the tests run as root
 /// (the cluster then runs as the `postgres` user, who may not enter a private checkout), a folder
 /// under the system's temporary directory named after the workspace.
@@ -82,6 +102,17 @@ impl TestDb {
     /// Creates the database. Panics with instructions when no server is reachable.
     pub async fn new() -> Self {
         let server = tokio::task::spawn_blocking(server_url).await.unwrap();
+        Self::on(server).await
+    }
+
+    /// Creates the database in the tests' embedded cluster, which runs with `wal_level =
+    /// logical` ([`logical_server_url`]).
+    pub async fn logical() -> Self {
+        let server = tokio::task::spawn_blocking(logical_server_url).await.unwrap();
+        Self::on(server).await
+    }
+
+    async fn on(server: DatabaseUrl) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let project = format!("t{}", &id[..12]);
         let database = format!("moat_test_{}", &id[..16]);
