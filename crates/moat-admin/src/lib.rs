@@ -18,6 +18,7 @@ pub mod placement;
 pub mod plan;
 pub mod policy;
 pub mod provision;
+pub mod replication;
 pub mod target;
 pub mod up;
 
