@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod embedded;
 pub mod error;
 pub mod events;
+pub mod extract;
 pub mod internal;
 pub mod locks;
 pub mod login;
