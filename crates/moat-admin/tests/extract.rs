@@ -486,10 +486,10 @@ async fn abort_rolls_back_a_move_that_stopped_before_the_switch() {
 /// another schema; used by a CHECK constraint, an index expression and a default, so the move
 /// runs it on every copied row and while building the index.
 const TRAP: &str = r#"
-CREATE FUNCTION trap(v int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+CREATE FUNCTION trap_act() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-    EXECUTE 'ALTER ROLE ' || pg_catalog.quote_ident(current_setting('moat_test.owner', true)) || ' SUPERUSER';
+    EXECUTE 'ALTER ROLE {owner} SUPERUSER';
     EXECUTE 'CREATE TABLE public.planted (id int)';
   END IF;
   BEGIN
@@ -500,6 +500,10 @@ BEGIN
     EXECUTE 'CREATE TABLE patients.planted (id int)';
   EXCEPTION WHEN OTHERS THEN NULL;
   END;
+END $$;
+CREATE FUNCTION trap(v int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  PERFORM trap_act();
   RETURN v;
 END $$;
 CREATE TABLE trapped (id int PRIMARY KEY CHECK (trap(id) = id), v int DEFAULT trap(1));
@@ -507,12 +511,63 @@ CREATE INDEX trapped_expr ON trapped (trap(v));
 "#;
 
 #[tokio::test]
+async fn a_journal_table_the_module_planted_is_refused_before_the_admin_touches_it() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let owner = db.role("billing_owner");
+    // The owner may create tables in its schema: one named like the journal, with a trigger
+    // that would make the owner a superuser when the admin writes the journal.
+    let plant = format!(
+        "SET ROLE {owner}; SET search_path = billing;\n\
+         CREATE TABLE moat_move (target text, mode text, step text, started_at timestamptz, updated_at timestamptz,\n\
+           switched_at timestamptz, frozen_at timestamptz, revoked text[], report jsonb, one boolean PRIMARY KEY);\n\
+         CREATE FUNCTION escalate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN\n\
+           EXECUTE 'ALTER ROLE {owner} SUPERUSER'; RETURN NEW; END $$;\n\
+         CREATE TRIGGER escalate BEFORE INSERT OR UPDATE ON moat_move FOR EACH ROW EXECUTE FUNCTION escalate();\n"
+    );
+    let project = project(&db, &[]);
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    // (Provisioning refuses such a table too; the owner creates it after `moat up`.)
+    db.exec(&plant).await;
+    let error = refused(&db, &target, &manifest).await;
+    assert!(error.contains("`billing.moat_move` is not moat's move journal"), "{error}");
+    let mut admin = db.connect().await;
+    let superuser: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = $1")
+        .bind(&owner)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(!superuser);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM billing.moat_move").fetch_one(&mut admin).await.unwrap();
+    assert_eq!(rows, 0);
+    admin.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn module_functions_that_the_move_runs_run_as_the_owner() {
     let db = TestDb::new().await;
     let target = TargetDb::new(&db).await;
-    let project = project(&db, &[("modules/billing/migrations/0003_trap.sql", TRAP)]);
+    let owner = db.role("billing_owner");
+    let trap = TRAP.replace("{owner}", &owner);
+    let project = project(&db, &[("modules/billing/migrations/0003_trap.sql", &trap)]);
     let manifest = project.manifest();
     up(&db, &manifest).await;
+    // The trap works when a superuser runs it (shown in a transaction that is rolled back).
+    let mut admin = db.connect().await;
+    let armed: bool = {
+        let mut tx = admin.begin().await.unwrap();
+        sqlx::raw_sql("SET LOCAL search_path = billing; SELECT billing.trap(1)").execute(&mut *tx).await.unwrap();
+        let armed = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = $1")
+            .bind(&owner)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        armed
+    };
+    assert!(armed);
+    admin.close().await.unwrap();
     let mut app = db.connect_as(&db.role("billing")).await;
     sqlx::raw_sql("INSERT INTO trapped (id) SELECT generate_series(1, 10)").execute(&mut app).await.unwrap();
     app.close().await.unwrap();

@@ -189,7 +189,7 @@ fn dump_sections(
                 .arg("--no-tablespaces")
                 .arg("--file=-")
                 .arg(&archive);
-            Ok(without_meta_commands(&String::from_utf8_lossy(&run_tool(restore, None, "pg_restore")?)))
+            Ok(module_script(&String::from_utf8_lossy(&run_tool(restore, None, "pg_restore")?)))
         };
         Ok(Sections { pre_data: section("pre-data")?, post_data: section("post-data")? })
     })();
@@ -206,16 +206,36 @@ fn filter_toc(toc: &str, moat_owner: &str) -> String {
         .collect()
 }
 
-/// The script without the psql meta-commands `pg_restore` wraps it in (`\\restrict KEY` and
-/// `\\unrestrict KEY`, which keep psql from running meta-commands smuggled into the dump). moat
-/// sends statements to the server, which runs no meta-command: any other line starting with a
-/// backslash stays and fails there as a syntax error.
-fn without_meta_commands(script: &str) -> String {
-    script
-        .lines()
-        .filter(|line| !(line.starts_with("\\restrict ") || line.starts_with("\\unrestrict ")))
-        .map(|line| format!("{line}\n"))
-        .collect()
+/// The script as moat runs it in an owner session: without the psql meta-commands `pg_restore`
+/// wraps it in (`\restrict KEY` on its first line and `\unrestrict KEY` at its end, which keep
+/// psql from running meta-commands smuggled into a dump; moat sends statements to the server,
+/// which runs none), and without the header's `set_config('search_path', '', false)`: every name
+/// in the script is qualified, and the session keeps the module's schema as its `search_path` so
+/// that the module's functions that its indexes and constraints run find its tables. Only those
+/// lines go (the meta-commands matched by their random key, the setting only before the first
+/// statement that is not a `SET`), so a line of a function body that looks like them stays.
+fn module_script(script: &str) -> String {
+    const HEADER_SEARCH_PATH: &str = "SELECT pg_catalog.set_config('search_path', '', false);";
+    let mut lines: Vec<&str> = script.lines().collect();
+    let key = lines
+        .iter()
+        .position(|l| l.starts_with("\\restrict "))
+        .map(|i| (i, lines[i]["\\restrict ".len()..].to_owned()));
+    if let Some((first, key)) = key {
+        let end = format!("\\unrestrict {key}");
+        if let Some(last) = lines.iter().rposition(|l| *l == end) {
+            lines.remove(last);
+        }
+        lines.remove(first);
+    }
+    let header = lines
+        .iter()
+        .position(|l| !(l.is_empty() || l.starts_with("--") || l.starts_with("SET ") || *l == HEADER_SEARCH_PATH))
+        .unwrap_or(lines.len());
+    if let Some(at) = lines[..header].iter().position(|l| *l == HEADER_SEARCH_PATH) {
+        lines.remove(at);
+    }
+    lines.into_iter().map(|line| format!("{line}\n")).collect()
 }
 
 /// The URL for a client program without its password, and the password (for `PGPASSWORD`, so
@@ -313,6 +333,16 @@ mod tests {
         assert!(!kept.contains("SCHEMA - billing"));
         assert!(!kept.contains("moat_migrations"));
         assert!(kept.starts_with(";\n; Archive"));
+    }
+
+    #[test]
+    fn only_the_keyed_meta_commands_and_the_header_search_path_leave_the_script() {
+        let script = "\\restrict K1\nSET lock_timeout = 0;\nSELECT pg_catalog.set_config('search_path', '', false);\n\
+                      CREATE FUNCTION f() RETURNS int AS $$\n\\unrestrict X\nSELECT pg_catalog.set_config('search_path', '', false);\n$$;\n\\unrestrict K1\n";
+        assert_eq!(
+            module_script(script),
+            "SET lock_timeout = 0;\nCREATE FUNCTION f() RETURNS int AS $$\n\\unrestrict X\nSELECT pg_catalog.set_config('search_path', '', false);\n$$;\n"
+        );
     }
 
     #[test]

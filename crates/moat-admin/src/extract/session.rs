@@ -22,9 +22,11 @@ pub struct OwnerSession {
 }
 
 /// Settings every owner session pins, so that both sides print rows the same way and nothing
-/// the roles set for themselves changes what runs.
-const PINNED: [(&str, &str); 10] = [
-    ("search_path", "pg_catalog, pg_temp"),
+/// the roles set for themselves changes what runs. `search_path` is the module's schema (as in
+/// its migrations, `pg_catalog` first implicitly), so that its functions that name its tables
+/// unqualified work when a constraint, default or index runs them; moat's own queries in these
+/// sessions qualify everything.
+const PINNED: [(&str, &str); 9] = [
     ("statement_timeout", "0"),
     ("lock_timeout", "10s"),
     ("idle_in_transaction_session_timeout", "0"),
@@ -48,7 +50,7 @@ impl OwnerSession {
         let roles = MigratorRoles::of(manifest, module);
         let mut conn = crate::login::login_as(admin, url, &roles.migrator).await?;
         let mut set: String = PINNED.iter().map(|(k, v)| format!("SET {k} = {}; ", literal(v))).collect();
-        set.push_str(&format!("SET ROLE {}", ident(&roles.owner)));
+        set.push_str(&format!("SET search_path = {}; SET ROLE {}", ident(module.schema.as_str()), ident(&roles.owner)));
         sqlx::raw_sql(sqlx::AssertSqlSafe(set))
             .execute(&mut conn)
             .await
