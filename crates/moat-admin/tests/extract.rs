@@ -176,6 +176,10 @@ async fn copy_moves_data_history_sequences_and_outbox_then_finalize_drops_the_so
     up(&db, &manifest).await;
     write_billing(&db).await;
     let mut source = db.connect().await;
+    // A session of the module with a transaction in flight when the move starts: the freeze
+    // ends it, so its write fails visibly instead of landing after the copy.
+    let mut in_flight = db.connect_as(&db.role("billing")).await;
+    sqlx::raw_sql("BEGIN; INSERT INTO notes (body) VALUES ('in flight')").execute(&mut in_flight).await.unwrap();
     let before = billing_state(&mut source).await;
 
     let steps = Mutex::new(Vec::new());
@@ -200,8 +204,10 @@ async fn copy_moves_data_history_sequences_and_outbox_then_finalize_drops_the_so
     assert!(verification.mismatches.is_empty(), "{:?}", verification.mismatches);
     assert!(report.write_unavailable_ms.is_some());
 
+    assert!(sqlx::raw_sql("COMMIT").execute(&mut in_flight).await.is_err());
     let mut moved = target.connect().await;
     assert_eq!(billing_state(&mut moved).await, before);
+    assert_eq!(billing_state(&mut source).await, before);
     assert_eq!(journal_step(&mut source).await.as_deref(), Some("switched"));
     // The module's own code works in its new home: the trigger keeps the balance, sequences go on.
     let mut app = moat_admin::connect_as(&target.url.with_login(&db.role("billing"), None)).await.unwrap();

@@ -52,23 +52,45 @@ pub async fn freeze(ctx: &Ctx<'_>, src: &mut PgConnection) -> Result<(), AdminEr
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *src).await;
         return Err(db(format!("stopping the writes of module `{}` on the source", ctx.module.name))(e));
     }
-    // Sessions that entered the schema before the revoke keep what they hold until they end.
-    sqlx::query(
-        "SELECT pg_catalog.pg_terminate_backend(a.pid, 5000) FROM pg_catalog.pg_stat_activity a \
-         WHERE a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
-           AND (a.usename OPERATOR(pg_catalog.=) $1 \
-                OR (a.usename OPERATOR(pg_catalog.=) $2 AND EXISTS (SELECT FROM pg_catalog.pg_locks l \
-                    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation \
-                    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-                    WHERE l.pid OPERATOR(pg_catalog.=) a.pid AND n.nspname OPERATOR(pg_catalog.=) $3)))",
-    )
-    .bind(&runtime)
-    .bind(&relay)
-    .bind(schema)
-    .execute(&mut *src)
-    .await
-    .map_err(db(format!("ending the sessions of `{runtime}` in the source database")))?;
-    Ok(())
+    // Sessions that passed their privilege checks before the revoke may still write: end them,
+    // and wait until they are gone (a transaction of theirs then either committed before the
+    // copy's snapshot or never will).
+    let mut left: Vec<(i32, String)> = Vec::new();
+    for _ in 0..6 {
+        // The sessions are chosen first (a materialized CTE), then ended: a condition next to
+        // `pg_terminate_backend` in one WHERE could be evaluated after it.
+        left = sqlx::query_as(
+            "WITH chosen AS MATERIALIZED (SELECT a.pid, a.usename::text AS role FROM pg_catalog.pg_stat_activity a \
+             WHERE a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
+               AND (a.usename OPERATOR(pg_catalog.=) $1 \
+                    OR (a.usename OPERATOR(pg_catalog.=) $2 AND EXISTS (SELECT FROM pg_catalog.pg_locks l \
+                        JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation \
+                        JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+                        WHERE l.pid OPERATOR(pg_catalog.=) a.pid AND n.nspname OPERATOR(pg_catalog.=) $3)))), \
+             ended AS MATERIALIZED (SELECT pid, role, pg_catalog.pg_terminate_backend(pid, 5000) AS gone FROM chosen) \
+             SELECT pid, role FROM ended WHERE NOT gone",
+        )
+        .bind(&runtime)
+        .bind(&relay)
+        .bind(schema)
+        .fetch_all(&mut *src)
+        .await
+        .map_err(db(format!("ending the sessions of `{runtime}` in the source database")))?;
+        if left.is_empty() {
+            return Ok(());
+        }
+    }
+    Err(AdminError::Refused {
+        message: format!(
+            "the writes of module `{}` are stopped, but these sessions did not end within 30 s: {}",
+            ctx.module.name,
+            left.iter().map(|(pid, role)| format!("`{role}` (pid {pid})")).collect::<Vec<_>>().join(", ")
+        ),
+        help: format!(
+            "end them as the admin (`SELECT pg_terminate_backend(<pid>)`) and run `moat extract {0}` again, or `moat extract {0} --abort`",
+            ctx.module.name
+        ),
+    })
 }
 
 /// Gives back what [`freeze`] revoked (idempotent): the module serves from the source again.
