@@ -185,6 +185,16 @@ async fn a_rerun_after_a_kill_at_every_step_boundary_ends_moved_without_losing_a
         assert_eq!(report["outcome"], expected, "after {step}: {report}");
         assert_eq!(report["mode"], "copy");
         assert!(report["write_unavailable_ms"].is_u64(), "{report}");
+        if step == "preflight" {
+            let steps: Vec<&str> =
+                report["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+            assert_eq!(steps, ["prepare", "copy", "verify", "switched"], "{report}");
+            assert!(report["steps"][0]["duration_ms"].is_u64(), "{report}");
+            let notes = report["tables"].as_array().unwrap().iter().find(|t| t["table"] == "billing.notes").unwrap();
+            assert_eq!(notes["rows"], accepted.len() as u64, "{report}");
+            assert!(notes["bytes"].as_u64().unwrap() > 0, "{report}");
+            assert_eq!(report["verification"]["mismatches"].as_array().unwrap().len(), 0, "{report}");
+        }
         let mut source = moat_admin::connect(&db.url).await.unwrap();
         let mut dst = moat_admin::connect(&target.url).await.unwrap();
         assert_eq!(notes(&mut dst).await, accepted, "after a kill at {step}");
@@ -263,4 +273,33 @@ async fn extract_without_a_mode_on_a_server_without_logical_replication_suggests
         assert!(stderr.contains(&format!("`wal_level = {wal_level}`")), "{stderr}");
     }
     assert!(stderr.contains("--mode copy"), "{stderr}");
+}
+
+#[tokio::test]
+async fn progress_goes_to_stderr_and_the_result_to_stdout() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let project = project(&db);
+    let up = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .current_dir(project.dir.path())
+        .env("NO_COLOR", "1")
+        .args(["--database-url", db.url.expose(), "up"])
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", describe(&up));
+    assert!(write_note(&db, "one").await);
+    let output = moat(&project, &db.url, &target.url, &["extract", "billing", "--mode", "copy"], None);
+    assert!(output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in
+        ["Step preflight", "Step copy: stopping the module's writes", "Copied billing.notes: 1 rows", "Step switched"]
+    {
+        assert!(stderr.contains(expected), "{expected:?} not in\n{stderr}");
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("Moved module `billing` to database `{}` (writes unavailable for ", target.name)),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("Copied"), "{stdout}");
 }
