@@ -77,6 +77,66 @@ impl Binaries {
 /// Finds the PostgreSQL server binaries: `MOAT_PG_BINDIR`, `PATH`, `pg_config --bindir`, then the
 /// usual distribution folders (newest version first).
 pub fn find_binaries() -> Result<Binaries, AdminError> {
+    for dir in candidate_dirs() {
+        let dir =
+            fs::canonicalize(dir.join("initdb")).ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or(dir);
+        if ["initdb", "pg_ctl", "postgres"].iter().all(|tool| is_executable(&dir.join(tool))) {
+            return Ok(Binaries { bindir: dir });
+        }
+    }
+    Err(AdminError::Embedded {
+        message: "no database URL was given and no PostgreSQL server binaries (initdb, pg_ctl, postgres) were found for the embedded default".into(),
+        help: "install the PostgreSQL server: `sudo apt-get install postgresql` (Debian/Ubuntu), `sudo dnf install postgresql-server` (Fedora) or `brew install postgresql` (macOS); \
+               or set MOAT_PG_BINDIR to the folder holding initdb; or point moat at a server with --database-url or DATABASE_URL"
+            .into(),
+    })
+}
+
+/// Finds a PostgreSQL client program (`pg_dump`, `pg_restore`) whose major version is at least
+/// `min_major` (a dump taken by an older `pg_dump` than the server is refused by it), searching
+/// where [`find_binaries`] does.
+pub fn find_client_tool(name: &str, min_major: u32) -> Result<PathBuf, AdminError> {
+    let mut seen: Vec<(PathBuf, String)> = Vec::new();
+    for dir in candidate_dirs() {
+        let tool = dir.join(name);
+        if !is_executable(&tool) || seen.iter().any(|(p, _)| p == &tool) {
+            continue;
+        }
+        let version = Command::new(&tool)
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        // `pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)`
+        let major = version
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split('.').next())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0);
+        if major >= min_major {
+            return Ok(tool);
+        }
+        seen.push((tool, version));
+    }
+    let found = if seen.is_empty() {
+        "none was found".to_owned()
+    } else {
+        seen.iter().map(|(p, v)| format!("`{}` ({v})", p.display())).collect::<Vec<_>>().join(", ")
+    };
+    Err(AdminError::Embedded {
+        message: format!("`moat extract` needs `{name}` of PostgreSQL {min_major} or newer: {found}"),
+        help: format!(
+            "install the PostgreSQL {min_major} client (`sudo apt-get install postgresql-client-{min_major}` on Debian/Ubuntu), \
+             or set MOAT_PG_BINDIR to the folder holding its `{name}`"
+        ),
+    })
+}
+
+/// Where PostgreSQL programs may be: `MOAT_PG_BINDIR`, `PATH`, `pg_config --bindir`, then the
+/// usual distribution folders (newest version first).
+fn candidate_dirs() -> Vec<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(dir) = std::env::var_os("MOAT_PG_BINDIR") {
         candidates.push(PathBuf::from(dir));
@@ -94,19 +154,7 @@ pub fn find_binaries() -> Result<Binaries, AdminError> {
         candidates.extend(versioned_dirs(pattern));
     }
     candidates.push(PathBuf::from("/usr/local/pgsql/bin"));
-    for dir in candidates {
-        let dir =
-            fs::canonicalize(dir.join("initdb")).ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or(dir);
-        if ["initdb", "pg_ctl", "postgres"].iter().all(|tool| is_executable(&dir.join(tool))) {
-            return Ok(Binaries { bindir: dir });
-        }
-    }
-    Err(AdminError::Embedded {
-        message: "no database URL was given and no PostgreSQL server binaries (initdb, pg_ctl, postgres) were found for the embedded default".into(),
-        help: "install the PostgreSQL server: `sudo apt-get install postgresql` (Debian/Ubuntu), `sudo dnf install postgresql-server` (Fedora) or `brew install postgresql` (macOS); \
-               or set MOAT_PG_BINDIR to the folder holding initdb; or point moat at a server with --database-url or DATABASE_URL"
-            .into(),
-    })
+    candidates
 }
 
 /// `<prefix><version>/bin` folders, newest version first (`/usr/lib/postgresql/16/bin`, ...).

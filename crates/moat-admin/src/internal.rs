@@ -25,6 +25,9 @@ pub const MOVE: &str = "moat_move";
 pub const MOVE_SWITCHED: &str = "switched";
 /// The ledger of installed contracts, in the contracts schema.
 pub const CONTRACTS_LEDGER: &str = "moat_contracts";
+/// The `NOTIFY` channel on which `moat extract` announces, in the source database, that a module
+/// switched to its new database (payload: the module's name).
+pub const MOVE_CHANNEL: &str = "moat_move";
 
 /// The text of [`CLUSTER_ID`], for `concat!`.
 macro_rules! cluster_id {
@@ -333,6 +336,28 @@ pub fn progress_rows_sql(schema: &str, add: &[&str], remove: &[&str]) -> Vec<Str
 /// with the manifest).
 pub fn progress_subscribers_sql(schema: &str) -> String {
     format!("SELECT subscriber FROM {} ORDER BY subscriber", qualified(schema, OUTBOX_PROGRESS))
+}
+
+/// Statements that create the move journal of `schema` ([`MOVE`]), owned by `owner`
+/// (`<project>_moat`). Its columns are a contract: `target` is the manifest's key of the database
+/// the module moves to (`''` for the main one); `step` is the step under way (`preflight`,
+/// `prepare`, `copy`, `catchup`, `cutover`, `verify`, `switched`); a row whose step is `switched`
+/// means the module lives in the target database, any other step that it lives here. `frozen_at`
+/// is set while the module's writes are stopped here, `revoked` lists the roles whose `USAGE` on
+/// the schema the move took away (given back by an abort or a failed verification), `report` is
+/// the last verification.
+pub fn move_ddl(schema: &str, owner: &str) -> Vec<String> {
+    let table = qualified(schema, MOVE);
+    vec![
+        format!(
+            "CREATE TABLE {table} (target text NOT NULL, mode text, step text NOT NULL, \
+             started_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), \
+             switched_at timestamptz, frozen_at timestamptz, revoked text[] NOT NULL DEFAULT '{{}}', report jsonb, \
+             one boolean NOT NULL DEFAULT true PRIMARY KEY CHECK (one))"
+        ),
+        format!("ALTER TABLE {table} OWNER TO {}", ident(owner)),
+        format!("REVOKE ALL ON TABLE {table} FROM PUBLIC"),
+    ]
 }
 
 /// Statements that create the contracts ledger, owned by `owner` (`<project>_moat`).

@@ -10,6 +10,7 @@ pub mod databases;
 pub mod embedded;
 pub mod error;
 pub mod events;
+pub mod extract;
 pub mod internal;
 pub mod locks;
 pub mod login;

@@ -116,6 +116,8 @@ impl<'a> Policy<'a> {
             (name, _) if internal::is_outbox_partition(name) => {
                 wanted.insert(relay, BTreeSet::from(["SELECT", "TRUNCATE"]));
             }
+            // The move journal is the admin's alone.
+            (internal::MOVE, _) => {}
             (internal::OUTBOX_PROGRESS, _) => {
                 wanted.insert(relay, BTreeSet::from(["SELECT", "INSERT", "UPDATE"]));
             }

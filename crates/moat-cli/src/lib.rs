@@ -73,6 +73,8 @@ pub enum Command {
     /// Module events: delivery status, dead letters, retries.
     #[command(subcommand)]
     Events(commands::events::EventsCommand),
+    /// Move a module to the database the manifest names for it.
+    Extract(commands::extract::ExtractArgs),
     /// Start (or stop) the embedded PostgreSQL and print its URL.
     Dev {
         /// `stop` stops it.
@@ -153,6 +155,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         Command::Explain { rule } => commands::check::explain(cli, rule.as_deref()),
         Command::Audit(args) => commands::audit::audit(cli, args).await,
         Command::Events(command) => commands::events::events(cli, command).await,
+        Command::Extract(args) => commands::extract::extract_command(cli, args).await,
         Command::Dev { action } => commands::dev::dev(cli, action.as_deref()).await,
     }
 }

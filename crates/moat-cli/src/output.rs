@@ -66,6 +66,12 @@ pub fn status(verb: &str, style: Style, message: impl Display) -> std::io::Resul
     line(format!("{style}{verb:>12}{style:#} {message}"))
 }
 
+/// A cargo-style status line on stderr (progress of a command whose stdout is its result).
+pub fn status_err(verb: &str, style: Style, message: impl Display) {
+    let mut err = anstream::stderr().lock();
+    let _ = writeln!(err, "{style}{verb:>12}{style:#} {message}");
+}
+
 /// Paints `text` with `style`.
 pub fn paint(style: Style, text: impl Display) -> String {
     format!("{style}{text}{style:#}")

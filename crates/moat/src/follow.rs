@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use crate::{Inner, Moat};
 
 /// The channel `moat extract` notifies in the source database when it switches a module.
-pub const MOVE_CHANNEL: &str = "moat_move";
+pub const MOVE_CHANNEL: &str = moat_admin::internal::MOVE_CHANNEL;
 
 /// How often placement is read again when no notification came.
 const POLL: Duration = Duration::from_secs(5);

@@ -609,6 +609,7 @@ pub(super) async fn moat_table_findings(
         internal::OUTBOX_PROGRESS,
         internal::SUBSCRIPTIONS,
         internal::INBOX,
+        internal::MOVE,
         internal::CONTRACTS_LEDGER,
     ]
     .into_iter()

@@ -28,7 +28,7 @@ mod errors;
 pub mod runner;
 mod scaffold;
 pub mod screen;
-mod session;
+pub(crate) mod session;
 mod status;
 
 use std::fmt;

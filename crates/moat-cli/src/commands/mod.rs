@@ -4,6 +4,7 @@ pub mod audit;
 pub mod check;
 pub mod dev;
 pub mod events;
+pub mod extract;
 pub mod migrate;
 pub mod provision;
 pub mod up;

@@ -1,0 +1,602 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! `moat extract` in copy mode: a module moves with its data, history, sequences and outbox into
+//! another database; verification stops a move whose copy differs; preflight refuses what cannot
+//! move and changes nothing; module code that runs during the move runs as the module's owner.
+
+use std::sync::Mutex;
+
+use moat_admin::DatabaseUrl;
+use moat_admin::extract::{ExtractEvent, ExtractOptions, Mode, Outcome, Step, extract};
+use moat_core::manifest::Manifest;
+use moat_core::names::ModuleName;
+use moat_core::quote::ident;
+use moat_testkit::{TestDb, TestProject, sqlstate_of};
+use sqlx::{Connection, PgConnection};
+
+const MANIFEST: &str = r#"
+[project]
+name = "{project}"
+
+[modules.patients]
+
+[modules.billing]
+depends_on = ["patients"]
+
+[modules.reports]
+depends_on = ["billing"]
+"#;
+
+const BILLING_0001: &str = "\
+CREATE TABLE accounts (id serial PRIMARY KEY, name text NOT NULL, balance numeric NOT NULL DEFAULT 0);
+CREATE TABLE charges (account_id int NOT NULL REFERENCES accounts (id), line int NOT NULL,
+  amount numeric NOT NULL CHECK (amount > 0), PRIMARY KEY (account_id, line));
+CREATE INDEX charges_amount ON charges (amount);
+CREATE FUNCTION add_to_balance() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE accounts SET balance = balance + NEW.amount WHERE id = NEW.account_id;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER charges_balance AFTER INSERT ON charges FOR EACH ROW EXECUTE FUNCTION add_to_balance();
+";
+
+const BILLING_0002: &str = "CREATE TABLE notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text);\n";
+
+/// A second database on the test server, dropped at the end.
+struct TargetDb {
+    url: DatabaseUrl,
+    name: String,
+    server: DatabaseUrl,
+}
+
+impl TargetDb {
+    async fn new(db: &TestDb) -> Self {
+        let name = format!("{}_target", db.database);
+        let server = db.url.with_database("postgres");
+        let mut conn = moat_admin::connect(&server).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", ident(&name))))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        Self { url: db.url.with_database(&name), name, server }
+    }
+
+    async fn connect(&self) -> PgConnection {
+        moat_admin::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for TargetDb {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let Ok(mut conn) = moat_admin::connect(&server).await else { return };
+                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&name));
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+            });
+        })
+        .join();
+    }
+}
+
+fn project(db: &TestDb, extra_billing: &[(&str, &str)]) -> TestProject {
+    let mut files = vec![
+        ("modules/patients/migrations/0001_patients.sql", "CREATE TABLE patients (id int PRIMARY KEY, name text);\n"),
+        ("modules/billing/migrations/0001_accounts.sql", BILLING_0001),
+        ("modules/billing/migrations/0002_notes.sql", BILLING_0002),
+        ("modules/reports/migrations/0001_totals.sql", "CREATE TABLE totals (id int PRIMARY KEY);\n"),
+    ];
+    files.extend_from_slice(extra_billing);
+    TestProject::new(&db.project, MANIFEST, &files)
+}
+
+async fn up(db: &TestDb, manifest: &Manifest) {
+    moat_admin::up::up(&db.url, manifest, &|_| {}).await.unwrap_or_else(|e| panic!("moat up failed: {e}"));
+}
+
+/// Writes as billing's runtime role: accounts, charges (the trigger keeps balances), notes, and
+/// events in its outbox.
+async fn write_billing(db: &TestDb) {
+    let mut app = db.connect_as(&db.role("billing")).await;
+    sqlx::raw_sql(
+        "INSERT INTO accounts (name) SELECT 'account ' || i FROM generate_series(1, 25) i;
+         INSERT INTO charges (account_id, line, amount) SELECT 1 + i % 25, i, i * 1.5 FROM generate_series(1, 120) i;
+         INSERT INTO notes (body) VALUES ('first'), (NULL), (E'tab\\there'), ('ünïcode');
+         INSERT INTO moat_outbox (event_id, event_type, event_key, payload)
+           SELECT gen_random_uuid(), 'Charged', 'account-' || i, jsonb_build_object('n', i) FROM generate_series(1, 7) i;",
+    )
+    .execute(&mut app)
+    .await
+    .unwrap();
+    app.close().await.unwrap();
+}
+
+/// Everything of billing that must arrive: rows of every table, history, outbox.
+async fn billing_state(conn: &mut PgConnection) -> Vec<String> {
+    let mut state = Vec::new();
+    for sql in [
+        "SELECT string_agg(a::text, ';' ORDER BY id) FROM billing.accounts a",
+        "SELECT string_agg(c::text, ';' ORDER BY account_id, line) FROM billing.charges c",
+        "SELECT string_agg(n::text, ';' ORDER BY id) FROM billing.notes n",
+        "SELECT string_agg(version || ' ' || name || ' ' || checksum || ' ' || success, ';' ORDER BY version) FROM billing.moat_migrations",
+        "SELECT string_agg(id || ' ' || event_id || ' ' || event_type || ' ' || payload::text || ' ' || cluster, ';' ORDER BY id) FROM billing.moat_outbox",
+        "SELECT last_value || ' ' || is_called FROM billing.accounts_id_seq",
+        "SELECT last_value || ' ' || is_called FROM billing.notes_id_seq",
+        "SELECT last_value || ' ' || is_called FROM billing.moat_outbox_id_seq",
+        "SELECT string_agg(publisher, ',') FROM billing.moat_subscriptions",
+    ] {
+        let value: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn).await.unwrap();
+        state.push(format!("{sql} => {}", value.unwrap_or_default()));
+    }
+    state
+}
+
+fn billing() -> ModuleName {
+    ModuleName::parse("billing").unwrap()
+}
+
+fn copy_mode() -> ExtractOptions {
+    ExtractOptions { mode: Some(Mode::Copy), ..ExtractOptions::default() }
+}
+
+async fn journal_step(conn: &mut PgConnection) -> Option<String> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('billing.moat_move') IS NOT NULL").fetch_one(&mut *conn).await.unwrap();
+    if !exists {
+        return None;
+    }
+    sqlx::query_scalar("SELECT step FROM billing.moat_move").fetch_optional(&mut *conn).await.unwrap()
+}
+
+async fn schema_exists(conn: &mut PgConnection, schema: &str) -> bool {
+    sqlx::query_scalar("SELECT count(*) > 0 FROM pg_namespace WHERE nspname = $1")
+        .bind(schema)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+async fn schema_acl(conn: &mut PgConnection) -> String {
+    // Sorted: a revoke and a grant back reorder the entries.
+    sqlx::query_scalar("SELECT coalesce(string_agg(a::text, ',' ORDER BY a::text), '') FROM pg_namespace n, unnest(n.nspacl) a WHERE n.nspname = 'billing'")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn copy_moves_data_history_sequences_and_outbox_then_finalize_drops_the_source() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let project = project(&db, &[]);
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    write_billing(&db).await;
+    let mut source = db.connect().await;
+    // A session of the module with a transaction in flight when the move starts: the freeze
+    // ends it, so its write fails visibly instead of landing after the copy.
+    let mut in_flight = db.connect_as(&db.role("billing")).await;
+    sqlx::raw_sql("BEGIN; INSERT INTO notes (body) VALUES ('in flight')").execute(&mut in_flight).await.unwrap();
+    let before = billing_state(&mut source).await;
+
+    let steps = Mutex::new(Vec::new());
+    let tables = Mutex::new(Vec::new());
+    let report =
+        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|event| match event {
+            ExtractEvent::Step { step } => steps.lock().unwrap().push(step),
+            ExtractEvent::Table { table, rows, done: true, .. } => {
+                tables.lock().unwrap().push(format!("{table} {rows}"))
+            }
+            _ => {}
+        })
+        .await
+        .unwrap_or_else(|e| panic!("extract failed: {e}"));
+    assert_eq!(report.outcome, Outcome::Moved);
+    assert_eq!(*steps.lock().unwrap(), [Step::Preflight, Step::Prepare, Step::Copy, Step::Verify, Step::Switched]);
+    let tables = tables.lock().unwrap().clone();
+    for expected in ["billing.accounts 25", "billing.charges 120", "billing.notes 4", "billing.moat_migrations 2"] {
+        assert!(tables.contains(&expected.to_owned()), "{expected} not in {tables:?}");
+    }
+    let verification = report.verification.clone().unwrap();
+    assert!(verification.mismatches.is_empty(), "{:?}", verification.mismatches);
+    assert!(report.write_unavailable_ms.is_some());
+
+    assert!(sqlx::raw_sql("COMMIT").execute(&mut in_flight).await.is_err());
+    let mut moved = target.connect().await;
+    assert_eq!(billing_state(&mut moved).await, before);
+    assert_eq!(billing_state(&mut source).await, before);
+    assert_eq!(journal_step(&mut source).await.as_deref(), Some("switched"));
+    // The module's own code works in its new home: the trigger keeps the balance, sequences go on.
+    let mut app = moat_admin::connect_as(&target.url.with_login(&db.role("billing"), None)).await.unwrap();
+    let id: i32 = sqlx::query_scalar("INSERT INTO accounts (name) VALUES ('new') RETURNING id")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+    assert_eq!(id, 26);
+    sqlx::raw_sql("INSERT INTO charges (account_id, line, amount) VALUES (26, 1000, 5)")
+        .execute(&mut app)
+        .await
+        .unwrap();
+    let balance: String =
+        sqlx::query_scalar("SELECT balance::text FROM accounts WHERE id = 26").fetch_one(&mut app).await.unwrap();
+    assert_eq!(balance, "5");
+    app.close().await.unwrap();
+    // The source copy stays, unreadable to the module.
+    let mut old = db.connect_as(&db.role("billing")).await;
+    assert_eq!(sqlstate_of(&mut old, "SELECT * FROM billing.accounts").await.as_deref(), Some("42501"));
+    assert_eq!(
+        sqlstate_of(&mut old, "INSERT INTO billing.notes (body) VALUES ('lost')").await.as_deref(),
+        Some("42501")
+    );
+    old.close().await.unwrap();
+
+    // A rerun finds the move done; abort refuses after the switch.
+    let again =
+        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {}).await.unwrap();
+    assert_eq!(again.outcome, Outcome::AlreadySwitched);
+    let abort = ExtractOptions { abort: true, ..copy_mode() };
+    let refused =
+        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &abort, &|_| {}).await.unwrap_err();
+    assert!(refused.to_string().contains("switched"), "{refused}");
+
+    let finalize = ExtractOptions { finalize: true, ..copy_mode() };
+    let done =
+        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &finalize, &|_| {}).await.unwrap();
+    assert_eq!(done.outcome, Outcome::Finalized);
+    assert!(!schema_exists(&mut source, "billing").await);
+    assert!(schema_exists(&mut moved, "billing").await);
+    assert!(schema_exists(&mut source, "patients").await);
+    source.close().await.unwrap();
+    moved.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_row_changed_on_the_target_before_the_switch_stops_it() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let project = project(&db, &[]);
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    write_billing(&db).await;
+    let mut source = db.connect().await;
+    let acl_before = schema_acl(&mut source).await;
+
+    // At the start of the verification, another session changes a copied row in the target.
+    let target_url = target.url.clone();
+    let tamper = move || {
+        let url = target_url.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let mut admin = moat_admin::connect(&url).await.unwrap();
+                sqlx::raw_sql("UPDATE billing.notes SET body = 'changed' WHERE id = 2")
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            });
+        })
+        .join()
+        .unwrap();
+    };
+    let error = extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|event| {
+        if let ExtractEvent::Step { step: Step::Verify } = event {
+            tamper();
+        }
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("verification of module `billing` failed"), "{error}");
+    assert!(error.contains("table `billing.notes`: rows 1 to 4 in key order differ"), "{error}");
+    assert!(error.contains("serves from the source again"), "{error}");
+    assert_eq!(journal_step(&mut source).await.as_deref(), Some("verify"));
+    let report: String = sqlx::query_scalar("SELECT report->'mismatches'->0->>'object' FROM billing.moat_move")
+        .fetch_one(&mut source)
+        .await
+        .unwrap();
+    assert_eq!(report, "billing.notes");
+    // The module serves from the source again.
+    assert_eq!(schema_acl(&mut source).await, acl_before);
+    let mut app = db.connect_as(&db.role("billing")).await;
+    sqlx::raw_sql("INSERT INTO notes (body) VALUES ('after the failed move')").execute(&mut app).await.unwrap();
+    app.close().await.unwrap();
+
+    // A rerun starts the copy over and carries the new row; afterwards both sides agree.
+    let report =
+        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {}).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Moved);
+    let before = billing_state(&mut source).await;
+    let mut moved = target.connect().await;
+    assert_eq!(billing_state(&mut moved).await, before);
+    source.close().await.unwrap();
+    moved.close().await.unwrap();
+}
+
+/// Asserts that a refused extract changed nothing on either side.
+async fn assert_unchanged(db: &TestDb, target: &TargetDb, acl_before: &str, target_had_schema: bool) {
+    let mut source = db.connect().await;
+    assert_eq!(journal_step(&mut source).await, None);
+    assert_eq!(schema_acl(&mut source).await, acl_before);
+    let mut dst = target.connect().await;
+    assert_eq!(schema_exists(&mut dst, "billing").await, target_had_schema);
+    let roles_connect: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = current_database() AND pg_get_userbyid(a.grantee) LIKE $1")
+        .bind(format!("{}%", db.project))
+        .fetch_one(&mut dst)
+        .await
+        .unwrap();
+    assert_eq!(roles_connect, 0);
+}
+
+async fn refused(db: &TestDb, target: &TargetDb, manifest: &Manifest) -> String {
+    extract(manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {})
+        .await
+        .expect_err("extract should refuse")
+        .to_string()
+}
+
+#[tokio::test]
+async fn preflight_refuses_a_view_of_another_module_reading_the_module() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let project = project(&db, &[]);
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    // A view in another schema (as the admin could have made before moat) reads billing's table.
+    db.exec("CREATE VIEW patients.balances AS SELECT id, balance FROM billing.accounts").await;
+    let mut source = db.connect().await;
+    let acl = schema_acl(&mut source).await;
+    let error = refused(&db, &target, &manifest).await;
+    assert!(error.contains("view patients.balances (module `patients`'s) depends on column balance of table billing.accounts, column id of table billing.accounts"), "{error}");
+    assert!(error.contains("nothing was changed"), "{error}");
+    assert_unchanged(&db, &target, &acl, false).await;
+}
+
+#[tokio::test]
+async fn preflight_refuses_a_contract_reading_the_module() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let project = project(&db, &[]);
+    project.write(
+        "moat.toml",
+        &format!(
+            "{}\n[contracts.owed]\nsql = \"contracts/owed.sql\"\nreads = [\"billing.accounts\"]\nreaders = [\"finance\"]\n\n[consumers.finance]\n",
+            MANIFEST.replace("{project}", &db.project)
+        ),
+    );
+    project.write("contracts/owed.sql", "CREATE VIEW owed AS SELECT id, balance FROM billing.accounts;\n");
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    let mut source = db.connect().await;
+    let acl = schema_acl(&mut source).await;
+    let error = refused(&db, &target, &manifest).await;
+    assert!(
+        error.contains("view contracts.owed (a contract's) depends on column balance of table billing.accounts"),
+        "{error}"
+    );
+    assert_unchanged(&db, &target, &acl, false).await;
+}
+
+#[tokio::test]
+async fn preflight_refuses_a_target_that_holds_the_schema() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let project = project(&db, &[]);
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    let mut dst = target.connect().await;
+    sqlx::raw_sql("CREATE SCHEMA billing; CREATE TABLE billing.keep (id int)").execute(&mut dst).await.unwrap();
+    let mut source = db.connect().await;
+    let acl = schema_acl(&mut source).await;
+    let error = refused(&db, &target, &manifest).await;
+    assert!(
+        error.contains(&format!("the target database `{}` already holds a schema `billing`", target.name)),
+        "{error}"
+    );
+    assert_unchanged(&db, &target, &acl, true).await;
+    let kept: bool =
+        sqlx::query_scalar("SELECT to_regclass('billing.keep') IS NOT NULL").fetch_one(&mut dst).await.unwrap();
+    assert!(kept);
+}
+
+#[tokio::test]
+async fn preflight_refuses_tables_without_a_primary_key_and_lists_them() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let project = project(
+        &db,
+        &[(
+            "modules/billing/migrations/0003_logs.sql",
+            "CREATE TABLE log_lines (at timestamptz, line text);\nCREATE TABLE audit_trail (n int);\n",
+        )],
+    );
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    let mut source = db.connect().await;
+    let acl = schema_acl(&mut source).await;
+    let error = refused(&db, &target, &manifest).await;
+    assert!(
+        error.contains("tables without a primary key or replica identity: `billing.audit_trail`, `billing.log_lines`"),
+        "{error}"
+    );
+    assert_unchanged(&db, &target, &acl, false).await;
+}
+
+#[tokio::test]
+async fn preflight_refuses_a_module_with_claims() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let project = project(&db, &[]);
+    project.write(
+        "moat.toml",
+        &MANIFEST
+            .replace("{project}", &db.project)
+            .replace("[modules.billing]\n", "[modules.billing]\nclaims = [\"public.invoices\"]\n"),
+    );
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    let mut source = db.connect().await;
+    let acl = schema_acl(&mut source).await;
+    let error = refused(&db, &target, &manifest).await;
+    assert!(error.contains("module `billing` claims objects outside its schema (`public.invoices`)"), "{error}");
+    assert!(error.contains("finish the split first"), "{error}");
+    assert_unchanged(&db, &target, &acl, false).await;
+}
+
+#[tokio::test]
+async fn abort_rolls_back_a_move_that_stopped_before_the_switch() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let project = project(&db, &[]);
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    write_billing(&db).await;
+    let mut source = db.connect().await;
+    let acl = schema_acl(&mut source).await;
+    let before = billing_state(&mut source).await;
+    // The verification fails (a row changed on the target), leaving a journal, a target schema.
+    let url = target.url.clone();
+    let _ = extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|event| {
+        if let ExtractEvent::Step { step: Step::Verify } = event {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+                    let mut admin = moat_admin::connect(&url).await.unwrap();
+                    sqlx::raw_sql("DELETE FROM billing.notes WHERE id = 1").execute(&mut admin).await.unwrap();
+                });
+            })
+            .join()
+            .unwrap();
+        }
+    })
+    .await
+    .unwrap_err();
+    let mut dst = target.connect().await;
+    assert!(schema_exists(&mut dst, "billing").await);
+    let abort = ExtractOptions { abort: true, ..copy_mode() };
+    let report =
+        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &abort, &|_| {}).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Aborted);
+    assert!(!schema_exists(&mut dst, "billing").await);
+    assert_eq!(journal_step(&mut source).await, None);
+    assert_eq!(schema_acl(&mut source).await, acl);
+    assert_eq!(billing_state(&mut source).await, before);
+    let again =
+        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &abort, &|_| {}).await.unwrap();
+    assert_eq!(again.outcome, Outcome::NothingToAbort);
+}
+
+/// A module function that, run by a superuser, makes the owner a superuser and plants a table in
+/// another schema; used by a CHECK constraint, an index expression and a default, so the move
+/// runs it on every copied row and while building the index.
+const TRAP: &str = r#"
+CREATE FUNCTION trap_act() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+    EXECUTE 'ALTER ROLE {owner} SUPERUSER';
+    EXECUTE 'CREATE TABLE public.planted (id int)';
+  END IF;
+  BEGIN
+    EXECUTE 'ALTER ROLE ' || pg_catalog.quote_ident(session_user) || ' SUPERUSER';
+  EXCEPTION WHEN OTHERS THEN NULL;
+  END;
+  BEGIN
+    EXECUTE 'CREATE TABLE patients.planted (id int)';
+  EXCEPTION WHEN OTHERS THEN NULL;
+  END;
+END $$;
+CREATE FUNCTION trap(v int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  PERFORM trap_act();
+  RETURN v;
+END $$;
+CREATE TABLE trapped (id int PRIMARY KEY CHECK (trap(id) = id), v int DEFAULT trap(1));
+CREATE INDEX trapped_expr ON trapped (trap(v));
+"#;
+
+#[tokio::test]
+async fn a_journal_table_the_module_planted_is_refused_before_the_admin_touches_it() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let owner = db.role("billing_owner");
+    // The owner may create tables in its schema: one named like the journal, with a trigger
+    // that would make the owner a superuser when the admin writes the journal.
+    let plant = format!(
+        "SET ROLE {owner}; SET search_path = billing;\n\
+         CREATE TABLE moat_move (target text, mode text, step text, started_at timestamptz, updated_at timestamptz,\n\
+           switched_at timestamptz, frozen_at timestamptz, revoked text[], report jsonb, one boolean PRIMARY KEY);\n\
+         CREATE FUNCTION escalate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN\n\
+           EXECUTE 'ALTER ROLE {owner} SUPERUSER'; RETURN NEW; END $$;\n\
+         CREATE TRIGGER escalate BEFORE INSERT OR UPDATE ON moat_move FOR EACH ROW EXECUTE FUNCTION escalate();\n"
+    );
+    let project = project(&db, &[]);
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    // (Provisioning refuses such a table too; the owner creates it after `moat up`.)
+    db.exec(&plant).await;
+    let error = refused(&db, &target, &manifest).await;
+    assert!(error.contains("`billing.moat_move` is not moat's move journal"), "{error}");
+    let mut admin = db.connect().await;
+    let superuser: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = $1")
+        .bind(&owner)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(!superuser);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM billing.moat_move").fetch_one(&mut admin).await.unwrap();
+    assert_eq!(rows, 0);
+    admin.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn module_functions_that_the_move_runs_run_as_the_owner() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let owner = db.role("billing_owner");
+    let trap = TRAP.replace("{owner}", &owner);
+    let project = project(&db, &[("modules/billing/migrations/0003_trap.sql", &trap)]);
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    // The trap works when a superuser runs it (shown in a transaction that is rolled back).
+    let mut admin = db.connect().await;
+    let armed: bool = {
+        let mut tx = admin.begin().await.unwrap();
+        sqlx::raw_sql("SET LOCAL search_path = billing; SELECT billing.trap(1)").execute(&mut *tx).await.unwrap();
+        let armed = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = $1")
+            .bind(&owner)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        armed
+    };
+    assert!(armed);
+    admin.close().await.unwrap();
+    let mut app = db.connect_as(&db.role("billing")).await;
+    sqlx::raw_sql("INSERT INTO trapped (id) SELECT generate_series(1, 10)").execute(&mut app).await.unwrap();
+    app.close().await.unwrap();
+    let report = extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {})
+        .await
+        .unwrap_or_else(|e| panic!("extract failed: {e}"));
+    assert_eq!(report.outcome, Outcome::Moved);
+    let mut dst = target.connect().await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM billing.trapped").fetch_one(&mut dst).await.unwrap();
+    assert_eq!(rows, 10);
+    let mut source = db.connect().await;
+    for conn in [&mut source, &mut dst] {
+        let supers: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolsuper AND starts_with(rolname, $1)")
+                .bind(&db.project)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!(supers, 0);
+        let planted: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname = 'planted'")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(planted, 0);
+    }
+}
