@@ -57,7 +57,8 @@ pub struct Trap {
 const TRAPS_SQL: &str = "\
 WITH tables AS (\
   SELECT c.oid, c.relname FROM pg_catalog.pg_class c \
-  WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1) AND c.relkind IN ('r', 'p')), \
+  WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1) AND c.relkind IN ('r', 'p') \
+    AND c.relowner <> coalesce((SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $2), 0)), \
 domains AS (\
   SELECT DISTINCT t.relname, ty.oid AS typid, ty.typname FROM tables t \
   JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -78,7 +79,7 @@ parts AS (\
   SELECT d.relname, 'pg_catalog.pg_constraint'::pg_catalog.regclass, con.oid, 'constraint ' || con.conname || ' of domain ' || d.typname \
   FROM domains d JOIN pg_catalog.pg_constraint con ON con.contypid = d.typid) \
 SELECT DISTINCT p.relname::text AS table, p.what::text AS what, \
-       (pr.pronamespace::pg_catalog.regnamespace::text || '.' || pr.oid::pg_catalog.regprocedure::text) AS function \
+       pr.oid::pg_catalog.regprocedure::text AS function \
 FROM parts p \
 JOIN pg_catalog.pg_depend dep ON dep.classid = p.classid AND dep.objid = p.objid \
   AND dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
@@ -89,9 +90,15 @@ WHERE pr.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace \
 ORDER BY 1, 2, 3";
 
 /// What on the module's tables (in `schema`) would run a module's function in the apply worker.
-pub async fn superuser_traps(source: &mut PgConnection, schema: &str) -> Result<Vec<Trap>, AdminError> {
+/// Tables of `moat_owner` (moat's own, which moves by copy at the cutover) are left out.
+pub async fn superuser_traps(
+    source: &mut PgConnection,
+    schema: &str,
+    moat_owner: &str,
+) -> Result<Vec<Trap>, AdminError> {
     sqlx::query_as(TRAPS_SQL)
         .bind(schema)
+        .bind(moat_owner)
         .fetch_all(&mut *source)
         .await
         .map_err(db(format!("looking for functions the tables of schema {} call", ident(schema))))
