@@ -577,8 +577,12 @@ impl<'a> Planner<'a> {
             }
         }
         // moat's roles are members of nothing (the admin's membership in owner roles aside).
+        // Memberships are per cluster: those of roles of modules in another database are managed
+        // by that database's plan (a migrator's membership in its owner), never revoked here.
+        let elsewhere = elsewhere_roles(self.manifest);
         for membership in &self.snapshot.memberships {
             if self.managed.contains(&membership.member)
+                && !elsewhere.contains(&membership.member)
                 && wanted_membership(self.manifest, &membership.member).as_deref() != Some(membership.role.as_str())
             {
                 self.plan.steps.push(Step::sql(
