@@ -74,6 +74,11 @@ where
 /// Runs `moat` with the main database's URL on the command line and billing_db's in
 /// `BILLING_DATABASE_URL` (for this child only).
 fn moat(project: &TestProject, db: &TestDb, billing: &OtherDb, args: &[&str]) -> Output {
+    moat_with(project, db, billing.url.expose(), args)
+}
+
+/// [`moat`] with `BILLING_DATABASE_URL` set to `billing_url`.
+fn moat_with(project: &TestProject, db: &TestDb, billing_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_moat"))
         .current_dir(project.dir.path())
         .env("NO_COLOR", "1")
@@ -81,7 +86,7 @@ fn moat(project: &TestProject, db: &TestDb, billing: &OtherDb, args: &[&str]) ->
         .env_remove("MOAT_DATABASE_URL")
         .env_remove("MOAT_LOG")
         .env_remove("RUST_LOG")
-        .env("BILLING_DATABASE_URL", billing.url.expose())
+        .env("BILLING_DATABASE_URL", billing_url)
         .arg("--database-url")
         .arg(db.url.expose())
         .args(args)
@@ -152,6 +157,22 @@ async fn up_puts_each_module_in_its_database_and_every_command_follows() {
     let db = TestDb::new().await;
     let billing = OtherDb::new(&db).await;
     let project = TestProject::new(&db.project, SPLIT, FILES);
+
+    // The plan of a fresh project: each database's part under a header naming it, its URL shown
+    // without the password (the test server trusts local connections, so any password does).
+    let exposed = billing.url.expose();
+    let (scheme, rest) = exposed.split_once("://").unwrap();
+    let (credentials, place) = rest.split_once('@').unwrap();
+    let (user, password) = credentials.split_once(':').unwrap_or((credentials, "not-shown-anywhere"));
+    let with_password = format!("{scheme}://{user}:{password}@{place}");
+    let plan = moat_with(&project, &db, &with_password, &["plan"]);
+    assert_exit(&plan, 0);
+    let sql = text(&plan.stdout);
+    assert!(sql.starts_with("-- main database (postgres://"), "{sql}");
+    assert!(sql.contains(&format!("-- database billing_db (postgres://{user}:***@{place})\n")), "{sql}");
+    assert!(sql.contains("CREATE SCHEMA \"billing\""), "{sql}");
+    assert!(!sql.contains(password) && !text(&plan.stderr).contains(password), "{sql}");
+    assert_eq!(billing.query::<String>(SCHEMAS).await, "", "plan changes nothing");
 
     let up = moat(&project, &db, &billing, &["up"]);
     assert_exit(&up, 0);
