@@ -222,6 +222,8 @@ async fn up_puts_each_module_in_its_database_and_every_command_follows() {
     assert_eq!(up_json["databases"][1]["database"], "billing_db", "{up_json:#}");
     assert_eq!(up_json["databases"][1]["changed"], false, "{up_json:#}");
 
+    // Regression: billing_db's plan revoked patients' migrator from patients' owner (memberships
+    // are per cluster), so the audit could not act as the owner and the next up put it back.
     let audit = moat(&project, &db, &billing, &["--format", "json", "audit"]);
     assert_exit(&audit, 0);
     let doc = json(&audit);
@@ -410,6 +412,28 @@ async fn a_module_the_manifest_moved_is_reported_and_served_where_it_is() {
     assert_exit(&moat(&project, &db, &billing, &["migrate"]), 0);
     assert!(scalar::<bool>(&db.url, "SELECT to_regclass('billing.refunds') IS NOT NULL").await);
     assert_eq!(billing.query::<String>(SCHEMAS).await, "");
+
+    // A move under way (its journal in the source, as `moat extract` keeps it): plan and status
+    // say so, and billing is still served from the main database.
+    db.exec(&format!(
+        "CREATE TABLE billing.moat_move (target text NOT NULL, step text NOT NULL, started_at timestamptz);
+         ALTER TABLE billing.moat_move OWNER TO \"{}\";
+         INSERT INTO billing.moat_move VALUES ('billing_db', 'copy', now());",
+        db.role("moat")
+    ))
+    .await;
+    let moving = "module `billing` is moving from the main database to database `billing_db` (step `copy`); \
+                  it is served from the main database until the move switches: run `moat extract billing` to finish \
+                  the move, or `moat extract billing --abort` to undo it";
+    for command in ["plan", "status"] {
+        let output = moat(&project, &db, &billing, &[command]);
+        assert_exit(&output, 0);
+        assert!(text(&output.stderr).contains(moving), "{command}: {}", text(&output.stderr));
+        assert!(!text(&output.stderr).contains(said), "{command}: {}", text(&output.stderr));
+    }
+    let status = json(&moat(&project, &db, &billing, &["--format", "json", "status"]));
+    let entry = status["modules"].as_array().unwrap().iter().find(|m| m["module"] == "billing").unwrap();
+    assert_eq!(entry["database"], serde_json::Value::Null, "{status:#}");
 }
 
 /// With no admin URL at all, the embedded cluster serves `[databases.billing_db]` as database
