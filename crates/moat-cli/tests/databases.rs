@@ -284,6 +284,24 @@ async fn up_puts_each_module_in_its_database_and_every_command_follows() {
     );
     assert!(billing.query::<bool>("SELECT to_regclass('billing.refunds') IS NOT NULL").await);
     assert_exit(&moat(&project, &db, &billing, &["migrate", "nobody"]), 2);
+
+    // A finding in billing_db names its database, in both formats.
+    let mut conn = moat_admin::connect(&billing.url).await.unwrap();
+    sqlx::raw_sql("GRANT SELECT ON billing.charges TO PUBLIC").execute(&mut conn).await.unwrap();
+    let _ = conn.close().await;
+    let audit = moat(&project, &db, &billing, &["--format", "json", "audit"]);
+    assert_exit(&audit, 1);
+    let doc = json(&audit);
+    let leak = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["severity"] == "error" && f["object"].as_str().is_some_and(|o| o.contains("billing.charges")))
+        .unwrap_or_else(|| panic!("{doc:#}"));
+    assert_eq!(leak["database"], "billing_db", "{doc:#}");
+    let human = moat(&project, &db, &billing, &["audit"]);
+    assert_exit(&human, 1);
+    assert!(text(&human.stdout).contains("in database `billing_db`"), "{}", text(&human.stdout));
 }
 
 /// A subscriber in billing_db of a publisher in the main database: the lag counts the
