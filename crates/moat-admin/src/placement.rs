@@ -85,6 +85,37 @@ impl Placement {
     pub fn misplaced(&self) -> impl Iterator<Item = (&String, &Location)> {
         self.modules.iter().filter(|(_, l)| l.misplaced())
     }
+
+    /// What to tell the user about modules that are not where the manifest puts them, or are
+    /// moving: `(module, message, help)`, by module name.
+    pub fn notes(&self) -> Vec<(String, String, String)> {
+        let mut notes = Vec::new();
+        for (module, location) in &self.modules {
+            let at = label(location.at.as_ref());
+            let wanted = label(location.wanted.as_ref());
+            match &location.moving {
+                Some(m) if !m.switched() => notes.push((
+                    module.clone(),
+                    format!(
+                        "module `{module}` is moving from {} to {} (step `{}`); it is served from {at} until the move switches",
+                        label(m.source.as_ref()),
+                        label(m.target.as_ref()),
+                        m.step
+                    ),
+                    format!(
+                        "run `moat extract {module}` to finish the move, or `moat extract {module} --abort` to undo it"
+                    ),
+                )),
+                _ if location.misplaced() => notes.push((
+                    module.clone(),
+                    format!("module `{module}` lives in {at}; the manifest puts it in {wanted}"),
+                    format!("run `moat extract {module}` to move it there"),
+                )),
+                _ => {}
+            }
+        }
+        notes
+    }
 }
 
 /// What one database holds of a module.

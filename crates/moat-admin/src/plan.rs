@@ -577,8 +577,8 @@ impl<'a> Planner<'a> {
             }
         }
         // moat's roles are members of nothing (the admin's membership in owner roles aside).
-        // Memberships are the cluster's: those of roles of modules in other databases are
-        // managed where those modules live.
+        // Memberships are per cluster: those of roles of modules in another database are managed
+        // by that database's plan (a migrator's membership in its owner), never revoked here.
         let elsewhere = elsewhere_roles(self.manifest);
         for membership in &self.snapshot.memberships {
             if self.managed.contains(&membership.member)

@@ -179,6 +179,92 @@ pub async fn up_all(
     Ok(UpAll { placement, databases })
 }
 
+/// What `plan` would run in each database that holds part of the project (see [`Target::parts`]).
+pub async fn plan_all(target: &Target, manifest: &Manifest) -> Result<(Placement, Vec<(Part, Plan)>), AdminError> {
+    let (placement, parts) = target.parts(manifest).await?;
+    let mut plans = Vec::new();
+    for part in parts {
+        let mut conn = crate::connect(&part.url).await?;
+        let plan = crate::provision::compute_plan(&mut conn, &part.manifest).await;
+        crate::provision::close(conn).await;
+        plans.push((part, plan?));
+    }
+    Ok((placement, plans))
+}
+
+/// [`provision`] in each database that holds part of the project, the main database first.
+pub async fn provision_all(
+    target: &Target,
+    manifest: &Manifest,
+) -> Result<(Placement, Vec<(Part, ProvisionOutcome)>), AdminError> {
+    let (placement, parts) = target.parts(manifest).await?;
+    let mut outcomes = Vec::new();
+    for part in parts {
+        let mut conn = crate::connect(&part.url).await?;
+        let outcome = async {
+            crate::provision::check_server(&mut conn).await?;
+            provision(&mut conn, &part.url, &part.manifest).await
+        }
+        .await;
+        crate::provision::close(conn).await;
+        outcomes.push((part, outcome?));
+    }
+    Ok((placement, outcomes))
+}
+
+/// Migrations of every module (or of `only`), each in the database it lives in.
+pub async fn migrate_all(
+    target: &Target,
+    manifest: &Manifest,
+    only: Option<&str>,
+    observe: &(dyn Fn(&DatabaseKey, MigrateEvent<'_>) + Sync),
+) -> Result<(Placement, Vec<(DatabaseKey, MigrateReport)>), AdminError> {
+    if let Some(name) = only
+        && manifest.module(name).is_none()
+    {
+        return Err(AdminError::UnknownModule {
+            name: name.to_owned(),
+            known: manifest.modules.iter().map(|m| format!("`{}`", m.name)).collect::<Vec<_>>().join(", "),
+        });
+    }
+    let (placement, parts) = target.parts(manifest).await?;
+    let mut reports = Vec::new();
+    for part in parts {
+        if only.is_some_and(|name| part.manifest.module(name).is_none()) {
+            continue;
+        }
+        let key = part.key.clone();
+        let mut conn = crate::connect(&part.url).await?;
+        let report =
+            crate::migrate::migrate(&mut conn, &part.url, &part.manifest, only, &|event| observe(&key, event)).await;
+        crate::provision::close(conn).await;
+        reports.push((part.key, report?));
+    }
+    Ok((placement, reports))
+}
+
+/// `moat status` in every database: each module's migrations, read where it lives, in the
+/// manifest's dependency order.
+pub async fn status_all(
+    target: &Target,
+    manifest: &Manifest,
+) -> Result<(Placement, Vec<crate::migrate::ModuleStatus>), AdminError> {
+    let (placement, parts) = target.parts(manifest).await?;
+    let mut statuses = Vec::new();
+    for part in parts {
+        let mut conn = crate::connect(&part.url).await?;
+        let found = crate::migrate::status(&mut conn, &part.url, &part.manifest).await;
+        crate::provision::close(conn).await;
+        statuses.extend(found?.into_iter().map(|mut status| {
+            status.database = part.key.as_ref().map(ToString::to_string);
+            status
+        }));
+    }
+    let order: Vec<String> = manifest.modules_in_dependency_order().iter().map(|m| m.name.to_string()).collect();
+    statuses.sort_by_key(|s| order.iter().position(|m| *m == s.module));
+    Ok((placement, statuses))
+}
+
 /// Provisions, migrates every module in dependency order, then installs contracts.
 pub async fn up(
     url: &DatabaseUrl,

@@ -1034,7 +1034,9 @@ impl<'a> Parser<'a> {
                     format!("contracts.{}.reads", contract.name),
                     format!("contract `{}` reads relations in more than one database: {spread}", contract.name),
                     Some(
-                        "a view cannot read across databases: split it into one contract per database and compose                          the results in the application (API composition), or keep an event-fed read model of the                          other module's data in the reading side's database"
+                        "a view cannot read across databases: split it into one contract per database and compose \
+                         the results in the application (API composition), or keep an event-fed read model of the \
+                         other module's data in the reading side's database"
                             .into(),
                     ),
                 );
@@ -1057,7 +1059,8 @@ impl<'a> Parser<'a> {
                     format!("consumers.{consumer}"),
                     format!("consumer `{consumer}` reads views in more than one database: {spread}"),
                     Some(
-                        "a consumer's role logs in to one database: declare one consumer per database (such as                          `reporting_billing`), or compose the two reads in an API"
+                        "a consumer's role logs in to one database: declare one consumer per database (such as \
+                         `reporting_billing`), or compose the two reads in an API"
                             .into(),
                     ),
                 );

@@ -266,32 +266,17 @@ pub async fn audit_all(
     Ok(AuditAll { placement, databases, placement_findings })
 }
 
-/// A module whose data is not in the database the manifest names.
+/// A module whose data is not in the database the manifest names, or that is moving.
 pub fn placement_findings(placement: &crate::placement::Placement) -> Vec<Finding> {
-    let mut findings = Vec::new();
-    for (module, location) in &placement.modules {
-        let at = crate::databases::label(location.at.as_ref());
-        let wanted = crate::databases::label(location.wanted.as_ref());
-        let finding = match &location.moving {
-            Some(m) if !m.switched() => Finding::new(
-                RuleId::ProvisioningDrift,
-                Severity::Warning,
-                format!("module `{module}` is moving from {at} to {wanted} (step `{}`)", m.step),
-            )
-            .help(format!(
-                "run `moat extract {module}` to finish the move, or `moat extract {module} --abort` to undo it"
-            )),
-            _ if location.misplaced() => Finding::new(
-                RuleId::ProvisioningDrift,
-                Severity::Warning,
-                format!("module `{module}` lives in {at}; the manifest puts it in {wanted}"),
-            )
-            .help(format!("run `moat extract {module}` to move it there")),
-            _ => continue,
-        };
-        findings.push(finding.object(format!("module {module}")));
-    }
-    findings
+    placement
+        .notes()
+        .into_iter()
+        .map(|(module, message, help)| {
+            Finding::new(RuleId::ProvisioningDrift, Severity::Warning, message)
+                .help(help)
+                .object(format!("module {module}"))
+        })
+        .collect()
 }
 
 fn module_of<'m>(manifest: &'m Manifest, schema: &str) -> Option<&'m Module> {
