@@ -42,7 +42,8 @@ async fn a_subscription_in_the_same_cluster_copies_then_follows_and_leaves_nothi
     let target_url = db.another("target").await;
     let mut source = db.connect().await;
     let mut target = moat_admin::connect(&target_url).await.unwrap();
-    check_capacity(&capacity(&mut source).await.unwrap()).unwrap();
+    let capacity = capacity(&mut source).await.unwrap();
+    check_capacity(&capacity).unwrap_or_else(|e| panic!("{capacity:?}: {e}"));
     let ddl = "CREATE SCHEMA m; CREATE TABLE m.t (id bigint PRIMARY KEY, v text NOT NULL); \
                CREATE TABLE m.marker (id int PRIMARY KEY, at timestamptz NOT NULL)";
     sqlx::raw_sql(ddl).execute(&mut source).await.unwrap();
