@@ -129,9 +129,10 @@ async fn scalar_bool(conn: &mut PgConnection, sql: &str) -> bool {
 /// No replication slot, publication or subscription of moat's on this side.
 async fn assert_no_replication_left(conn: &mut PgConnection) {
     for sql in [
-        "SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name LIKE 'moat%'",
-        "SELECT count(*) = 0 FROM pg_publication WHERE pubname LIKE 'moat%'",
-        "SELECT count(*) = 0 FROM pg_subscription WHERE subname LIKE 'moat%'",
+        // Of this database: the cluster is shared with other tests.
+        "SELECT count(*) = 0 FROM pg_replication_slots WHERE database = current_database()",
+        "SELECT count(*) = 0 FROM pg_publication",
+        "SELECT count(*) = 0 FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
     ] {
         assert!(scalar_bool(conn, sql).await, "{sql}");
     }
@@ -139,9 +140,17 @@ async fn assert_no_replication_left(conn: &mut PgConnection) {
 
 const BOUNDARIES: [&str; 5] = ["preflight", "prepare", "copy", "verify", "switched"];
 
+/// The step boundaries of replicate mode.
+const REPLICATE_BOUNDARIES: [&str; 6] = ["preflight", "prepare", "catchup", "cutover", "verify", "switched"];
+
 /// Sets up a source with data, runs `moat extract billing --mode copy` killed after `step`, and
 /// tries a write while the move stands there. Returns the notes that were accepted.
 async fn killed_at(db: &TestDb, target: &TargetDb, project: &TestProject, step: &str) -> Vec<String> {
+    killed_in_mode(db, target, project, step, "copy").await
+}
+
+/// [`killed_at`] in `mode`.
+async fn killed_in_mode(db: &TestDb, target: &TargetDb, project: &TestProject, step: &str, mode: &str) -> Vec<String> {
     let up = Command::new(env!("CARGO_BIN_EXE_moat"))
         .current_dir(project.dir.path())
         .env("NO_COLOR", "1")
@@ -155,7 +164,7 @@ async fn killed_at(db: &TestDb, target: &TargetDb, project: &TestProject, step: 
         assert!(write_note(db, &body).await);
         accepted.push(body);
     }
-    let killed = moat(project, &db.url, &target.url, &["extract", "billing", "--mode", "copy"], Some(step));
+    let killed = moat(project, &db.url, &target.url, &["extract", "billing", "--mode", mode], Some(step));
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&killed.status),
         Some(9),
@@ -302,4 +311,57 @@ async fn progress_goes_to_stderr_and_the_result_to_stdout() {
         "{stdout}"
     );
     assert!(!stdout.contains("Copied"), "{stdout}");
+}
+
+#[tokio::test]
+async fn replicate_a_rerun_after_a_kill_at_every_step_boundary_ends_moved_without_losing_a_write() {
+    for step in REPLICATE_BOUNDARIES {
+        let db = TestDb::logical().await;
+        let target = TargetDb::new(&db).await;
+        let project = project(&db);
+        let accepted = killed_in_mode(&db, &target, &project, step, "replicate").await;
+        let rerun = moat(&project, &db.url, &target.url, &["--format", "json", "extract", "billing"], None);
+        assert!(rerun.status.success(), "rerun after a kill at {step}: {}", describe(&rerun));
+        let report: serde_json::Value = serde_json::from_slice(&rerun.stdout).unwrap();
+        let expected = if step == "switched" { "already_switched" } else { "moved" };
+        assert_eq!(report["outcome"], expected, "after {step}: {report}");
+        assert_eq!(report["mode"], "replicate");
+        let mut source = moat_admin::connect(&db.url).await.unwrap();
+        let mut dst = moat_admin::connect(&target.url).await.unwrap();
+        assert_eq!(notes(&mut dst).await, accepted, "after a kill at {step}");
+        let step_now: String =
+            sqlx::query_scalar("SELECT step FROM billing.moat_move").fetch_one(&mut source).await.unwrap();
+        assert_eq!(step_now, "switched");
+        assert!(!write_note(&db, "after the switch").await, "the source copy must be closed to the module");
+        assert_no_replication_left(&mut source).await;
+        assert_no_replication_left(&mut dst).await;
+        source.close().await.unwrap();
+        dst.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn replicate_abort_after_a_kill_at_every_step_boundary_before_the_switch_leaves_nothing() {
+    for step in &REPLICATE_BOUNDARIES[..5] {
+        let db = TestDb::logical().await;
+        let target = TargetDb::new(&db).await;
+        let project = project(&db);
+        let mut source = moat_admin::connect(&db.url).await.unwrap();
+        let mut accepted = killed_in_mode(&db, &target, &project, step, "replicate").await;
+        let abort = moat(&project, &db.url, &target.url, &["extract", "billing", "--abort"], None);
+        assert!(abort.status.success(), "abort after a kill at {step}: {}", describe(&abort));
+        let mut dst = moat_admin::connect(&target.url).await.unwrap();
+        assert!(
+            scalar_bool(&mut dst, "SELECT count(*) = 0 FROM pg_namespace WHERE nspname = 'billing'").await,
+            "after {step}"
+        );
+        assert!(scalar_bool(&mut source, "SELECT count(*) = 0 FROM billing.moat_move").await, "after {step}");
+        assert!(write_note(&db, "after the abort").await, "after {step}");
+        accepted.push("after the abort".to_owned());
+        assert_eq!(notes(&mut source).await, accepted, "after a kill at {step}");
+        assert_no_replication_left(&mut source).await;
+        assert_no_replication_left(&mut dst).await;
+        source.close().await.unwrap();
+        dst.close().await.unwrap();
+    }
 }
