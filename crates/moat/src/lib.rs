@@ -248,19 +248,7 @@ impl Moat {
     /// Begins a transaction of `module` on its own runtime-role connection. Events published in
     /// it are written to the module's outbox with its commit.
     pub async fn begin(&self, module: &str) -> Result<events::ModuleTx, Error> {
-        let (pool, prepared) = {
-            let pools = self.inner.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match pools.get(module) {
-                Some(p) => (p.pool.clone(), p.prepared),
-                None => {
-                    return Err(Error::UnknownModule {
-                        name: module.to_owned(),
-                        known: pools.keys().cloned().collect::<Vec<_>>().join(", "),
-                    });
-                }
-            }
-        };
-        let conn = pool.acquire().await?;
+        let (conn, prepared) = self.acquire_prepared(module).await?;
         let outbox = self
             .inner
             .manifest
@@ -268,6 +256,39 @@ impl Moat {
             .filter(|m| self.inner.manifest.is_depended_on(&m.name))
             .map(|m| events::publish_outbox(m.schema.as_str()));
         events::ModuleTx::begin(conn, module, outbox, prepared, self.inner.notifier.clone()).await
+    }
+
+    /// A connection of `module`'s pool. When the module moves to another database while this
+    /// waits (its old database refuses new sessions during the cutover), the connection comes
+    /// from its new pool.
+    pub async fn acquire(&self, module: &str) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, Error> {
+        Ok(self.acquire_prepared(module).await?.0)
+    }
+
+    async fn acquire_prepared(
+        &self,
+        module: &str,
+    ) -> Result<(sqlx::pool::PoolConnection<sqlx::Postgres>, bool), Error> {
+        let mut moves = self.inner.moves.subscribe();
+        loop {
+            let (pool, prepared) = {
+                let pools = self.inner.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match pools.get(module) {
+                    Some(p) => (p.pool.clone(), p.prepared),
+                    None => {
+                        return Err(Error::UnknownModule {
+                            name: module.to_owned(),
+                            known: pools.keys().cloned().collect::<Vec<_>>().join(", "),
+                        });
+                    }
+                }
+            };
+            moves.borrow_and_update();
+            tokio::select! {
+                conn = pool.acquire() => return Ok((conn?, prepared)),
+                changed = moves.changed() => if changed.is_err() { return Ok((pool.acquire().await?, prepared)) },
+            }
+        }
     }
 
     /// The event bus: register handlers with [`events::EventBus::subscribe`], then start it.

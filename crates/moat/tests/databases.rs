@@ -86,3 +86,111 @@ async fn a_subscriber_in_another_database_gets_every_event_once_in_key_order() {
     }
     app.close().await;
 }
+
+/// The manifest with `customers`, the publisher, declared in a database of its own.
+const PUBLISHER_MOVES: &str = r#"
+[project]
+name = "{project}"
+[databases.customers_db]
+url_env = "MOAT_TEST_UNSET_CUSTOMERS_URL"
+[modules.customers]
+database = "customers_db"
+[modules.orders]
+depends_on = ["customers"]
+"#;
+
+#[tokio::test]
+async fn a_publisher_moved_while_its_subscriber_lags_delivers_every_event_once_and_a_running_app_follows_it() {
+    let db = TestDb::new().await;
+    let customers_db = db.another("customers").await;
+    let project = common::project(&db);
+    // Everything in the main database; events published while no dispatcher runs.
+    let app = Moat::start(Config::new(project.manifest()).database_url(db.url.expose())).await.unwrap();
+    publish(&app, 0, 40).await;
+    app.close().await;
+
+    // The manifest now puts customers in a database of its own; the application starts with it
+    // and keeps publishing while `moat extract customers` moves the module.
+    project.write("moat.toml", &PUBLISHER_MOVES.replace("{project}", &db.project));
+    let manifest = project.manifest();
+    let app = Moat::start(
+        Config::new(manifest.clone()).database_url(db.url.expose()).database("customers_db", customers_db.expose()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(app.database_of("customers"), None, "before the move the module is used where its data is");
+    let publishing = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut published = 0i64;
+            let mut failed = 0u32;
+            let mut n = 40;
+            while n < 120 {
+                let attempt = async {
+                    let mut tx = app.begin("customers").await?;
+                    tx.publish(&common::CustomerRenamed { customer_id: n % 3, version: n / 3 + 1 })?;
+                    tx.commit().await
+                };
+                match attempt.await {
+                    Ok(()) => {
+                        published += 1;
+                        n += 1;
+                    }
+                    // The module's writes are refused while it is frozen; the publisher retries.
+                    Err(_) => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (published, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let customers = moat_core::names::ModuleName::parse("customers").unwrap();
+    let copy = moat_admin::extract::ExtractOptions {
+        mode: Some(moat_admin::extract::Mode::Copy),
+        ..moat_admin::extract::ExtractOptions::default()
+    };
+    let report = moat_admin::extract::extract(
+        &manifest,
+        &customers,
+        &db.url,
+        &customers_db,
+        Some("customers_db"),
+        &copy,
+        &|_| {},
+    )
+    .await
+    .unwrap_or_else(|e| panic!("extract failed: {e}"));
+    assert_eq!(report.outcome, moat_admin::extract::Outcome::Moved);
+    let (published, failed) = publishing.await.unwrap();
+    assert_eq!(published, 80);
+    eprintln!("publishes refused during the move: {failed}; write_unavailable_ms: {:?}", report.write_unavailable_ms);
+    // The running application follows the module to its new database.
+    let started = std::time::Instant::now();
+    while app.database_of("customers").is_none() {
+        assert!(started.elapsed() < Duration::from_secs(15), "the application did not follow customers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let here: String =
+        sqlx::query_scalar("SELECT current_database()::text").fetch_one(&app.pool("customers").unwrap()).await.unwrap();
+    assert_eq!(here, customers_db.database());
+
+    // The subscriber, which lagged through all of it, gets every event once, in key order.
+    let dispatcher = app
+        .events()
+        .config(config())
+        .subscribe::<common::CustomerRenamed, _>("orders", Record)
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    publish(&app, 120, 130).await;
+    wait_for(&db.url, APPLIED, 130, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&db.url, APPLIED).await, 130);
+    assert_eq!(count(&db.url, OUT_OF_ORDER).await, 0);
+    assert_eq!(count(&db.url, "SELECT count(DISTINCT event_id) FROM orders.applied").await, 130);
+    assert!(count(&customers_db, "SELECT count(*) FROM customers.moat_outbox").await >= 10);
+    dispatcher.shutdown().await;
+    app.close().await;
+}

@@ -65,9 +65,11 @@ pub async fn drop_target_schema(ctx: &Ctx<'_>, dst: &mut PgConnection) -> Result
 /// contracts: provisioning it in the target creates the module's roles, schema, grants, default
 /// privileges and moat tables there and touches no other module's.
 fn reduced_manifest(manifest: &Manifest, module: &moat_core::manifest::Module) -> Manifest {
-    let mut reduced = manifest.clone();
-    reduced.modules = vec![module.clone()];
-    reduced.contracts = Vec::new();
+    // The other modules stay as modules elsewhere: they still count as subscribers (the
+    // outbox, its progress rows and the relay's rights) and their roles are left alone.
+    let mut reduced = manifest.restricted(|m| m.name == module.name);
+    reduced.elsewhere_contracts.extend(reduced.contracts.drain(..).map(|c| c.name));
+    reduced.consumers = Vec::new();
     reduced
 }
 

@@ -74,7 +74,7 @@ impl Subscription {
             waiting = InboxState::Waiting.sql(),
         );
         loop {
-            let mut tx = RawTx::begin(self.pool()?.acquire().await?).await?;
+            let mut tx = RawTx::begin(self.app.acquire(&self.subscriber).await?).await?;
             let Some(row) = sqlx::query(sqlx::AssertSqlSafe(pick.clone()))
                 .bind(&self.publisher)
                 .bind(&self.mine)

@@ -269,7 +269,7 @@ impl Subscription {
 
     /// One batch in one transaction of the subscriber.
     async fn batch(&self, mode: Mode) -> Result<Outcome, Error> {
-        let conn = self.pool()?.acquire().await?;
+        let conn = self.app.acquire(&self.subscriber).await?;
         let lock = lock_sql(&self.tables.subscriptions, &self.tables.inbox, &self.publisher);
         let (mut tx, rows) = RawTx::begin_with(conn, &lock).await?;
         let Some(Locked { cursor, handled, mut blocked }) = parse_lock(&rows)? else {
