@@ -600,3 +600,41 @@ async fn module_functions_that_the_move_runs_run_as_the_owner() {
         assert_eq!(planted, 0);
     }
 }
+
+#[tokio::test]
+async fn preflight_refuses_what_the_module_needs_from_outside_its_schema() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let project = project(&db, &[]);
+    up(&db, &project.manifest()).await;
+    // The admin gives the module an extension type and a shared function outside its schema.
+    let owner = db.role("billing_owner");
+    db.exec(&format!(
+        "CREATE SCHEMA ext; CREATE EXTENSION citext SCHEMA ext; GRANT USAGE ON SCHEMA ext TO {owner};
+         CREATE SCHEMA shared; CREATE FUNCTION shared.next_code() RETURNS text LANGUAGE sql AS 'SELECT 1::text';
+         GRANT USAGE ON SCHEMA shared TO {owner};"
+    ))
+    .await;
+    project.write(
+        "modules/billing/migrations/0003_outside.sql",
+        "CREATE TABLE tags (id int PRIMARY KEY, name ext.citext, code text DEFAULT shared.next_code());\n",
+    );
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    let mut source = db.connect().await;
+    let acl = schema_acl(&mut source).await;
+    let error = refused(&db, &target, &manifest).await;
+    assert!(
+        error.contains(&format!(
+            "the module uses extension `citext` (in schema `ext`), which database `{}` does not have",
+            target.name
+        )),
+        "{error}"
+    );
+    assert!(error.contains("`CREATE EXTENSION citext SCHEMA ext`"), "{error}");
+    assert!(
+        error.contains("default value for column code of table billing.tags depends on function shared.next_code(), in schema `shared`, which does not move with the module"),
+        "{error}"
+    );
+    assert_unchanged(&db, &target, &acl, false).await;
+}

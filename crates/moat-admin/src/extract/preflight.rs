@@ -231,8 +231,13 @@ async fn missing_extensions(
                     ctx.target_url.database()
                 ),
                 help: format!(
-                    "create it in the target as the admin: `CREATE EXTENSION {extension} SCHEMA {schema}` in database `{}`",
-                    ctx.target_url.database()
+                    "create it in the target as the admin: `CREATE EXTENSION {extension} SCHEMA {schema}` in database `{}`{}",
+                    ctx.target_url.database(),
+                    if schema == "public" || schema == "pg_catalog" {
+                        String::new()
+                    } else {
+                        format!(", and `GRANT USAGE ON SCHEMA {schema} TO {}` as in the source", ctx.manifest.roles().module_owner(&ctx.module.name))
+                    }
                 ),
             });
         }
