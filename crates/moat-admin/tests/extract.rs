@@ -266,9 +266,14 @@ async fn a_row_changed_on_the_target_before_the_switch_stops_it() {
 
     // At the start of the verification, another session changes a copied row in the target.
     let target_url = target.url.clone();
-    let tamper = move || {
+    let source_url = db.url.clone();
+    let provision_key = moat_admin::provision::provision_lock(&manifest);
+    let provisioning_waits = std::sync::atomic::AtomicBool::new(false);
+    let tamper = || {
         let url = target_url.clone();
-        std::thread::spawn(move || {
+        let source_url = source_url.clone();
+        let key = provision_key.clone();
+        let waits = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 let mut admin = moat_admin::connect(&url).await.unwrap();
@@ -276,10 +281,20 @@ async fn a_row_changed_on_the_target_before_the_switch_stops_it() {
                     .execute(&mut admin)
                     .await
                     .unwrap();
-            });
+                // While the writes are stopped, provisioning of the source (which would give
+                // them back) cannot start.
+                let mut other = moat_admin::connect(&source_url).await.unwrap();
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                    .bind(&key)
+                    .fetch_one(&mut other)
+                    .await
+                    .unwrap();
+                !got
+            })
         })
         .join()
         .unwrap();
+        provisioning_waits.store(waits, std::sync::atomic::Ordering::SeqCst);
     };
     let error = extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|event| {
         if let ExtractEvent::Step { step: Step::Verify } = event {
@@ -292,6 +307,7 @@ async fn a_row_changed_on_the_target_before_the_switch_stops_it() {
     assert!(error.contains("verification of module `billing` failed"), "{error}");
     assert!(error.contains("table `billing.notes`: rows 1 to 4 in key order differ"), "{error}");
     assert!(error.contains("serves from the source again"), "{error}");
+    assert!(provisioning_waits.load(std::sync::atomic::Ordering::SeqCst));
     assert_eq!(journal_step(&mut source).await.as_deref(), Some("verify"));
     let report: String = sqlx::query_scalar("SELECT report->'mismatches'->0->>'object' FROM billing.moat_move")
         .fetch_one(&mut source)

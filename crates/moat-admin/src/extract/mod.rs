@@ -444,7 +444,11 @@ async fn run(
     // Serializes moves of the module and keeps its migrations out while it moves.
     let migrate_key = format!("moat:migrate:{}:{}", ctx.manifest.project, ctx.module.name);
     crate::locks::advisory_lock(src, &migrate_key, &format!("moving module `{}`", ctx.module.name)).await?;
-    let result = run_locked(ctx, src, dst, journal, report).await;
+    let mut provision_locked = false;
+    let result = run_locked(ctx, src, dst, journal, report, &mut provision_locked).await;
+    if provision_locked {
+        crate::locks::advisory_unlock(src, &crate::provision::provision_lock(ctx.manifest)).await;
+    }
     crate::locks::advisory_unlock(src, &migrate_key).await;
     result
 }
@@ -455,6 +459,7 @@ async fn run_locked(
     dst: &mut PgConnection,
     journal: Option<Journal>,
     report: &mut ExtractReport,
+    provision_locked: &mut bool,
 ) -> Result<(), AdminError> {
     // Read again under the lock: another run may have moved on meanwhile.
     let journal = match journal {
@@ -515,6 +520,10 @@ async fn run_locked(
                     post_data = Some(dump::prepare(ctx, src, dst).await?.post_data);
                     resume_prepare = false;
                 }
+                // From the freeze to the switch, provisioning of the source (a `moat up` at an
+                // application's start) waits: it would give the runtime role its rights back.
+                // After a crash the journal says the same to provisioning.
+                hold_provisioning(ctx, src, provision_locked).await?;
                 freeze::freeze(ctx, src).await?;
                 let copied = copy::copy(ctx, src, dst, post_data.as_deref().unwrap_or_default()).await;
                 match copied {
@@ -529,6 +538,7 @@ async fn run_locked(
                 step = Step::Verify;
             }
             Step::Verify => {
+                hold_provisioning(ctx, src, provision_locked).await?;
                 journal::set_step(src, ctx, Step::Verify).await?;
                 (ctx.observe)(ExtractEvent::Step { step });
                 kill_hook(step);
@@ -575,6 +585,17 @@ async fn run_locked(
             }
         }
     }
+}
+
+/// Takes the source's provisioning lock for the rest of the run, once.
+async fn hold_provisioning(ctx: &Ctx<'_>, src: &mut PgConnection, held: &mut bool) -> Result<(), AdminError> {
+    if !*held {
+        let key = crate::provision::provision_lock(ctx.manifest);
+        crate::locks::advisory_lock(src, &key, "waiting for the provisioning lock before stopping the module's writes")
+            .await?;
+        *held = true;
+    }
+    Ok(())
 }
 
 fn done(ctx: &Ctx<'_>, report: &mut ExtractReport, step: Step, started: Instant) {
