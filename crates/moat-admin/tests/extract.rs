@@ -496,6 +496,16 @@ async fn abort_rolls_back_a_move_that_stopped_before_the_switch() {
         extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &abort, &|_| {}).await.unwrap();
     assert_eq!(report.outcome, Outcome::Aborted);
     assert!(!schema_exists(&mut dst, "billing").await);
+    // No CONNECT and no setting of the project's roles stays in the target database.
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = current_database() AND starts_with(pg_get_userbyid(a.grantee), $1))
+              + (SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = current_database() AND starts_with(pg_get_userbyid(s.setrole), $1))",
+    )
+    .bind(&db.project)
+    .fetch_one(&mut dst)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
     assert_eq!(journal_step(&mut source).await, None);
     assert_eq!(schema_acl(&mut source).await, acl);
     assert_eq!(billing_state(&mut source).await, before);

@@ -43,6 +43,41 @@ pub async fn prepare(ctx: &Ctx<'_>, src: &mut PgConnection, dst: &mut PgConnecti
     Ok(sections)
 }
 
+/// Takes back what provisioning the reduced manifest gave the module's roles in the target
+/// database besides its schema: `CONNECT` and their settings there (and the relay's, unless
+/// another module of the manifest lives in that database).
+pub async fn forget_target_roles(ctx: &Ctx<'_>, dst: &mut PgConnection) -> Result<(), AdminError> {
+    let roles = ctx.manifest.roles();
+    let mut forget = vec![roles.module_runtime(&ctx.module.name), roles.module_migrator(&ctx.module.name)];
+    let schemas: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_catalog.pg_namespace")
+        .fetch_all(&mut *dst)
+        .await
+        .map_err(db("listing the target's schemas"))?;
+    if !schemas.iter().any(|s| s != ctx.schema() && ctx.manifest.module_by_schema(s).is_some()) {
+        forget.push(roles.relay());
+    }
+    let existing: Vec<String> = sqlx::query_scalar(
+        "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) ANY ($1)",
+    )
+    .bind(&forget)
+    .fetch_all(&mut *dst)
+    .await
+    .map_err(db("looking up roles"))?;
+    let database = ident(&ctx.target_url.database());
+    for role in existing {
+        for sql in [
+            format!("REVOKE CONNECT ON DATABASE {database} FROM {}", ident(&role)),
+            format!("ALTER ROLE {} IN DATABASE {database} RESET ALL", ident(&role)),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&mut *dst)
+                .await
+                .map_err(db(format!("rolling back the target (`{sql}`)")))?;
+        }
+    }
+    Ok(())
+}
+
 /// Drops the module's schema in the target, with everything in it. Only ever called while the
 /// journal in the source says a move of ours is under way (preflight refuses a target that held
 /// the schema before), so this drops only what the move created.
@@ -56,12 +91,14 @@ pub async fn drop_target_schema(ctx: &Ctx<'_>, dst: &mut PgConnection) -> Result
 }
 
 /// The manifest with only `module` (its `depends_on` kept, so that it gets its inbox), no
-/// contracts: provisioning it in the target creates the module's roles, schema, grants, default
-/// privileges and moat tables there and touches no other module's.
+/// contracts and no consumers (they read contracts, which stay): provisioning it in the target
+/// creates the module's roles, schema, grants, default privileges and moat tables there and
+/// touches no other module's.
 fn reduced_manifest(manifest: &Manifest, module: &moat_core::manifest::Module) -> Manifest {
     let mut reduced = manifest.clone();
     reduced.modules = vec![module.clone()];
     reduced.contracts = Vec::new();
+    reduced.consumers = Vec::new();
     reduced
 }
 

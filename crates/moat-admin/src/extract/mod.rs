@@ -632,6 +632,7 @@ async fn abort(
         .await?;
     let result = async {
         dump::drop_target_schema(ctx, dst).await?;
+        dump::forget_target_roles(ctx, dst).await?;
         freeze::unfreeze(ctx, src).await?;
         journal::delete(src, ctx).await
     }
