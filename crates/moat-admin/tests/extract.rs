@@ -638,7 +638,9 @@ async fn preflight_refuses_what_the_module_needs_from_outside_its_schema() {
     db.exec(&format!(
         "CREATE SCHEMA ext; CREATE EXTENSION citext SCHEMA ext; GRANT USAGE ON SCHEMA ext TO {owner};
          CREATE SCHEMA shared; CREATE FUNCTION shared.next_code() RETURNS text LANGUAGE sql AS 'SELECT 1::text';
-         GRANT USAGE ON SCHEMA shared TO {owner};"
+         GRANT USAGE ON SCHEMA shared TO {owner};
+         SELECT lo_from_bytea(0, 'scan'); DO $$ BEGIN EXECUTE format('ALTER LARGE OBJECT %s OWNER TO {runtime}', (SELECT max(oid) FROM pg_largeobject_metadata)); END $$;",
+        runtime = db.role("billing"),
     ))
     .await;
     project.write(
@@ -662,5 +664,6 @@ async fn preflight_refuses_what_the_module_needs_from_outside_its_schema() {
         error.contains("default value for column code of table billing.tags depends on function shared.next_code(), in schema `shared`, which does not move with the module"),
         "{error}"
     );
+    assert!(error.contains("the module's roles own 1 large object(s)"), "{error}");
     assert_unchanged(&db, &target, &acl, false).await;
 }
