@@ -253,6 +253,17 @@ async fn abort_after_the_switch_is_refused_and_finalize_drops_the_source() {
     let mut source = moat_admin::connect(&db.url).await.unwrap();
     assert!(scalar_bool(&mut source, "SELECT count(*) = 0 FROM pg_namespace WHERE nspname = 'billing'").await);
     source.close().await.unwrap();
+    // Nothing is left to finalize or roll back; neither asks for a mode.
+    let again = moat(&project, &db.url, &target.url, &["extract", "billing", "--finalize"], None);
+    assert_eq!(again.status.code(), Some(2), "{}", describe(&again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to finalize"), "{}", describe(&again));
+    let abort = moat(&project, &db.url, &target.url, &["extract", "billing", "--abort"], None);
+    assert!(abort.status.success(), "{}", describe(&abort));
+    assert!(
+        String::from_utf8_lossy(&abort.stdout).contains("no move of `billing` to roll back"),
+        "{}",
+        describe(&abort)
+    );
 }
 
 #[tokio::test]

@@ -302,7 +302,12 @@ pub async fn extract(
     let mut dst = crate::connect(target).await?;
     let result = async {
         let journal = journal::read(&mut src, manifest, module).await?;
-        let mode = resolve_mode(&mut src, options.mode, journal.as_ref(), module).await?;
+        // Rolling back or finalizing needs no mode of its own: the journal's, else any.
+        let mode = if options.abort || options.finalize {
+            journal.as_ref().and_then(|j| j.mode.as_deref()).and_then(Mode::parse).or(options.mode).unwrap_or(Mode::Copy)
+        } else {
+            resolve_mode(&mut src, options.mode, journal.as_ref(), module).await?
+        };
         let ctx = Ctx {
             manifest,
             module,
