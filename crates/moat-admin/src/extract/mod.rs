@@ -353,7 +353,7 @@ pub async fn extract(
                 ),
             });
         }
-        run(&ctx, &mut src, &mut dst, journal, &mut report).await?;
+        run(&ctx, &mut src, &mut dst, &mut report).await?;
         Ok(report)
     }
     .await;
@@ -443,14 +443,13 @@ async fn run(
     ctx: &Ctx<'_>,
     src: &mut PgConnection,
     dst: &mut PgConnection,
-    journal: Option<Journal>,
     report: &mut ExtractReport,
 ) -> Result<(), AdminError> {
     // Serializes moves of the module and keeps its migrations out while it moves.
     let migrate_key = format!("moat:migrate:{}:{}", ctx.manifest.project, ctx.module.name);
     crate::locks::advisory_lock(src, &migrate_key, &format!("moving module `{}`", ctx.module.name)).await?;
     let mut provision_locked = false;
-    let result = run_locked(ctx, src, dst, journal, report, &mut provision_locked).await;
+    let result = run_locked(ctx, src, dst, report, &mut provision_locked).await;
     if provision_locked {
         crate::locks::advisory_unlock(src, &crate::provision::provision_lock(ctx.manifest)).await;
     }
@@ -462,15 +461,11 @@ async fn run_locked(
     ctx: &Ctx<'_>,
     src: &mut PgConnection,
     dst: &mut PgConnection,
-    journal: Option<Journal>,
     report: &mut ExtractReport,
     provision_locked: &mut bool,
 ) -> Result<(), AdminError> {
-    // Read again under the lock: another run may have moved on meanwhile.
-    let journal = match journal {
-        Some(_) => journal::read(src, ctx.manifest, ctx.module).await?,
-        None => None,
-    };
+    // Read under the lock: another run may have moved on since the journal was first read.
+    let journal = journal::read(src, ctx.manifest, ctx.module).await?;
     let mut resume_prepare = false;
     // The post-data section of this run's dump (the prepare step makes it).
     let mut post_data: Option<String> = None;
