@@ -667,3 +667,81 @@ async fn preflight_refuses_what_the_module_needs_from_outside_its_schema() {
     assert!(error.contains("the module's roles own 1 large object(s)"), "{error}");
     assert_unchanged(&db, &target, &acl, false).await;
 }
+
+/// Objects of many kinds, each of which `pg_dump` and `COPY` treat in their own way.
+const SHAPES: &str = r#"
+CREATE TYPE status AS ENUM ('open', 'paid');
+CREATE DOMAIN cents AS bigint CHECK (VALUE >= 0);
+CREATE TYPE money_pair AS (amount cents, currency text);
+CREATE TABLE invoices (id int NOT NULL, year int NOT NULL, status status NOT NULL DEFAULT 'open',
+  total money_pair, doubled bigint GENERATED ALWAYS AS ((total).amount * 2) STORED, tags text[], doc jsonb,
+  PRIMARY KEY (id, year)) PARTITION BY RANGE (year);
+CREATE TABLE invoices_2025 PARTITION OF invoices FOR VALUES FROM (2025) TO (2026);
+CREATE TABLE invoices_2026 PARTITION OF invoices FOR VALUES FROM (2026) TO (2027);
+CREATE VIEW open_invoices AS SELECT id, year FROM invoices WHERE status = 'open';
+CREATE MATERIALIZED VIEW totals_by_year AS SELECT year, count(*) AS n FROM invoices GROUP BY year;
+CREATE UNIQUE INDEX totals_by_year_year ON totals_by_year (year);
+CREATE TABLE private_notes (id int PRIMARY KEY, ward text NOT NULL, body text);
+ALTER TABLE private_notes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY by_ward ON private_notes USING (ward = current_setting('app.ward', true));
+CREATE TABLE keyed (code text NOT NULL, n int);
+CREATE UNIQUE INDEX keyed_code ON keyed (code);
+ALTER TABLE keyed REPLICA IDENTITY USING INDEX keyed_code;
+"#;
+
+#[tokio::test]
+async fn partitions_generated_columns_views_domains_and_row_security_move_whole() {
+    let db = TestDb::new().await;
+    let target = TargetDb::new(&db).await;
+    let project = project(&db, &[("modules/billing/migrations/0003_shapes.sql", SHAPES)]);
+    let manifest = project.manifest();
+    up(&db, &manifest).await;
+    let mut app = db.connect_as(&db.role("billing")).await;
+    sqlx::raw_sql(
+        "INSERT INTO invoices (id, year, status, total, tags, doc)
+           SELECT i, 2025 + i % 2, CASE WHEN i % 3 = 0 THEN 'paid' ELSE 'open' END::status, ROW((i * 100)::bigint::cents, 'EUR')::money_pair,
+                  ARRAY['a', 'b ' || i], jsonb_build_object('i', i, 'q', 'x\"y')
+           FROM generate_series(1, 30) i;
+         INSERT INTO keyed VALUES ('b', 2), ('a', 1), ('Z', 3);",
+    )
+    .execute(&mut app)
+    .await
+    .unwrap();
+    app.close().await.unwrap();
+    // The owner (not subject to its policies) writes the notes of every ward.
+    db.exec(&format!(
+        "SET ROLE {}; REFRESH MATERIALIZED VIEW billing.totals_by_year;
+         INSERT INTO billing.private_notes VALUES (1, 'north', 'n'), (2, 'south', 's'), (3, 'north', NULL);",
+        db.role("billing_owner")
+    ))
+    .await;
+    let report = extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {})
+        .await
+        .unwrap_or_else(|e| panic!("extract failed: {e}"));
+    let checked: Vec<&str> = report.verification.as_ref().unwrap().tables.iter().map(|t| t.table.as_str()).collect();
+    for table in ["billing.invoices_2025", "billing.invoices_2026", "billing.private_notes", "billing.keyed"] {
+        assert!(checked.contains(&table), "{table} not verified: {checked:?}");
+    }
+    let mut source = db.connect().await;
+    let mut dst = target.connect().await;
+    for sql in [
+        "SELECT string_agg(i::text, ';' ORDER BY id, year) FROM billing.invoices i",
+        "SELECT string_agg(o::text, ';' ORDER BY id) FROM billing.open_invoices o",
+        "SELECT string_agg(t::text, ';' ORDER BY year) FROM billing.totals_by_year t",
+        "SELECT string_agg(p::text, ';' ORDER BY id) FROM billing.private_notes p",
+        "SELECT string_agg(k::text, ';' ORDER BY code) FROM billing.keyed k",
+        "SELECT string_agg(polname || ' ' || pg_get_expr(polqual, polrelid), ';') FROM pg_policy WHERE polrelid = 'billing.private_notes'::regclass",
+        "SELECT relrowsecurity::text FROM pg_class WHERE oid = 'billing.private_notes'::regclass",
+        "SELECT relreplident::text FROM pg_class WHERE oid = 'billing.keyed'::regclass",
+    ] {
+        let a: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut source).await.unwrap();
+        let b: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut dst).await.unwrap();
+        assert!(a.is_some(), "{sql}");
+        assert_eq!(a, b, "{sql}");
+    }
+    // The runtime role sees only its ward's notes in the new database too.
+    let mut app = moat_admin::connect_as(&target.url.with_login(&db.role("billing"), None)).await.unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM private_notes").fetch_one(&mut app).await.unwrap();
+    assert_eq!(seen, 0);
+    app.close().await.unwrap();
+}
