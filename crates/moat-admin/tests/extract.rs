@@ -5,12 +5,10 @@
 
 use std::sync::Mutex;
 
-use moat_admin::DatabaseUrl;
 use moat_admin::extract::{ExtractEvent, ExtractOptions, Mode, Outcome, Step, extract};
 use moat_core::manifest::Manifest;
 use moat_core::names::ModuleName;
-use moat_core::quote::ident;
-use moat_testkit::{TestDb, TestProject, sqlstate_of};
+use moat_testkit::{SecondDb, TestDb, TestProject, sqlstate_of};
 use sqlx::{Connection, PgConnection};
 
 const MANIFEST: &str = r#"
@@ -40,47 +38,6 @@ CREATE TRIGGER charges_balance AFTER INSERT ON charges FOR EACH ROW EXECUTE FUNC
 ";
 
 const BILLING_0002: &str = "CREATE TABLE notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text);\n";
-
-/// A second database on the test server, dropped at the end.
-struct TargetDb {
-    url: DatabaseUrl,
-    name: String,
-    server: DatabaseUrl,
-}
-
-impl TargetDb {
-    async fn new(db: &TestDb) -> Self {
-        let name = format!("{}_target", db.database);
-        let server = db.url.with_database("postgres");
-        let mut conn = moat_admin::connect(&server).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", ident(&name))))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        conn.close().await.unwrap();
-        Self { url: db.url.with_database(&name), name, server }
-    }
-
-    async fn connect(&self) -> PgConnection {
-        moat_admin::connect(&self.url).await.unwrap()
-    }
-}
-
-impl Drop for TargetDb {
-    fn drop(&mut self) {
-        let server = self.server.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let Ok(mut conn) = moat_admin::connect(&server).await else { return };
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&name));
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
-            });
-        })
-        .join();
-    }
-}
 
 fn project(db: &TestDb, extra_billing: &[(&str, &str)]) -> TestProject {
     let mut files = vec![
@@ -170,7 +127,7 @@ async fn schema_acl(conn: &mut PgConnection) -> String {
 #[tokio::test]
 async fn copy_moves_data_history_sequences_and_outbox_then_finalize_drops_the_source() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(&db, &[]);
     let manifest = project.manifest();
     up(&db, &manifest).await;
@@ -256,7 +213,7 @@ async fn copy_moves_data_history_sequences_and_outbox_then_finalize_drops_the_so
 #[tokio::test]
 async fn a_row_changed_on_the_target_before_the_switch_stops_it() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(&db, &[]);
     let manifest = project.manifest();
     up(&db, &manifest).await;
@@ -332,7 +289,7 @@ async fn a_row_changed_on_the_target_before_the_switch_stops_it() {
 }
 
 /// Asserts that a refused extract changed nothing on either side.
-async fn assert_unchanged(db: &TestDb, target: &TargetDb, acl_before: &str, target_had_schema: bool) {
+async fn assert_unchanged(db: &TestDb, target: &SecondDb, acl_before: &str, target_had_schema: bool) {
     let mut source = db.connect().await;
     assert_eq!(journal_step(&mut source).await, None);
     assert_eq!(schema_acl(&mut source).await, acl_before);
@@ -346,7 +303,7 @@ async fn assert_unchanged(db: &TestDb, target: &TargetDb, acl_before: &str, targ
     assert_eq!(roles_connect, 0);
 }
 
-async fn refused(db: &TestDb, target: &TargetDb, manifest: &Manifest) -> String {
+async fn refused(db: &TestDb, target: &SecondDb, manifest: &Manifest) -> String {
     extract(manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {})
         .await
         .expect_err("extract should refuse")
@@ -356,7 +313,7 @@ async fn refused(db: &TestDb, target: &TargetDb, manifest: &Manifest) -> String 
 #[tokio::test]
 async fn preflight_refuses_a_view_of_another_module_reading_the_module() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(&db, &[]);
     let manifest = project.manifest();
     up(&db, &manifest).await;
@@ -373,7 +330,7 @@ async fn preflight_refuses_a_view_of_another_module_reading_the_module() {
 #[tokio::test]
 async fn preflight_refuses_a_contract_reading_the_module() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(&db, &[]);
     project.write(
         "moat.toml",
@@ -398,7 +355,7 @@ async fn preflight_refuses_a_contract_reading_the_module() {
 #[tokio::test]
 async fn preflight_refuses_a_target_that_holds_the_schema() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(&db, &[]);
     let manifest = project.manifest();
     up(&db, &manifest).await;
@@ -420,7 +377,7 @@ async fn preflight_refuses_a_target_that_holds_the_schema() {
 #[tokio::test]
 async fn preflight_refuses_tables_without_a_primary_key_and_lists_them() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(
         &db,
         &[(
@@ -443,7 +400,7 @@ async fn preflight_refuses_tables_without_a_primary_key_and_lists_them() {
 #[tokio::test]
 async fn preflight_refuses_a_module_with_claims() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(&db, &[]);
     project.write(
         "moat.toml",
@@ -464,7 +421,7 @@ async fn preflight_refuses_a_module_with_claims() {
 #[tokio::test]
 async fn abort_rolls_back_a_move_that_stopped_before_the_switch() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(&db, &[]);
     let manifest = project.manifest();
     up(&db, &manifest).await;
@@ -545,7 +502,7 @@ CREATE INDEX trapped_expr ON trapped (trap(v));
 #[tokio::test]
 async fn a_journal_table_the_module_planted_is_refused_before_the_admin_touches_it() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let owner = db.role("billing_owner");
     // The owner may create tables in its schema: one named like the journal, with a trigger
     // that would make the owner a superuser when the admin writes the journal.
@@ -579,7 +536,7 @@ async fn a_journal_table_the_module_planted_is_refused_before_the_admin_touches_
 #[tokio::test]
 async fn module_functions_that_the_move_runs_run_as_the_owner() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let owner = db.role("billing_owner");
     let trap = TRAP.replace("{owner}", &owner);
     let project = project(&db, &[("modules/billing/migrations/0003_trap.sql", &trap)]);
@@ -630,7 +587,7 @@ async fn module_functions_that_the_move_runs_run_as_the_owner() {
 #[tokio::test]
 async fn preflight_refuses_what_the_module_needs_from_outside_its_schema() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(&db, &[]);
     up(&db, &project.manifest()).await;
     // The admin gives the module an extension type and a shared function outside its schema.
@@ -692,7 +649,7 @@ ALTER TABLE keyed REPLICA IDENTITY USING INDEX keyed_code;
 #[tokio::test]
 async fn partitions_generated_columns_views_domains_and_row_security_move_whole() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(&db, &[("modules/billing/migrations/0003_shapes.sql", SHAPES)]);
     let manifest = project.manifest();
     up(&db, &manifest).await;

@@ -6,8 +6,7 @@
 use std::process::{Command, Output};
 
 use moat_admin::DatabaseUrl;
-use moat_core::quote::ident;
-use moat_testkit::{TestDb, TestProject};
+use moat_testkit::{SecondDb, TestDb, TestProject};
 use sqlx::{Connection, PgConnection};
 
 const MANIFEST: &str = r#"
@@ -73,43 +72,6 @@ fn describe(output: &Output) -> String {
     )
 }
 
-/// A second database on the test server, dropped at the end.
-struct TargetDb {
-    url: DatabaseUrl,
-    name: String,
-    server: DatabaseUrl,
-}
-
-impl TargetDb {
-    async fn new(db: &TestDb) -> Self {
-        let name = format!("{}_target", db.database);
-        let server = db.url.with_database("postgres");
-        let mut conn = moat_admin::connect(&server).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", ident(&name))))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        conn.close().await.unwrap();
-        Self { url: db.url.with_database(&name), name, server }
-    }
-}
-
-impl Drop for TargetDb {
-    fn drop(&mut self) {
-        let server = self.server.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let Ok(mut conn) = moat_admin::connect(&server).await else { return };
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&name));
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
-            });
-        })
-        .join();
-    }
-}
-
 /// Inserts a note as billing's runtime role in the source; whether it was accepted.
 async fn write_note(db: &TestDb, body: &str) -> bool {
     let Ok(mut app) = moat_admin::connect_as(&db.url.with_login(&db.role("billing"), None)).await else { return false };
@@ -141,7 +103,7 @@ const BOUNDARIES: [&str; 5] = ["preflight", "prepare", "copy", "verify", "switch
 
 /// Sets up a source with data, runs `moat extract billing --mode copy` killed after `step`, and
 /// tries a write while the move stands there. Returns the notes that were accepted.
-async fn killed_at(db: &TestDb, target: &TargetDb, project: &TestProject, step: &str) -> Vec<String> {
+async fn killed_at(db: &TestDb, target: &SecondDb, project: &TestProject, step: &str) -> Vec<String> {
     let up = Command::new(env!("CARGO_BIN_EXE_moat"))
         .current_dir(project.dir.path())
         .env("NO_COLOR", "1")
@@ -175,7 +137,7 @@ async fn killed_at(db: &TestDb, target: &TargetDb, project: &TestProject, step: 
 async fn a_rerun_after_a_kill_at_every_step_boundary_ends_moved_without_losing_a_write() {
     for step in BOUNDARIES {
         let db = TestDb::new().await;
-        let target = TargetDb::new(&db).await;
+        let target = db.second_database("target").await;
         let project = project(&db);
         let accepted = killed_at(&db, &target, &project, step).await;
         let rerun = moat(&project, &db.url, &target.url, &["--format", "json", "extract", "billing"], None);
@@ -213,7 +175,7 @@ async fn a_rerun_after_a_kill_at_every_step_boundary_ends_moved_without_losing_a
 async fn abort_after_a_kill_at_every_step_boundary_before_the_switch_leaves_nothing() {
     for step in &BOUNDARIES[..4] {
         let db = TestDb::new().await;
-        let target = TargetDb::new(&db).await;
+        let target = db.second_database("target").await;
         let project = project(&db);
         let mut source = moat_admin::connect(&db.url).await.unwrap();
         let mut accepted = killed_at(&db, &target, &project, step).await;
@@ -240,7 +202,7 @@ async fn abort_after_a_kill_at_every_step_boundary_before_the_switch_leaves_noth
 #[tokio::test]
 async fn abort_after_the_switch_is_refused_and_finalize_drops_the_source() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(&db);
     killed_at(&db, &target, &project, "switched").await;
     let abort = moat(&project, &db.url, &target.url, &["extract", "billing", "--abort"], None);
@@ -269,7 +231,7 @@ async fn abort_after_the_switch_is_refused_and_finalize_drops_the_source() {
 #[tokio::test]
 async fn extract_without_a_mode_on_a_server_without_logical_replication_suggests_copy() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(&db);
     let mut admin = moat_admin::connect(&db.url).await.unwrap();
     let wal_level: String =
@@ -289,7 +251,7 @@ async fn extract_without_a_mode_on_a_server_without_logical_replication_suggests
 #[tokio::test]
 async fn progress_goes_to_stderr_and_the_result_to_stdout() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.second_database("target").await;
     let project = project(&db);
     let up = Command::new(env!("CARGO_BIN_EXE_moat"))
         .current_dir(project.dir.path())
