@@ -702,3 +702,33 @@ async fn partitions_generated_columns_views_domains_and_row_security_move_whole(
     assert_eq!(seen, 0);
     app.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_module_that_stopped_publishing_and_subscribing_moves_with_its_outbox_and_inbox() {
+    let db = TestDb::new().await;
+    let target = db.second_database("target").await;
+    let project = project(&db, &[]);
+    up(&db, &project.manifest()).await;
+    write_billing(&db).await;
+    // Nobody depends on billing any more, and billing on nobody: its event tables stay.
+    project.write(
+        "moat.toml",
+        &MANIFEST
+            .replace("{project}", &db.project)
+            .replace("[modules.billing]\ndepends_on = [\"patients\"]\n", "[modules.billing]\n")
+            .replace("[modules.reports]\ndepends_on = [\"billing\"]\n", "[modules.reports]\n"),
+    );
+    let manifest = project.manifest();
+    assert!(!manifest.uses_events());
+    let mut source = db.connect().await;
+    let before = billing_state(&mut source).await;
+    let report = extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {})
+        .await
+        .unwrap_or_else(|e| panic!("extract failed: {e}"));
+    assert_eq!(report.outcome, Outcome::Moved);
+    let mut dst = target.connect().await;
+    assert_eq!(billing_state(&mut dst).await, before);
+    let inbox: bool =
+        sqlx::query_scalar("SELECT to_regclass('billing.moat_inbox') IS NOT NULL").fetch_one(&mut dst).await.unwrap();
+    assert!(inbox);
+}
