@@ -100,6 +100,9 @@ fn reduced_manifest(manifest: &Manifest, module: &moat_core::manifest::Module) -
     reduced
 }
 
+/// A relation created with its kind (`r`, `p`, `S`), for its grants.
+type Created = (String, &'static str);
+
 /// The outbox and the inbox where the source has them and provisioning the reduced manifest did
 /// not create them (a module others depend on: the reduced manifest has no subscriber; a module
 /// that stopped publishing or subscribing keeps its tables), with the grants the whole
@@ -115,7 +118,7 @@ async fn create_moat_tables(ctx: &Ctx<'_>, src: &mut PgConnection, dst: &mut PgC
             moat_core::quote::literal(table)
         )
     };
-    let mut families: Vec<(Vec<String>, Vec<(String, &str)>)> = Vec::new();
+    let mut families: Vec<(Vec<String>, Vec<Created>)> = Vec::new();
     for table in [internal::OUTBOX, internal::SUBSCRIPTIONS] {
         let in_source: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(has(table)))
             .fetch_one(&mut *src)
@@ -129,7 +132,7 @@ async fn create_moat_tables(ctx: &Ctx<'_>, src: &mut PgConnection, dst: &mut PgC
             continue;
         }
         if table == internal::OUTBOX {
-            let mut relations: Vec<(String, &str)> =
+            let mut relations: Vec<Created> =
                 vec![(internal::OUTBOX.to_owned(), "p"), (internal::OUTBOX_SEQUENCE.to_owned(), "S")];
             relations.extend((0..internal::OUTBOX_SLOTS).map(|s| (internal::outbox_partition(s), "r")));
             relations.push((internal::OUTBOX_PROGRESS.to_owned(), "r"));
@@ -158,7 +161,7 @@ async fn create_moat_tables(ctx: &Ctx<'_>, src: &mut PgConnection, dst: &mut PgC
     let installed = BTreeMap::new();
     let policy = Policy::new(ctx.manifest, &installed);
     let mut sql = Vec::new();
-    let mut relations: Vec<(String, &str)> = Vec::new();
+    let mut relations: Vec<Created> = Vec::new();
     for (ddl, family) in families {
         sql.extend(ddl);
         relations.extend(family);
