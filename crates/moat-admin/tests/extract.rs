@@ -139,6 +139,10 @@ async fn copy_moves_data_history_sequences_and_outbox_then_finalize_drops_the_so
     sqlx::raw_sql("BEGIN; INSERT INTO notes (body) VALUES ('in flight')").execute(&mut in_flight).await.unwrap();
     let before = billing_state(&mut source).await;
 
+    // A running application listens for the switch on the source.
+    let mut listener = sqlx::postgres::PgListener::connect(db.url.expose()).await.unwrap();
+    listener.listen("moat_move").await.unwrap();
+
     let steps = Mutex::new(Vec::new());
     let tables = Mutex::new(Vec::new());
     let report =
@@ -160,6 +164,9 @@ async fn copy_moves_data_history_sequences_and_outbox_then_finalize_drops_the_so
     let verification = report.verification.clone().unwrap();
     assert!(verification.mismatches.is_empty(), "{:?}", verification.mismatches);
     assert!(report.write_unavailable_ms.is_some());
+    let notification =
+        tokio::time::timeout(std::time::Duration::from_secs(30), listener.recv()).await.unwrap().unwrap();
+    assert_eq!(notification.payload(), "billing");
 
     assert!(sqlx::raw_sql("COMMIT").execute(&mut in_flight).await.is_err());
     let mut moved = target.connect().await;
