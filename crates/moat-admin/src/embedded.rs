@@ -296,7 +296,8 @@ fn ensure_running_locked(dir: &Path, options: &EmbeddedOptions) -> Result<Runnin
         }
         user.own(&log)?;
         let server_options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={chosen} -c unix_socket_directories='{}' -c fsync={} -c synchronous_commit={} -c full_page_writes={} -c max_connections=300",
+            "-c listen_addresses=127.0.0.1 -c port={chosen} -c unix_socket_directories='{}' -c fsync={} -c synchronous_commit={} -c full_page_writes={} -c max_connections=300 \
+             -c wal_level=logical -c max_replication_slots=16 -c max_wal_senders=16",
             run.display(),
             on_off(options.durable),
             on_off(options.durable),

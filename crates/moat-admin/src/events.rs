@@ -1,17 +1,28 @@
 //! Operations on module events (`moat events status | dead | retry`). The admin session only
 //! reads the catalog; module tables are read and written as the module's runtime role, outboxes
 //! and progress as the relay.
+//!
+//! Every module is read in the database it lives in ([`crate::placement`]): a subscriber's
+//! cursor and inbox in the subscriber's database, the publisher's outbox and progress in the
+//! publisher's. A cursor's snapshots are taken by the relay in the publisher's database (that is
+//! where the transactions they judge ran), so the lag of a subscription across databases is the
+//! cursor read in one database applied to the outbox read in the other.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use moat_core::manifest::Manifest;
 use moat_core::quote::qualified;
 use serde::Serialize;
+use sqlx::PgConnection;
 use sqlx::Row;
 
-use sqlx::PgConnection;
-
+use crate::databases::{DatabaseKey, Databases};
 use crate::error::{AdminError, db};
 use crate::internal::{CLUSTER_ID, INBOX, InboxState, OUTBOX, OUTBOX_PROGRESS, SUBSCRIPTIONS};
+use crate::placement::Placement;
 use crate::target::{DatabaseUrl, password_from_env};
+use crate::up::Target;
 
 /// Delivery state of one subscription (a subscriber module and a module it depends on).
 #[derive(Debug, Clone, Serialize)]
@@ -20,6 +31,12 @@ pub struct SubscriptionStatus {
     pub subscriber: String,
     /// Publishing module.
     pub publisher: String,
+    /// The `[databases]` key of the subscriber's database, when it is not the main one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The `[databases]` key of the publisher's database, when it is not the main one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publisher_database: Option<String>,
     /// Whether a dispatcher has registered it.
     pub started: bool,
     /// Event types some process of the subscriber handles.
@@ -51,6 +68,9 @@ pub struct SubscriptionStatus {
 pub struct RemovedSubscriber {
     /// Publishing module.
     pub publisher: String,
+    /// The `[databases]` key of the publisher's database, when it is not the main one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     /// The subscriber's name as recorded.
     pub subscriber: String,
 }
@@ -69,6 +89,9 @@ pub struct EventsStatus {
 pub struct DeadLetter {
     /// Subscriber module.
     pub subscriber: String,
+    /// The `[databases]` key of the subscriber's database, when it is not the main one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     /// Publishing module.
     pub publisher: String,
     /// The event's id (what `moat events retry` takes).
@@ -106,41 +129,119 @@ fn pairs(manifest: &Manifest) -> Vec<(&moat_core::manifest::Module, &moat_core::
     pairs
 }
 
-/// Logs in as `role` (its password from the environment, as the runtime library does).
-async fn login(url: &DatabaseUrl, role: &str) -> Result<PgConnection, AdminError> {
-    crate::connect(&url.with_login(role, password_from_env(role).as_deref())).await
+/// Sessions to the project's databases, opened when first needed and closed together: the
+/// admin's (catalog lookups only) and logins as project roles, per database.
+struct Sessions<'t> {
+    databases: &'t Databases,
+    placement: Placement,
+    open: BTreeMap<(DatabaseKey, Option<String>), PgConnection>,
+    clusters: BTreeMap<DatabaseKey, String>,
 }
 
-/// Whether `relation` exists, read from the catalog as the admin (no module object is touched).
-async fn exists(conn: &mut PgConnection, relation: &str) -> Result<bool, AdminError> {
-    sqlx::query_scalar("SELECT pg_catalog.to_regclass($1) IS NOT NULL")
-        .bind(relation)
-        .fetch_one(conn)
-        .await
-        .map_err(db("looking up event tables"))
+impl<'t> Sessions<'t> {
+    async fn new(target: &'t Target, manifest: &Manifest) -> Result<Self, AdminError> {
+        let placement = crate::placement::locate(manifest, &target.databases).await?;
+        Ok(Self { databases: &target.databases, placement, open: BTreeMap::new(), clusters: BTreeMap::new() })
+    }
+
+    /// The database a module lives in now.
+    fn of(&self, module: &str) -> DatabaseKey {
+        self.placement.at(module).cloned()
+    }
+
+    /// The admin's session in `key` (`role` `None`), or a login as `role` there (its password from
+    /// the environment, as the runtime library does).
+    async fn get(&mut self, key: &DatabaseKey, role: Option<&str>) -> Result<&mut PgConnection, AdminError> {
+        let slot = (key.clone(), role.map(str::to_owned));
+        match self.open.entry(slot) {
+            Entry::Occupied(open) => Ok(open.into_mut()),
+            Entry::Vacant(slot) => {
+                let url = self.databases.url(key.as_ref())?;
+                let conn = match role {
+                    None => crate::connect(url).await?,
+                    Some(role) => crate::connect(&url.with_login(role, password_from_env(role).as_deref())).await?,
+                };
+                Ok(slot.insert(conn))
+            }
+        }
+    }
+
+    /// Whether `relation` exists in `key`, read from the catalog as the admin (no module object is
+    /// touched).
+    async fn exists(&mut self, key: &DatabaseKey, relation: &str) -> Result<bool, AdminError> {
+        let admin = self.get(key, None).await?;
+        sqlx::query_scalar("SELECT pg_catalog.to_regclass($1) IS NOT NULL")
+            .bind(relation)
+            .fetch_one(admin)
+            .await
+            .map_err(db("looking up event tables"))
+    }
+
+    /// The identity of the cluster that holds `key`, read as the relay.
+    async fn cluster(&mut self, key: &DatabaseKey, relay: &str) -> Result<String, AdminError> {
+        if let Some(cluster) = self.clusters.get(key) {
+            return Ok(cluster.clone());
+        }
+        let conn = self.get(key, Some(relay)).await?;
+        let cluster: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {CLUSTER_ID}")))
+            .fetch_one(conn)
+            .await
+            .map_err(db("reading the cluster's identity"))?;
+        self.clusters.insert(key.clone(), cluster.clone());
+        Ok(cluster)
+    }
+
+    async fn close(self) {
+        for (_, conn) in self.open {
+            crate::provision::close(conn).await;
+        }
+    }
 }
 
-/// `moat events status`. The subscriber's cursor and inbox are read as the subscriber's runtime
-/// role, the publisher's outbox and progress as the relay: never as the admin.
+fn key_name(key: &DatabaseKey) -> Option<String> {
+    key.as_ref().map(ToString::to_string)
+}
+
+/// [`status_all`] for a project in one database.
 pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStatus, AdminError> {
-    let mut admin = crate::connect(url).await?;
+    status_all(&Target::new(Databases::single(url.clone())), manifest).await
+}
+
+/// [`dead_all`] for a project in one database.
+pub async fn dead(url: &DatabaseUrl, manifest: &Manifest) -> Result<Vec<DeadLetter>, AdminError> {
+    dead_all(&Target::new(Databases::single(url.clone())), manifest).await
+}
+
+/// [`retry_all`] for a project in one database.
+pub async fn retry(url: &DatabaseUrl, manifest: &Manifest, target: RetryTarget) -> Result<u64, AdminError> {
+    retry_all(&Target::new(Databases::single(url.clone())), manifest, target).await
+}
+
+/// `moat events status`, in every database. The subscriber's cursor and inbox are read as the
+/// subscriber's runtime role in its database, the publisher's outbox and progress as the relay in
+/// the publisher's: never as the admin.
+pub async fn status_all(target: &Target, manifest: &Manifest) -> Result<EventsStatus, AdminError> {
+    let mut sessions = Sessions::new(target, manifest).await?;
+    let result = status_in(&mut sessions, manifest).await;
+    sessions.close().await;
+    result
+}
+
+async fn status_in(sessions: &mut Sessions<'_>, manifest: &Manifest) -> Result<EventsStatus, AdminError> {
     let roles = manifest.roles();
-    let mut relay = None;
-    let mut here: Option<String> = None;
+    let relay = roles.relay();
     let mut statuses = Vec::new();
     let mut removed = Vec::new();
     for publisher in manifest.modules.iter() {
+        let at = sessions.of(publisher.name.as_str());
         let progress = qualified(publisher.schema.as_str(), OUTBOX_PROGRESS);
-        if !manifest.uses_events() || !exists(&mut admin, &progress).await? {
+        if !manifest.uses_events() || !sessions.exists(&at, &progress).await? {
             continue;
         }
-        let relay = match &mut relay {
-            Some(relay) => relay,
-            None => relay.insert(login(url, &roles.relay()).await?),
-        };
+        let conn = sessions.get(&at, Some(&relay)).await?;
         let recorded: Vec<String> =
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT subscriber FROM {progress} ORDER BY subscriber")))
-                .fetch_all(&mut *relay)
+                .fetch_all(conn)
                 .await
                 .map_err(db("reading outbox progress"))?;
         for subscriber in recorded {
@@ -148,23 +249,28 @@ pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStat
                 .module(&subscriber)
                 .is_some_and(|m| m.depends_on.iter().any(|d| d.as_str() == publisher.name.as_str()));
             if !subscribes {
-                removed.push(RemovedSubscriber { publisher: publisher.name.to_string(), subscriber });
+                removed.push(RemovedSubscriber {
+                    publisher: publisher.name.to_string(),
+                    database: key_name(&at),
+                    subscriber,
+                });
             }
         }
     }
     for (subscriber, publisher) in pairs(manifest) {
+        let (sub_at, pub_at) = (sessions.of(subscriber.name.as_str()), sessions.of(publisher.name.as_str()));
         let subscriptions = qualified(subscriber.schema.as_str(), SUBSCRIPTIONS);
         let inbox = qualified(subscriber.schema.as_str(), INBOX);
         let outbox = qualified(publisher.schema.as_str(), OUTBOX);
-        if !exists(&mut admin, &subscriptions).await? || !exists(&mut admin, &outbox).await? {
+        if !sessions.exists(&sub_at, &subscriptions).await? || !sessions.exists(&pub_at, &outbox).await? {
             continue;
         }
-        let mut runtime = login(url, &roles.module_runtime(&subscriber.name)).await?;
+        let runtime = sessions.get(&sub_at, Some(&roles.module_runtime(&subscriber.name))).await?;
         let cursor = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT lo::text, hi::text, last_id, handled, ignored, updated_at, cluster, moved_id FROM {subscriptions} WHERE publisher = $1"
         )))
         .bind(publisher.name.as_str())
-        .fetch_optional(&mut runtime)
+        .fetch_optional(&mut *runtime)
         .await
         .map_err(db("reading the subscription"))?;
         let sql = format!(
@@ -176,14 +282,15 @@ pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStat
         );
         let held = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(publisher.name.as_str())
-            .fetch_one(&mut runtime)
+            .fetch_one(&mut *runtime)
             .await
             .map_err(db("reading the inbox"))?;
-        crate::provision::close(runtime).await;
         let (waiting, retrying, dead): (i64, i64, i64) = (held.get("waiting"), held.get("retrying"), held.get("dead"));
         let mut status = SubscriptionStatus {
             subscriber: subscriber.name.to_string(),
             publisher: publisher.name.to_string(),
+            database: key_name(&sub_at),
+            publisher_database: key_name(&pub_at),
             started: cursor.is_some(),
             handled_types: Vec::new(),
             ignored_types: Vec::new(),
@@ -200,19 +307,9 @@ pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStat
             status.handled_types = cursor.get("handled");
             status.ignored_types = cursor.get("ignored");
             status.updated_at = cursor.get("updated_at");
-            let relay = match &mut relay {
-                Some(relay) => relay,
-                None => relay.insert(login(url, &roles.relay()).await?),
-            };
-            let here = match &here {
-                Some(here) => here,
-                None => here.insert(
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {CLUSTER_ID}")))
-                        .fetch_one(&mut *relay)
-                        .await
-                        .map_err(db("reading the cluster's identity"))?,
-                ),
-            };
+            // The relay took the cursor's snapshots in the publisher's database: its cluster is
+            // the one they are compared with.
+            let here = sessions.cluster(&pub_at, &relay).await?;
             // Rows of the cursor's cluster are pending unless its snapshots consumed them. A
             // cursor of another cluster (a moved database whose dispatcher has not run yet) will
             // be re-based: then every row of this cluster is pending too, and of any third
@@ -220,7 +317,7 @@ pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStat
             let cluster: String = cursor.get::<Option<String>, _>("cluster").unwrap_or_else(|| here.clone());
             let consumed = "(pg_visible_in_snapshot(o.tx, $1::pg_snapshot) \
                  OR ($2::pg_snapshot IS NOT NULL AND pg_visible_in_snapshot(o.tx, $2::pg_snapshot) AND o.id <= $3))";
-            let pending = if &cluster == here {
+            let pending = if cluster == here {
                 format!("o.cluster = $5 AND o.tx >= pg_snapshot_xmin($1::pg_snapshot) AND NOT {consumed}")
             } else {
                 format!("CASE WHEN o.cluster = $5 THEN NOT {consumed} WHEN o.cluster = $6 THEN true ELSE o.id > $7 END")
@@ -231,6 +328,7 @@ pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStat
                         coalesce(extract(epoch FROM now() - min(published_at) FILTER (WHERE event_type = ANY ($4)))::float8, 0) AS lag_seconds, \
                         count(*) FILTER (WHERE event_type <> ALL ($4)) AS ignored FROM pending"
             );
+            let relay_conn = sessions.get(&pub_at, Some(&relay)).await?;
             let lag = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(cursor.get::<String, _>("lo"))
                 .bind(cursor.get::<Option<String>, _>("hi"))
@@ -239,7 +337,7 @@ pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStat
                 .bind(&cluster)
                 .bind(here.as_str())
                 .bind(cursor.get::<i64, _>("moved_id"))
-                .fetch_one(&mut *relay)
+                .fetch_one(relay_conn)
                 .await
                 .map_err(db("reading subscription lag"))?;
             status.lag_events = lag.get("lag_events");
@@ -248,33 +346,36 @@ pub async fn status(url: &DatabaseUrl, manifest: &Manifest) -> Result<EventsStat
         }
         statuses.push(status);
     }
-    if let Some(relay) = relay {
-        crate::provision::close(relay).await;
-    }
-    crate::provision::close(admin).await;
     Ok(EventsStatus { subscriptions: statuses, removed_subscribers: removed })
 }
 
-/// `moat events dead`, read as each subscriber's runtime role.
-pub async fn dead(url: &DatabaseUrl, manifest: &Manifest) -> Result<Vec<DeadLetter>, AdminError> {
-    let mut admin = crate::connect(url).await?;
+/// `moat events dead`, in every database, read as each subscriber's runtime role in its own.
+pub async fn dead_all(target: &Target, manifest: &Manifest) -> Result<Vec<DeadLetter>, AdminError> {
+    let mut sessions = Sessions::new(target, manifest).await?;
+    let result = dead_in(&mut sessions, manifest).await;
+    sessions.close().await;
+    result
+}
+
+async fn dead_in(sessions: &mut Sessions<'_>, manifest: &Manifest) -> Result<Vec<DeadLetter>, AdminError> {
     let mut letters = Vec::new();
     for subscriber in manifest.modules.iter().filter(|m| !m.depends_on.is_empty()) {
+        let at = sessions.of(subscriber.name.as_str());
         let inbox = qualified(subscriber.schema.as_str(), INBOX);
-        if !exists(&mut admin, &inbox).await? {
+        if !sessions.exists(&at, &inbox).await? {
             continue;
         }
-        let mut runtime = login(url, &manifest.roles().module_runtime(&subscriber.name)).await?;
+        let runtime = sessions.get(&at, Some(&manifest.roles().module_runtime(&subscriber.name))).await?;
         let sql = format!(
             "SELECT publisher, event_id, event_type, event_key, attempts, last_error, published_at FROM {inbox} WHERE state = {} ORDER BY id",
             InboxState::Dead.sql()
         );
         let rows =
-            sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut runtime).await.map_err(db("reading dead letters"))?;
-        crate::provision::close(runtime).await;
+            sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(runtime).await.map_err(db("reading dead letters"))?;
         for row in rows {
             letters.push(DeadLetter {
                 subscriber: subscriber.name.to_string(),
+                database: key_name(&at),
                 publisher: row.get("publisher"),
                 event_id: row.get("event_id"),
                 event_type: row.get("event_type"),
@@ -285,20 +386,26 @@ pub async fn dead(url: &DatabaseUrl, manifest: &Manifest) -> Result<Vec<DeadLett
             });
         }
     }
-    crate::provision::close(admin).await;
     Ok(letters)
 }
 
-/// `moat events retry`: dead letters go back to the retry queue with their attempts reset; the
-/// running dispatcher applies them (in key order) on its next round. Returns how many. The
-/// inbox is written as the subscriber's runtime role (whatever its owner hung on the table runs
-/// with that role's rights, never the admin's).
-pub async fn retry(url: &DatabaseUrl, manifest: &Manifest, target: RetryTarget) -> Result<u64, AdminError> {
-    let mut admin = crate::connect(url).await?;
+/// `moat events retry`, in every database: dead letters go back to the retry queue with their
+/// attempts reset; the running dispatcher applies them (in key order) on its next round. Returns
+/// how many. The inbox is written as the subscriber's runtime role in its own database (whatever
+/// its owner hung on the table runs with that role's rights, never the admin's).
+pub async fn retry_all(target: &Target, manifest: &Manifest, which: RetryTarget) -> Result<u64, AdminError> {
+    let mut sessions = Sessions::new(target, manifest).await?;
+    let result = retry_in(&mut sessions, manifest, which).await;
+    sessions.close().await;
+    result
+}
+
+async fn retry_in(sessions: &mut Sessions<'_>, manifest: &Manifest, which: RetryTarget) -> Result<u64, AdminError> {
     let mut count = 0;
     for subscriber in manifest.modules.iter().filter(|m| !m.depends_on.is_empty()) {
+        let at = sessions.of(subscriber.name.as_str());
         let inbox = qualified(subscriber.schema.as_str(), INBOX);
-        if !exists(&mut admin, &inbox).await? {
+        if !sessions.exists(&at, &inbox).await? {
             continue;
         }
         let sql = format!(
@@ -306,15 +413,13 @@ pub async fn retry(url: &DatabaseUrl, manifest: &Manifest, target: RetryTarget) 
             retry = InboxState::Retry.sql(),
             dead = InboxState::Dead.sql(),
         );
-        let event = match target {
+        let event = match which {
             RetryTarget::Event(id) => Some(id),
             RetryTarget::All => None,
         };
-        let mut runtime = login(url, &manifest.roles().module_runtime(&subscriber.name)).await?;
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event).execute(&mut runtime).await;
-        crate::provision::close(runtime).await;
+        let runtime = sessions.get(&at, Some(&manifest.roles().module_runtime(&subscriber.name))).await?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event).execute(runtime).await;
         count += done.map_err(db("retrying dead letters"))?.rows_affected();
     }
-    crate::provision::close(admin).await;
     Ok(count)
 }

@@ -17,11 +17,14 @@ pub const OUTBOX_PROGRESS: &str = "moat_outbox_progress";
 pub const SUBSCRIPTIONS: &str = "moat_subscriptions";
 /// A subscriber's held events (retrying, waiting behind a failed event of the same key, dead).
 pub const INBOX: &str = "moat_inbox";
+/// The journal of a module's move to another database (`moat extract`), in the module's schema in
+/// the database it moves from: one row, whose `step` is `switched` once the module lives at the
+/// target.
+pub const MOVE: &str = "moat_move";
+/// The journal step after which a moved module lives in its target database.
+pub const MOVE_SWITCHED: &str = "switched";
 /// The ledger of installed contracts, in the contracts schema.
 pub const CONTRACTS_LEDGER: &str = "moat_contracts";
-/// The journal of a move of the module to another database (`moat extract`), in the module's
-/// schema in the database it moves out of; one row while a move is under way or done.
-pub const MOVE: &str = "moat_move";
 /// The `NOTIFY` channel on which `moat extract` announces, in the source database, that a module
 /// switched to its new database (payload: the module's name).
 pub const MOVE_CHANNEL: &str = "moat_move";

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod catalog;
+pub mod databases;
 pub mod embedded;
 pub mod error;
 pub mod events;
@@ -14,9 +15,11 @@ pub mod internal;
 pub mod locks;
 pub mod login;
 pub mod migrate;
+pub mod placement;
 pub mod plan;
 pub mod policy;
 pub mod provision;
+pub mod replication;
 pub mod target;
 pub mod up;
 

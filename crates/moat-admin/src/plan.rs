@@ -125,6 +125,14 @@ pub enum Note {
     OrphanedRole(String),
     /// A schema owned by such a role.
     OrphanedSchema(String),
+    /// The schema of a module that lives in another database now: the source copy a move left
+    /// (`moat extract MODULE --finalize` drops it).
+    MovedAway {
+        /// The module.
+        module: String,
+        /// Its schema here.
+        schema: String,
+    },
     /// A contract whose read relations do not exist yet (installed after migrations).
     ContractWaiting {
         /// Contract name.
@@ -143,6 +151,11 @@ impl std::fmt::Display for Note {
             Note::OrphanedSchema(schema) => {
                 write!(f, "schema `{schema}` belongs to no module in the manifest; left alone")
             }
+            Note::MovedAway { module, schema } => write!(
+                f,
+                "schema `{schema}` is the copy module `{module}` left here when it moved to its own database; \
+                 `moat extract {module} --finalize` drops it"
+            ),
             Note::ContractWaiting { contract, missing } => {
                 write!(f, "contract `{contract}` waits for {} (created by migrations)", missing.join(", "))
             }
@@ -338,6 +351,26 @@ impl RoleKind {
     }
 }
 
+/// Roles of the project that belong to modules and contracts in other databases than the one
+/// `manifest` is restricted to: roles are per cluster, so they may show up here, and they are
+/// neither orphans nor managed here.
+pub fn elsewhere_roles(manifest: &Manifest) -> BTreeSet<String> {
+    let roles = manifest.roles();
+    let mut names = BTreeSet::new();
+    for module in &manifest.elsewhere {
+        names.insert(roles.module_owner(&module.name));
+        names.insert(roles.module_runtime(&module.name));
+        names.insert(roles.module_migrator(&module.name));
+    }
+    for contract in &manifest.elsewhere_contracts {
+        names.insert(roles.contract_owner(contract));
+    }
+    if !manifest.elsewhere_contracts.is_empty() {
+        names.insert(roles.contracts_owner());
+    }
+    names
+}
+
 /// The `CONNECTION LIMIT` a role moat creates gets: every login role has one (`[project]
 /// connection_limit`, or the module's own `connection_limit` for its runtime role); NOLOGIN
 /// roles have none.
@@ -480,6 +513,8 @@ impl<'a> Planner<'a> {
         let wanted_roles = wanted_roles(manifest);
         let mut managed: BTreeSet<String> = wanted_roles.iter().map(|r| r.name.clone()).collect();
         managed.insert(PUBLIC.to_owned());
+        // Roles of modules in other databases hold nothing here.
+        managed.extend(elsewhere_roles(manifest));
         Self { manifest, snapshot, inputs, wanted_roles, managed, plan: Plan::default() }
     }
 
@@ -542,8 +577,12 @@ impl<'a> Planner<'a> {
             }
         }
         // moat's roles are members of nothing (the admin's membership in owner roles aside).
+        // Memberships are per cluster: those of roles of modules in another database are managed
+        // by that database's plan (a migrator's membership in its owner), never revoked here.
+        let elsewhere = elsewhere_roles(self.manifest);
         for membership in &self.snapshot.memberships {
             if self.managed.contains(&membership.member)
+                && !elsewhere.contains(&membership.member)
                 && wanted_membership(self.manifest, &membership.member).as_deref() != Some(membership.role.as_str())
             {
                 self.plan.steps.push(Step::sql(
@@ -786,13 +825,7 @@ impl<'a> Planner<'a> {
         if existing.is_none() && !creating {
             return;
         }
-        let wanted: BTreeSet<&str> = self
-            .manifest
-            .modules
-            .iter()
-            .filter(|m| m.depends_on.iter().any(|d| d.as_str() == module.name.as_str()))
-            .map(|m| m.name.as_str())
-            .collect();
+        let wanted: BTreeSet<&str> = self.manifest.dependents(&module.name).map(|m| m.name.as_str()).collect();
         let empty = BTreeSet::new();
         let existing = existing.unwrap_or(&empty);
         let add: Vec<&str> = wanted.iter().copied().filter(|s| !existing.contains(*s)).collect();
@@ -945,7 +978,8 @@ impl<'a> Planner<'a> {
     }
 
     fn orphans(&mut self) {
-        let wanted: BTreeSet<&str> = self.wanted_roles.iter().map(|r| r.name.as_str()).collect();
+        let mut wanted: BTreeSet<String> = self.wanted_roles.iter().map(|r| r.name.clone()).collect();
+        wanted.extend(elsewhere_roles(self.manifest));
         for role in self.snapshot.roles.keys() {
             if !wanted.contains(role.as_str()) {
                 self.plan.notes.push(Note::OrphanedRole(role.clone()));
@@ -957,8 +991,14 @@ impl<'a> Planner<'a> {
                 || name == CONTRACTS_SCHEMA
                 || name == "public"
                 || claimed.contains(name);
-            if !declared && self.snapshot.roles.contains_key(&schema.owner) {
-                self.plan.notes.push(Note::OrphanedSchema(name.clone()));
+            if declared || !self.snapshot.roles.contains_key(&schema.owner) {
+                continue;
+            }
+            match self.manifest.elsewhere.iter().find(|m| m.schema.as_str() == name) {
+                Some(module) => {
+                    self.plan.notes.push(Note::MovedAway { module: module.name.to_string(), schema: name.clone() })
+                }
+                None => self.plan.notes.push(Note::OrphanedSchema(name.clone())),
             }
         }
     }

@@ -49,6 +49,10 @@ pub struct Finding {
     /// The database object concerned, such as `patients.patients`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub object: Option<String>,
+    /// The manifest's `[databases]` key of the database the object is in, when it is not the
+    /// main database.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub database: Option<String>,
     /// What is wrong, one sentence starting lowercase.
     pub message: String,
     /// How to fix it.
@@ -70,6 +74,7 @@ impl Finding {
             line: None,
             column: None,
             object: None,
+            database: None,
             message: message.into(),
             help: None,
             span: None,

@@ -12,7 +12,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::names::{
-    ConsumerName, ContractName, ModuleName, NameError, ProjectName, RelationName, RoleNames, SchemaName,
+    ConsumerName, ContractName, DatabaseName, ModuleName, NameError, ProjectName, RelationName, RoleNames, SchemaName,
     reserved_schema,
 };
 use crate::text::LineIndex;
@@ -35,6 +35,14 @@ pub struct Manifest {
     pub contracts: Vec<Contract>,
     /// Consumers in declaration order.
     pub consumers: Vec<ConsumerName>,
+    /// `[databases.NAME]`: databases besides the main one, in declaration order.
+    pub databases: Vec<Database>,
+    /// The project's modules that live in another database than the one this manifest is
+    /// [restricted](Manifest::restricted) to (empty for a whole manifest): they still count as
+    /// publishers and subscribers, their roles are not orphans, nothing of theirs is created here.
+    pub elsewhere: Vec<Module>,
+    /// Contracts that live in another database than the one this manifest is restricted to.
+    pub elsewhere_contracts: Vec<ContractName>,
     /// `[project] connection_limit`: the `CONNECTION LIMIT` of every login role moat creates
     /// (default [`DEFAULT_CONNECTION_LIMIT`]); a module's own `connection_limit` overrides it for
     /// its runtime role.
@@ -65,6 +73,18 @@ pub struct Module {
     pub claims: Vec<Claim>,
     /// `connection_limit` of its runtime role, when the module sets one.
     pub connection_limit: Option<u32>,
+    /// `database = "NAME"`: the database it lives in (`None`: the main database).
+    pub database: Option<DatabaseName>,
+}
+
+/// `[databases.NAME]`: a database other than the main one, for database per service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Database {
+    /// Its key in the manifest.
+    pub name: DatabaseName,
+    /// The environment variable that holds its admin URL (never the URL itself: it may carry a
+    /// password).
+    pub url_env: String,
 }
 
 /// `schema.name` or `schema.pattern` (`*` matches any run of characters): objects in a schema
@@ -293,6 +313,22 @@ impl Manifest {
         schemas
     }
 
+    /// The database the manifest puts `module` in (`None`: the main database).
+    pub fn database_of(&self, module: &ModuleName) -> Option<&DatabaseName> {
+        self.module(module.as_str()).and_then(|m| m.database.as_ref())
+    }
+
+    /// The `[databases]` entry with this name.
+    pub fn database(&self, name: &str) -> Option<&Database> {
+        self.databases.iter().find(|d| d.name.as_str() == name)
+    }
+
+    /// The database a contract's views live in: that of the modules it reads (the manifest
+    /// refuses a contract whose reads span databases).
+    pub fn contract_database(&self, contract: &Contract) -> Option<&DatabaseName> {
+        contract.reads.first().and_then(|r| self.module_by_schema(r.schema.as_str())).and_then(|m| m.database.as_ref())
+    }
+
     /// Role names of this project.
     pub fn roles(&self) -> RoleNames {
         RoleNames::new(&self.project)
@@ -307,7 +343,11 @@ impl Manifest {
             let before = remaining.len();
             let mut i = 0;
             while i < remaining.len() {
-                let ready = remaining[i].depends_on.iter().all(|d| placed.iter().any(|p| &p.name == d));
+                // A dependency in another database (not in `modules`) orders nothing here.
+                let ready = remaining[i]
+                    .depends_on
+                    .iter()
+                    .all(|d| placed.iter().any(|p| &p.name == d) || !self.modules.iter().any(|m| &m.name == d));
                 if ready {
                     placed.push(remaining.remove(i));
                     // Restart so that declaration order wins among ready modules.
@@ -327,18 +367,53 @@ impl Manifest {
     /// Whether any module depends on another, so module events may be used: then provisioning
     /// creates the event relay role, outboxes in depended-on modules and inboxes in dependents.
     pub fn uses_events(&self) -> bool {
-        self.modules.iter().any(|m| !m.depends_on.is_empty())
+        self.modules.iter().chain(&self.elsewhere).any(|m| !m.depends_on.is_empty())
     }
 
-    /// Whether some module depends on `module` (so it may publish events to it).
+    /// Whether some module (here or in another database) depends on `module` (so it may publish
+    /// events to it).
     pub fn is_depended_on(&self, module: &ModuleName) -> bool {
-        self.modules.iter().any(|m| m.depends_on.contains(module))
+        self.dependents(module).next().is_some()
+    }
+
+    /// The modules (here or in another database) that depend on `module`.
+    pub fn dependents<'a>(&'a self, module: &'a ModuleName) -> impl Iterator<Item = &'a Module> + 'a {
+        self.modules.iter().chain(&self.elsewhere).filter(move |m| m.depends_on.contains(module))
+    }
+
+    /// The module with this name, here or in another database.
+    pub fn any_module(&self, name: &str) -> Option<&Module> {
+        self.modules.iter().chain(&self.elsewhere).find(|m| m.name.as_str() == name)
+    }
+
+    /// The part of the manifest that lives in one database: the modules `here` keeps (the others
+    /// move to [`Manifest::elsewhere`]), the contracts whose reads are all theirs, every consumer.
+    pub fn restricted(&self, here: impl Fn(&Module) -> bool) -> Manifest {
+        let mut part = self.clone();
+        let (kept, moved): (Vec<Module>, Vec<Module>) =
+            self.modules.iter().chain(&self.elsewhere).cloned().partition(|m| here(m));
+        part.modules = kept;
+        part.elsewhere = moved;
+        let schemas: Vec<&SchemaName> = part.modules.iter().map(|m| &m.schema).collect();
+        let (kept, moved): (Vec<Contract>, Vec<Contract>) =
+            self.contracts.iter().cloned().partition(|c| c.reads.iter().all(|r| schemas.contains(&&r.schema)));
+        part.contracts = kept;
+        part.elsewhere_contracts.extend(moved.into_iter().map(|c| c.name));
+        part
     }
 
     /// A path relative to the manifest's directory, with `/` separators, for messages and findings.
     pub fn relative(&self, path: &Path) -> String {
         let rel = path.strip_prefix(&self.root).unwrap_or(path);
         rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+    }
+}
+
+/// How messages name a database: `the main database` or `database `NAME``.
+pub fn database_label(database: Option<&DatabaseName>) -> String {
+    match database {
+        None => "the main database".to_owned(),
+        Some(name) => format!("database `{name}`"),
     }
 }
 
@@ -379,6 +454,11 @@ struct Parser<'a> {
     claim_spans: Vec<(String, Claim, Range<usize>)>,
     /// `[project] connection_limit`, when set.
     connection_limit: Option<u32>,
+    /// `[databases]`, parsed before the modules that name them.
+    databases: Vec<Database>,
+    /// Every key of `[databases]`, valid or not, so that a module naming an invalid one is not
+    /// also told it is unknown.
+    database_keys: Vec<String>,
 }
 
 type Table<'i> = DeTable<'i>;
@@ -397,6 +477,8 @@ impl<'a> Parser<'a> {
             declared_schemas: Vec::new(),
             claim_spans: Vec::new(),
             connection_limit: None,
+            databases: Vec::new(),
+            database_keys: Vec::new(),
         }
     }
 
@@ -439,6 +521,7 @@ impl<'a> Parser<'a> {
         let mut module_tables = Vec::new();
         let mut contract_tables = Vec::new();
         let mut consumer_tables = Vec::new();
+        let mut database_tables = Vec::new();
         let mut saw_project = false;
         for (key, value) in doc.iter() {
             match key.get_ref().as_ref() {
@@ -451,7 +534,13 @@ impl<'a> Parser<'a> {
                 "modules" => module_tables = self.entries(value, "modules"),
                 "contracts" => contract_tables = self.entries(value, "contracts"),
                 "consumers" => consumer_tables = self.entries(value, "consumers"),
-                other => self.unknown_key(key.span(), other, "", &["project", "modules", "contracts", "consumers"]),
+                "databases" => database_tables = self.entries(value, "databases"),
+                other => self.unknown_key(
+                    key.span(),
+                    other,
+                    "",
+                    &["project", "modules", "contracts", "consumers", "databases"],
+                ),
             }
         }
         if !saw_project {
@@ -463,10 +552,12 @@ impl<'a> Parser<'a> {
             );
         }
 
+        self.databases(&database_tables);
         let modules = self.modules(&module_tables);
         let consumers = self.consumers(&consumer_tables, &modules);
         let contracts = self.contracts(&contract_tables, &modules, &consumers);
         self.cycles();
+        self.across_databases(&modules, &contracts, &contract_tables, &consumers);
 
         match project {
             Some(project) if self.errors.is_empty() => {
@@ -477,6 +568,9 @@ impl<'a> Parser<'a> {
                     modules: modules.into_iter().map(|(m, _)| m).collect(),
                     contracts,
                     consumers: consumers.into_iter().map(|(c, _)| c).collect(),
+                    databases: std::mem::take(&mut self.databases),
+                    elsewhere: Vec::new(),
+                    elsewhere_contracts: Vec::new(),
                     connection_limit: self.connection_limit.unwrap_or(DEFAULT_CONNECTION_LIMIT),
                 };
                 self.role_collisions(&manifest, &module_tables, &consumer_tables, &contract_tables);
@@ -650,6 +744,7 @@ impl<'a> Parser<'a> {
             let mut depends_on = Vec::new();
             let mut claims: Vec<(Claim, Range<usize>)> = Vec::new();
             let mut connection_limit = None;
+            let mut database = None;
             let mut ok = true;
             let mut graph_deps = Vec::new();
             for (k, v) in table.iter() {
@@ -737,11 +832,30 @@ impl<'a> Parser<'a> {
                         Some(n) => connection_limit = Some(n),
                         None => ok = false,
                     },
+                    "database" => match self.string(v, &field) {
+                        Some(s) => match self.databases.iter().find(|d| d.name.as_str() == s) {
+                            Some(d) => database = Some(d.name.clone()),
+                            // Declared with an error of its own, reported there.
+                            None if self.database_keys.contains(&s) => ok = false,
+                            None => {
+                                let known = self.database_keys.clone();
+                                let help = closest(&s, &known).map(|c| format!("did you mean `{c}`?")).or_else(|| {
+                                    Some(format!(
+                                        "declare it:\n    [databases.{s}]\n    url_env = \"{}_DATABASE_URL\"",
+                                        s.to_ascii_uppercase()
+                                    ))
+                                });
+                                self.error(v.span(), field, format!("unknown database `{s}`"), help);
+                                ok = false;
+                            }
+                        },
+                        None => ok = false,
+                    },
                     other => self.unknown_key(
                         k.span(),
                         other,
                         &prefix,
-                        &["schema", "migrations", "sources", "depends_on", "claims", "connection_limit"],
+                        &["schema", "migrations", "sources", "depends_on", "claims", "connection_limit", "database"],
                     ),
                 }
             }
@@ -783,7 +897,16 @@ impl<'a> Parser<'a> {
                 self.claim_spans.extend(claims.iter().map(|(c, span)| (name.to_string(), c.clone(), span.clone())));
                 let claims = claims.into_iter().map(|(c, _)| c).collect();
                 modules.push((
-                    Module { name, schema: schema.0, migrations, sources, depends_on, claims, connection_limit },
+                    Module {
+                        name,
+                        schema: schema.0,
+                        migrations,
+                        sources,
+                        depends_on,
+                        claims,
+                        connection_limit,
+                        database,
+                    },
                     key.span(),
                 ));
             }
@@ -804,6 +927,145 @@ impl<'a> Parser<'a> {
             }
         }
         modules
+    }
+
+    /// `[databases.NAME] url_env = "VAR"`.
+    fn databases(&mut self, entries: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)]) {
+        for (key, value) in entries {
+            let raw = key.get_ref().to_string();
+            self.database_keys.push(raw.clone());
+            let prefix = format!("databases.{raw}");
+            let Some(name) = self.name(DatabaseName::parse, &raw, key.span(), &prefix) else {
+                continue;
+            };
+            let Some(table) = self.table(value, &prefix) else {
+                continue;
+            };
+            let mut url_env = None;
+            for (k, v) in table.iter() {
+                let field = format!("{prefix}.{}", k.get_ref());
+                match k.get_ref().as_ref() {
+                    "url_env" => {
+                        let Some(s) = self.string(v, &field) else { continue };
+                        let valid = s.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+                            && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                        if !valid {
+                            let looks_like_url = s.contains("://");
+                            self.error(
+                                v.span(),
+                                field,
+                                if looks_like_url {
+                                    "`url_env` names an environment variable; the URL itself never goes in the manifest"
+                                        .to_owned()
+                                } else {
+                                    format!("`{s}` is not an environment variable name")
+                                },
+                                Some(format!(
+                                    "write `url_env = \"{}_DATABASE_URL\"` and put the URL in that variable",
+                                    raw.to_ascii_uppercase()
+                                )),
+                            );
+                        } else if ["MOAT_DATABASE_URL", "DATABASE_URL"].contains(&s.as_str()) {
+                            self.error(
+                                v.span(),
+                                field,
+                                format!("`{s}` holds the main database's URL"),
+                                Some(format!(
+                                    "use a variable of its own, such as `{}_DATABASE_URL`",
+                                    raw.to_ascii_uppercase()
+                                )),
+                            );
+                        } else if let Some(other) = self.databases.iter().find(|d| d.url_env == s) {
+                            self.error(
+                                v.span(),
+                                field,
+                                format!("`{s}` is also the `url_env` of database `{}`", other.name),
+                                None,
+                            );
+                        } else {
+                            url_env = Some(s);
+                        }
+                    }
+                    other => self.unknown_key(k.span(), other, &prefix, &["url_env"]),
+                }
+            }
+            match url_env {
+                Some(url_env) => self.databases.push(Database { name, url_env }),
+                None if !self.errors.iter().any(|e| e.key == format!("{prefix}.url_env")) => self.error(
+                    key.span(),
+                    format!("{prefix}.url_env"),
+                    "missing `url_env`: the environment variable that holds the database's admin URL",
+                    Some(format!("add `url_env = \"{}_DATABASE_URL\"`", raw.to_ascii_uppercase())),
+                ),
+                None => {}
+            }
+        }
+    }
+
+    /// What cannot cross a database: a view reads relations of one database only, and a login
+    /// role connects to one database.
+    fn across_databases(
+        &mut self,
+        modules: &[(Module, Range<usize>)],
+        contracts: &[Contract],
+        contract_tables: &[(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)],
+        consumers: &[(ConsumerName, Range<usize>)],
+    ) {
+        let database_of = |schema: &SchemaName| {
+            modules.iter().find(|(m, _)| &m.schema == schema).map(|(m, _)| database_label(m.database.as_ref()))
+        };
+        let span_of = |contract: &ContractName| {
+            contract_tables.iter().find(|(k, _)| k.get_ref().as_ref() == contract.as_str()).map(|(k, _)| k.span())
+        };
+        let mut contract_databases: Vec<(&Contract, String)> = Vec::new();
+        for contract in contracts {
+            let mut seen: Vec<(String, &QualifiedRelation)> = Vec::new();
+            for read in &contract.reads {
+                if let Some(db) = database_of(&read.schema)
+                    && !seen.iter().any(|(d, _)| *d == db)
+                {
+                    seen.push((db, read));
+                }
+            }
+            if seen.len() > 1 {
+                let spread = seen.iter().map(|(db, read)| format!("`{read}` in {db}")).collect::<Vec<_>>().join(", ");
+                self.error(
+                    span_of(&contract.name).unwrap_or(0..0),
+                    format!("contracts.{}.reads", contract.name),
+                    format!("contract `{}` reads relations in more than one database: {spread}", contract.name),
+                    Some(
+                        "a view cannot read across databases: split it into one contract per database and compose \
+                         the results in the application (API composition), or keep an event-fed read model of the \
+                         other module's data in the reading side's database"
+                            .into(),
+                    ),
+                );
+            } else if let Some((db, _)) = seen.into_iter().next() {
+                contract_databases.push((contract, db));
+            }
+        }
+        for (consumer, span) in consumers {
+            let mut seen: Vec<(&String, &ContractName)> = Vec::new();
+            for (contract, db) in &contract_databases {
+                if contract.readers.contains(consumer) && !seen.iter().any(|(d, _)| *d == db) {
+                    seen.push((db, &contract.name));
+                }
+            }
+            if seen.len() > 1 {
+                let spread =
+                    seen.iter().map(|(db, c)| format!("contract `{c}` in {db}")).collect::<Vec<_>>().join(", ");
+                self.error(
+                    span.clone(),
+                    format!("consumers.{consumer}"),
+                    format!("consumer `{consumer}` reads views in more than one database: {spread}"),
+                    Some(
+                        "a consumer's role logs in to one database: declare one consumer per database (such as \
+                         `reporting_billing`), or compose the two reads in an API"
+                            .into(),
+                    ),
+                );
+            }
+        }
     }
 
     fn consumers(

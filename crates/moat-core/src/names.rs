@@ -89,6 +89,11 @@ name_type!(
     ContractName, "contract", 30, "^[a-z][a-z0-9_]{0,29}$"
 );
 name_type!(
+    /// A database key of the manifest's `[databases]` (`^[a-z][a-z0-9_]{0,29}$`): where modules
+    /// live besides the main database. With the embedded default it is also the database's name.
+    DatabaseName, "database", 30, "^[a-z][a-z0-9_]{0,29}$"
+);
+name_type!(
     /// A schema name (`^[a-z][a-z0-9_]{0,62}$`; PostgreSQL's identifier limit is 63 bytes).
     SchemaName, "schema", 63, "^[a-z][a-z0-9_]{0,62}$"
 );

@@ -39,6 +39,26 @@ pub fn server_url() -> DatabaseUrl {
         .clone()
 }
 
+/// The tests' embedded cluster (its `postgres` database), whatever `DATABASE_URL` says: moat
+/// starts it with `wal_level = logical`, for the tests of logical replication (the local server
+/// may run with `wal_level = replica`).
+pub fn logical_server_url() -> DatabaseUrl {
+    static SERVER: OnceLock<DatabaseUrl> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            let dir = test_cluster_dir();
+            match ensure_running(&EmbeddedOptions { dir: dir.clone(), durable: false }) {
+                Ok(cluster) => cluster.url("postgres"),
+                Err(e) => panic!(
+                    "the tests of logical replication need moat's embedded cluster in `{}`, which did not start:\n{e}\n\
+                     Install the PostgreSQL server binaries (`scripts/setup` does it).",
+                    dir.display()
+                ),
+            }
+        })
+        .clone()
+}
+
 /// Where the tests' embedded cluster lives: `target/moat-test-pg`, or, when the tests run as root
 /// (the cluster then runs as the `postgres` user, who may not enter a private checkout), a folder
 /// under the system's temporary directory named after the workspace.
@@ -74,12 +94,25 @@ pub struct TestDb {
     /// The database name.
     pub database: String,
     server: DatabaseUrl,
+    /// More databases of this test ([`TestDb::another`]), dropped with it.
+    others: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestDb {
     /// Creates the database. Panics with instructions when no server is reachable.
     pub async fn new() -> Self {
         let server = tokio::task::spawn_blocking(server_url).await.unwrap();
+        Self::on(server).await
+    }
+
+    /// Creates the database in the tests' embedded cluster, which runs with `wal_level =
+    /// logical` ([`logical_server_url`]).
+    pub async fn logical() -> Self {
+        let server = tokio::task::spawn_blocking(logical_server_url).await.unwrap();
+        Self::on(server).await
+    }
+
+    async fn on(server: DatabaseUrl) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let project = format!("t{}", &id[..12]);
         let database = format!("moat_test_{}", &id[..16]);
@@ -92,7 +125,21 @@ impl TestDb {
             .await
             .unwrap();
         let _ = conn.close().await;
-        Self { url: server.with_database(&database), project, database, server }
+        Self { url: server.with_database(&database), project, database, server, others: Default::default() }
+    }
+
+    /// Another database on the same server (`<database>_<suffix>`), for a module that lives in a
+    /// database of its own; dropped with this one. Returns its admin URL.
+    pub async fn another(&self, suffix: &str) -> DatabaseUrl {
+        let database = format!("{}_{suffix}", self.database);
+        let mut conn = moat_admin::connect(&self.server).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", ident(&database))))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let _ = conn.close().await;
+        self.others.lock().unwrap().push(database.clone());
+        self.server.with_database(&database)
     }
 
     /// An admin connection to the test database.
@@ -173,19 +220,22 @@ impl Drop for SecondDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let server = self.server.clone();
-        let database = self.database.clone();
+        let mut databases = std::mem::take(&mut *self.others.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        databases.push(self.database.clone());
         let prefix = format!("{}_", self.project);
         // Drop runs inside the test's runtime; clean up on a thread with a runtime of its own.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 let Ok(mut conn) = moat_admin::connect(&server).await else { return };
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    ident(&database)
-                )))
-                .execute(&mut conn)
-                .await;
+                for database in databases {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        ident(&database)
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
                 let roles: Vec<String> =
                     sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1)")
                         .bind(&prefix)

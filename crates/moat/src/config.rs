@@ -11,6 +11,7 @@ use crate::Error;
 pub struct Config {
     pub(crate) manifest: Manifest,
     pub(crate) database_url: Option<String>,
+    pub(crate) databases: std::collections::BTreeMap<String, String>,
     pub(crate) migrate: bool,
     pub(crate) pool_size: u32,
     pub(crate) audit: bool,
@@ -27,12 +28,27 @@ impl Config {
 
     /// A configuration for an already loaded manifest.
     pub fn new(manifest: Manifest) -> Self {
-        Self { manifest, database_url: None, migrate: true, pool_size: 10, audit: true, isolation: true }
+        Self {
+            manifest,
+            database_url: None,
+            databases: Default::default(),
+            migrate: true,
+            pool_size: 10,
+            audit: true,
+            isolation: true,
+        }
     }
 
     /// The admin connection (a role that can create roles and schemas); overrides the environment.
     pub fn database_url(mut self, url: impl Into<String>) -> Self {
         self.database_url = Some(url.into());
+        self
+    }
+
+    /// The admin URL of the manifest's `[databases.NAME]`; overrides the variable its `url_env`
+    /// names.
+    pub fn database(mut self, name: impl Into<String>, url: impl Into<String>) -> Self {
+        self.databases.insert(name.into(), url.into());
         self
     }
 

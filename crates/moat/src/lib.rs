@@ -10,7 +10,7 @@
 //! # async fn example() -> Result<(), moat::Error> {
 //! let app = moat::Moat::start(moat::Config::from_manifest("moat.toml")?).await?;
 //! let patients = app.pool("patients")?; // logs in as `<project>_patients`
-//! let count: i64 = sqlx::query_scalar("SELECT count(*) FROM patients").fetch_one(patients).await?;
+//! let count: i64 = sqlx::query_scalar("SELECT count(*) FROM patients").fetch_one(&patients).await?;
 //! # let _ = count; Ok(()) }
 //! ```
 //!
@@ -20,6 +20,7 @@
 mod config;
 mod error;
 pub mod events;
+mod follow;
 mod notify;
 
 pub use config::Config;
@@ -28,15 +29,20 @@ pub use moat_admin as admin;
 pub use moat_core::manifest::Manifest;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use moat_admin::DatabaseUrl;
+use moat_admin::databases::DatabaseKey;
+use moat_admin::placement::Placement;
 use moat_admin::target::password_from_env;
-use moat_admin::up::{Target, UpReport};
+use moat_admin::up::{Target, UpAll, UpReport};
+use moat_core::names::DatabaseName;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tokio::sync::watch;
 
-/// A running moat application: the manifest, the admin target and one pool per module.
+/// A running moat application: the manifest, the admin target and one pool per module, each in
+/// the database the module lives in (and moved there when `moat extract` switches it).
 #[derive(Debug, Clone)]
 pub struct Moat {
     inner: Arc<Inner>,
@@ -46,37 +52,56 @@ pub struct Moat {
 struct Inner {
     manifest: Manifest,
     target: Target,
-    pools: BTreeMap<String, PgPool>,
+    pool_size: u32,
+    isolation: bool,
+    /// Each module's pool and where it points.
+    pools: RwLock<BTreeMap<String, ModulePool>>,
     consumer_pools: BTreeMap<String, PgPool>,
-    relay: Option<PgPool>,
-    /// Modules whose pooled connections hold the prepared outbox INSERT.
-    prepared: BTreeMap<String, bool>,
+    /// The relay's pool per database, opened when first needed.
+    relays: tokio::sync::Mutex<BTreeMap<DatabaseKey, PgPool>>,
+    /// Where each module is, as last read.
+    placement: RwLock<Placement>,
+    /// Bumped whenever a module's pool moves to another database.
+    moves: watch::Sender<u64>,
     notifier: Arc<notify::Notifier>,
-    _senders: Vec<tokio::task::JoinHandle<()>>,
-    startup: Option<UpReport>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    startup: Option<UpAll>,
+}
+
+/// A module's pool and the database it logs in to.
+#[derive(Debug, Clone)]
+struct ModulePool {
+    pool: PgPool,
+    at: DatabaseKey,
+    /// Whether its connections hold the prepared outbox INSERT.
+    prepared: bool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for sender in &self._senders {
-            sender.abort();
+        for task in
+            self.tasks.lock().map(|t| t.iter().map(|t| t.abort_handle()).collect::<Vec<_>>()).unwrap_or_default()
+        {
+            task.abort();
         }
     }
 }
 
 impl Moat {
-    /// Provisions and migrates (unless the config says otherwise), then opens the pools.
+    /// Provisions and migrates every database (unless the config says otherwise), audits them,
+    /// then opens the pools.
     pub async fn start(config: Config) -> Result<Self, Error> {
-        let target = moat_admin::up::resolve_target(&config.manifest, config.database_url.as_deref()).await?;
+        let target = resolve(&config).await?;
         let startup = if config.migrate {
-            let report = moat_admin::up::up(&target.url, &config.manifest, &|event| {
+            let report = moat_admin::up::up_all(&target, &config.manifest, &|database, event| {
                 if let moat_admin::up::UpEvent::Migrate(moat_admin::migrate::MigrateEvent::Applied {
                     module,
                     file,
                     duration_ms,
                 }) = event
                 {
-                    tracing::info!(module, file, duration_ms, "migration applied");
+                    let database = moat_admin::databases::label(database.as_ref());
+                    tracing::info!(module, file, duration_ms, database, "migration applied");
                 }
             })
             .await?;
@@ -86,7 +111,7 @@ impl Moat {
         };
         if config.audit {
             let audit =
-                moat_admin::audit::audit(&target.url, &config.manifest, moat_admin::audit::AuditOptions::default())
+                moat_admin::audit::audit_all(&target, &config.manifest, moat_admin::audit::AuditOptions::default())
                     .await?;
             let baseline =
                 moat_core::baseline::Baseline::load(&config.manifest.root.join(moat_core::baseline::FILE_NAME))
@@ -96,7 +121,7 @@ impl Moat {
                             help: "fix or remove the baseline file".into(),
                         })
                     })?;
-            let outcome = baseline.apply("audit", audit.findings);
+            let outcome = baseline.apply("audit", audit.findings());
             let errors: Vec<_> =
                 outcome.new.into_iter().filter(|f| f.severity == moat_core::findings::Severity::Error).collect();
             if !errors.is_empty() {
@@ -108,53 +133,37 @@ impl Moat {
 
     /// Opens the pools without provisioning or migrating (migrations ran elsewhere).
     pub async fn connect(config: Config) -> Result<Self, Error> {
-        let target = moat_admin::up::resolve_target(&config.manifest, config.database_url.as_deref()).await?;
+        let target = resolve(&config).await?;
         Self::open(config, target, None).await
     }
 
-    async fn open(config: Config, target: Target, startup: Option<UpReport>) -> Result<Self, Error> {
-        let roles = config.manifest.roles();
+    async fn open(config: Config, target: Target, startup: Option<UpAll>) -> Result<Self, Error> {
+        let placement = match &startup {
+            Some(report) => report.placement.clone(),
+            None => moat_admin::placement::locate(&config.manifest, &target.databases).await?,
+        };
         let mut pools = BTreeMap::new();
-        let mut prepared = BTreeMap::new();
         for module in &config.manifest.modules {
-            let role = roles.module_runtime(&module.name);
-            // A publishing module's connections prepare the outbox INSERT once, if the outbox
-            // exists when the pool opens; transactions then send `EXECUTE ...; COMMIT`.
-            let outbox =
-                config.manifest.is_depended_on(&module.name).then(|| events::publish_outbox(module.schema.as_str()));
-            // Without isolation the pool logs in as the admin with the module's `search_path`;
-            // everything else (the prepared publish included) is the same, so that the two modes
-            // differ by isolation alone.
-            let login = if config.isolation {
-                target.url.with_login(&role, password_from_env(&role).as_deref())
-            } else {
-                target.url.clone()
-            };
-            let mut options = login.connect_options()?;
-            if !config.isolation {
-                options = options.options([("search_path", module.schema.as_str())]);
-            }
-            let prepare = match &outbox {
-                Some(outbox) if outbox_exists(&target.url, outbox).await? => {
-                    prepared.insert(module.name.to_string(), true);
-                    Some(events::prepare_publish_sql(outbox))
-                }
-                _ => None,
-            };
-            let pool = module_pool(&login, options, config.pool_size, prepare).await?;
+            let at = placement.at(module.name.as_str()).cloned();
+            let pool =
+                open_module_pool(&config.manifest, &target, config.isolation, config.pool_size, module, &at).await?;
             pools.insert(module.name.to_string(), pool);
         }
         let mut consumer_pools = BTreeMap::new();
+        let roles = config.manifest.roles();
         for consumer in &config.manifest.consumers {
-            let role = roles.consumer(consumer);
-            let pool = login_pool(&target.url, &role, config.pool_size).await?;
+            // A consumer reads contracts of one database (the manifest refuses more).
+            let database = config
+                .manifest
+                .contracts
+                .iter()
+                .find(|c| c.readers.contains(consumer))
+                .and_then(|c| config.manifest.contract_database(c))
+                .and_then(|d| placement_of_database(&placement, &config.manifest, d));
+            let url = target.databases.url(database.as_ref())?;
+            let pool = login_pool(url, &roles.consumer(consumer), config.pool_size).await?;
             consumer_pools.insert(consumer.to_string(), pool);
         }
-        let relay = if config.manifest.uses_events() {
-            Some(login_pool(&target.url, &roles.relay(), config.pool_size.min(4)).await?)
-        } else {
-            None
-        };
         let publishers: Vec<String> = config
             .manifest
             .modules
@@ -163,38 +172,69 @@ impl Moat {
             .map(|m| m.name.to_string())
             .collect();
         let notifier = Arc::new(notify::Notifier::new(publishers.iter().cloned()));
-        let senders = match &relay {
-            Some(relay) => notifier.spawn_senders(
-                relay.clone(),
-                publishers
-                    .iter()
-                    .map(|p| (p.clone(), notify::channel_name(config.manifest.project.as_str(), p)))
-                    .collect(),
-                events::DispatcherConfig::default().notify_debounce,
-            ),
-            None => Vec::new(),
-        };
-        Ok(Self {
+        let follow = config
+            .manifest
+            .modules
+            .iter()
+            .any(|m| placement.modules.get(m.name.as_str()).is_some_and(|l| l.at != l.wanted));
+        let app = Self {
             inner: Arc::new(Inner {
                 manifest: config.manifest,
                 target,
-                pools,
+                pool_size: config.pool_size,
+                isolation: config.isolation,
+                pools: RwLock::new(pools),
                 consumer_pools,
-                relay,
-                prepared,
+                relays: tokio::sync::Mutex::new(BTreeMap::new()),
+                placement: RwLock::new(placement),
+                moves: watch::channel(0).0,
                 notifier,
-                _senders: senders,
+                tasks: std::sync::Mutex::new(Vec::new()),
                 startup,
             }),
+        };
+        if app.inner.manifest.uses_events() {
+            // A role that cannot log in fails at start-up, not at the first event.
+            for key in app.databases_with_publishers() {
+                app.relay_at(&key).await?;
+            }
+        }
+        let mut tasks = Vec::new();
+        let weak = Arc::downgrade(&app.inner);
+        tasks.extend(
+            app.inner.notifier.spawn_senders(
+                publishers
+                    .iter()
+                    .map(|p| (p.clone(), notify::channel_name(app.inner.manifest.project.as_str(), p)))
+                    .collect(),
+                events::DispatcherConfig::default().notify_debounce,
+                Arc::new(move |module: &str| weak.upgrade().and_then(|inner| Moat { inner }.pool(module).ok())),
+            ),
+        );
+        if follow {
+            tasks.push(tokio::spawn(follow::follow(Arc::downgrade(&app.inner))));
+        }
+        if let Ok(mut slot) = app.inner.tasks.lock() {
+            slot.extend(tasks);
+        }
+        Ok(app)
+    }
+
+    /// The pool of a module: every connection logs in as the module's runtime role, to the
+    /// database the module lives in now. Take it anew for each unit of work: after `moat
+    /// extract` switches the module to another database, the next call returns a pool there.
+    pub fn pool(&self, module: &str) -> Result<PgPool, Error> {
+        let pools = self.inner.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        pools.get(module).map(|p| p.pool.clone()).ok_or_else(|| Error::UnknownModule {
+            name: module.to_owned(),
+            known: pools.keys().cloned().collect::<Vec<_>>().join(", "),
         })
     }
 
-    /// The pool of a module: every connection logs in as the module's runtime role.
-    pub fn pool(&self, module: &str) -> Result<&PgPool, Error> {
-        self.inner.pools.get(module).ok_or_else(|| Error::UnknownModule {
-            name: module.to_owned(),
-            known: self.inner.pools.keys().cloned().collect::<Vec<_>>().join(", "),
-        })
+    /// The database a module's pool logs in to (`None`: the main database).
+    pub fn database_of(&self, module: &str) -> Option<DatabaseName> {
+        let pools = self.inner.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        pools.get(module).and_then(|p| p.at.clone())
     }
 
     /// The pool of a consumer (a reporting or support role that reads contract views).
@@ -208,7 +248,18 @@ impl Moat {
     /// Begins a transaction of `module` on its own runtime-role connection. Events published in
     /// it are written to the module's outbox with its commit.
     pub async fn begin(&self, module: &str) -> Result<events::ModuleTx, Error> {
-        let pool = self.pool(module)?;
+        let (pool, prepared) = {
+            let pools = self.inner.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match pools.get(module) {
+                Some(p) => (p.pool.clone(), p.prepared),
+                None => {
+                    return Err(Error::UnknownModule {
+                        name: module.to_owned(),
+                        known: pools.keys().cloned().collect::<Vec<_>>().join(", "),
+                    });
+                }
+            }
+        };
         let conn = pool.acquire().await?;
         let outbox = self
             .inner
@@ -216,7 +267,6 @@ impl Moat {
             .module(module)
             .filter(|m| self.inner.manifest.is_depended_on(&m.name))
             .map(|m| events::publish_outbox(m.schema.as_str()));
-        let prepared = self.inner.prepared.get(module).copied().unwrap_or(false);
         events::ModuleTx::begin(conn, module, outbox, prepared, self.inner.notifier.clone()).await
     }
 
@@ -225,9 +275,103 @@ impl Moat {
         events::EventBus::new(self.clone())
     }
 
-    /// The relay's pool (logs in as `<project>_relay`).
-    pub fn relay_pool(&self) -> Result<&PgPool, Error> {
-        self.inner.relay.as_ref().ok_or(Error::NoRelay)
+    /// The relay's pool (logs in as `<project>_relay`) in the main database.
+    pub async fn relay_pool(&self) -> Result<PgPool, Error> {
+        self.relay_at(&None).await
+    }
+
+    /// The relay's pool in the database `module` lives in now (its outbox is there).
+    pub async fn relay_for(&self, module: &str) -> Result<PgPool, Error> {
+        let at = self.database_of(module);
+        self.relay_at(&at).await
+    }
+
+    async fn relay_at(&self, key: &DatabaseKey) -> Result<PgPool, Error> {
+        if !self.inner.manifest.uses_events() {
+            return Err(Error::NoRelay);
+        }
+        let mut relays = self.inner.relays.lock().await;
+        if let Some(pool) = relays.get(key) {
+            return Ok(pool.clone());
+        }
+        let url = self.inner.target.databases.url(key.as_ref())?;
+        let pool = login_pool(url, &self.inner.manifest.roles().relay(), self.inner.pool_size.min(4)).await?;
+        relays.insert(key.clone(), pool.clone());
+        Ok(pool)
+    }
+
+    /// The databases publishing modules live in now.
+    fn databases_with_publishers(&self) -> Vec<DatabaseKey> {
+        let pools = self.inner.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut keys: Vec<DatabaseKey> = self
+            .inner
+            .manifest
+            .modules
+            .iter()
+            .filter(|m| self.inner.manifest.is_depended_on(&m.name))
+            .filter_map(|m| pools.get(m.name.as_str()).map(|p| p.at.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// A receiver that changes whenever a module's pool moves to another database.
+    pub fn moves(&self) -> watch::Receiver<u64> {
+        self.inner.moves.subscribe()
+    }
+
+    /// Reads where every module lives and moves the pools of modules that changed database
+    /// (after `moat extract` switched them): new connections go to the new database, the old pool
+    /// is closed. Returns the modules moved. The application calls nothing: a task does this when
+    /// some module is not where the manifest puts it.
+    pub async fn relocate(&self) -> Result<Vec<String>, Error> {
+        let placement = moat_admin::placement::locate(&self.inner.manifest, &self.inner.target.databases).await?;
+        let mut moved = Vec::new();
+        for module in &self.inner.manifest.modules {
+            let name = module.name.as_str();
+            let now = placement.at(name).cloned();
+            let before = self.database_of(name);
+            if now == before {
+                continue;
+            }
+            let pool = open_module_pool(
+                &self.inner.manifest,
+                &self.inner.target,
+                self.inner.isolation,
+                self.inner.pool_size,
+                module,
+                &now,
+            )
+            .await?;
+            let old = {
+                let mut pools = self.inner.pools.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                pools.insert(name.to_owned(), pool)
+            };
+            if let Some(old) = old {
+                // Connections in use finish their work (and fail, if the source refuses them).
+                let pool = old.pool;
+                tokio::spawn(async move { pool.close().await });
+            }
+            tracing::info!(
+                module = name,
+                from = %moat_admin::databases::label(before.as_ref()),
+                to = %moat_admin::databases::label(now.as_ref()),
+                "module moved; its pool follows"
+            );
+            moved.push(name.to_owned());
+        }
+        *self.inner.placement.write().unwrap_or_else(std::sync::PoisonError::into_inner) = placement;
+        if !moved.is_empty() {
+            self.inner.moves.send_modify(|n| *n += 1);
+        }
+        Ok(moved)
+    }
+
+    /// Whether some module still lives elsewhere than the manifest says (a move may come).
+    pub(crate) fn may_move(&self) -> bool {
+        let placement = self.inner.placement.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        placement.modules.values().any(|l| l.at != l.wanted)
     }
 
     pub(crate) fn notifier(&self) -> Arc<notify::Notifier> {
@@ -239,22 +383,87 @@ impl Moat {
         &self.inner.manifest
     }
 
-    /// The admin URL (never log it: it may hold a password; its `Display` hides it).
+    /// The admin URL of the main database (never log it: it may hold a password; its `Display`
+    /// hides it).
     pub fn admin_url(&self) -> &DatabaseUrl {
         &self.inner.target.url
     }
 
-    /// What start-up did (provisioning and migrations), when [`Moat::start`] ran it.
+    /// Every database's admin URL.
+    pub fn databases(&self) -> &moat_admin::databases::Databases {
+        &self.inner.target.databases
+    }
+
+    /// What start-up did in the main database (provisioning and migrations), when
+    /// [`Moat::start`] ran it; [`Moat::startup`] has every database.
     pub fn startup_report(&self) -> Option<&UpReport> {
+        self.inner.startup.as_ref().and_then(|s| s.databases.first().map(|(_, r)| r))
+    }
+
+    /// What start-up did in every database, when [`Moat::start`] ran it.
+    pub fn startup(&self) -> Option<&UpAll> {
         self.inner.startup.as_ref()
     }
 
     /// Closes every pool.
     pub async fn close(&self) {
-        for pool in self.inner.pools.values().chain(self.inner.consumer_pools.values()).chain(self.inner.relay.iter()) {
+        let pools: Vec<PgPool> = {
+            let pools = self.inner.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            pools.values().map(|p| p.pool.clone()).collect()
+        };
+        let relays: Vec<PgPool> = self.inner.relays.lock().await.values().cloned().collect();
+        for pool in pools.iter().chain(self.inner.consumer_pools.values()).chain(relays.iter()) {
             pool.close().await;
         }
     }
+}
+
+/// The admin target of a configuration.
+async fn resolve(config: &Config) -> Result<Target, Error> {
+    let mut given = BTreeMap::new();
+    for (name, url) in &config.databases {
+        given.insert(name.clone(), DatabaseUrl::parse(url)?);
+    }
+    Ok(moat_admin::up::resolve_target_with(&config.manifest, config.database_url.as_deref(), &given).await?)
+}
+
+/// The database a `[databases]` key stands for now: where the modules of that key live (a
+/// contract follows the modules it reads).
+fn placement_of_database(placement: &Placement, manifest: &Manifest, key: &DatabaseName) -> DatabaseKey {
+    manifest
+        .modules
+        .iter()
+        .find(|m| m.database.as_ref() == Some(key))
+        .map_or(Some(key.clone()), |m| placement.at(m.name.as_str()).cloned())
+}
+
+/// A module's pool in database `at`: it logs in as the module's runtime role (or, without
+/// isolation, as the admin with the module's `search_path`); a publishing module's connections
+/// prepare the outbox INSERT once, if the outbox exists, so that transactions send
+/// `EXECUTE ...; COMMIT`.
+async fn open_module_pool(
+    manifest: &Manifest,
+    target: &Target,
+    isolation: bool,
+    size: u32,
+    module: &moat_core::manifest::Module,
+    at: &DatabaseKey,
+) -> Result<ModulePool, Error> {
+    let admin = target.databases.url(at.as_ref())?;
+    let role = manifest.roles().module_runtime(&module.name);
+    let outbox = manifest.is_depended_on(&module.name).then(|| events::publish_outbox(module.schema.as_str()));
+    let login = if isolation { admin.with_login(&role, password_from_env(&role).as_deref()) } else { admin.clone() };
+    let mut options = login.connect_options()?;
+    if !isolation {
+        options = options.options([("search_path", module.schema.as_str())]);
+    }
+    let prepare = match &outbox {
+        Some(outbox) if outbox_exists(admin, outbox).await? => Some(events::prepare_publish_sql(outbox)),
+        _ => None,
+    };
+    let prepared = prepare.is_some();
+    let pool = module_pool(&login, options, size, prepare).await?;
+    Ok(ModulePool { pool, at: at.clone(), prepared })
 }
 
 async fn outbox_exists(admin: &DatabaseUrl, outbox: &str) -> Result<bool, Error> {

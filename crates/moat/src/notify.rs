@@ -45,23 +45,25 @@ impl Notifier {
     }
 
     /// Starts one task per publisher that sends `NOTIFY <channel>` when events were published,
-    /// at most once per `debounce`.
+    /// at most once per `debounce`, on the publisher's own pool (`pool_of`: in the database it
+    /// lives in now, where its subscribers listen).
     pub(crate) fn spawn_senders(
         &self,
-        pool: PgPool,
         channels: BTreeMap<String, String>,
         debounce: Duration,
+        pool_of: PoolOf,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         for (module, channel_name) in channels {
             let Some(channel) = self.channel(&module) else { continue };
-            let pool = pool.clone();
+            let pool_of = pool_of.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
                     channel.pending.notified().await;
                     if !channel.owed.swap(false, Ordering::AcqRel) {
                         continue;
                     }
+                    let Some(pool) = pool_of(&module) else { return };
                     if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(&channel_name).execute(&pool).await {
                         tracing::warn!(module, error = %e, "could not send the event notification; subscribers will poll");
                     }
@@ -72,6 +74,9 @@ impl Notifier {
         tasks
     }
 }
+
+/// A module's pool as it is now (`None` once the application is gone).
+pub(crate) type PoolOf = Arc<dyn Fn(&str) -> Option<PgPool> + Send + Sync>;
 
 /// The NOTIFY channel of a publishing module.
 pub(crate) fn channel_name(project: &str, module: &str) -> String {

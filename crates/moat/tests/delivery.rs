@@ -474,7 +474,7 @@ async fn a_subscriber_that_starts_late_still_receives_every_event() {
     publish_old(&db, 40).await;
     wait_for(&db, "SELECT count(*) FROM orders.applied", 40, Duration::from_secs(10)).await;
     wait_progress(&db, "orders").await;
-    let relay = app.relay_pool().unwrap();
+    let relay = &app.relay_pool().await.unwrap();
     for _ in 0..10 {
         assert_eq!(
             moat::events::truncate_consumed(relay, "customers").await.unwrap(),
@@ -540,7 +540,7 @@ async fn a_subscriber_removed_from_the_manifest_is_reported_then_no_longer_block
     publish_old(&db, 20).await;
     wait_for(&db, "SELECT count(*) FROM orders.applied", 20, Duration::from_secs(10)).await;
     wait_progress(&db, "orders").await;
-    let relay = app.relay_pool().unwrap();
+    let relay = &app.relay_pool().await.unwrap();
     let started = Instant::now();
     while moat::events::truncate_consumed(relay, "customers").await.unwrap() == 0 {
         assert!(started.elapsed() < Duration::from_secs(10), "the removed subscriber still blocks truncation");
@@ -637,7 +637,7 @@ async fn an_early_error_in_every_dispatcher_path_leaves_no_connection_inside_a_t
     // Retention that meets an error after BEGIN (a slot held by a transaction).
     let mut holder = db.connect().await;
     sqlx::raw_sql("BEGIN; LOCK TABLE customers.moat_outbox_2 IN ACCESS SHARE MODE").execute(&mut holder).await.unwrap();
-    let relay = app.relay_pool().unwrap();
+    let relay = &app.relay_pool().await.unwrap();
     let _ = moat::events::truncate_consumed(relay, "customers").await;
     sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.unwrap();
     dispatcher.shutdown().await;

@@ -392,7 +392,7 @@ async fn consumed_outbox_slots_are_truncated_and_unconsumed_ones_kept() {
         wait_for(&db, &format!("SELECT count(*) FROM {subscriber}.applied"), 51, Duration::from_secs(10)).await;
     }
     // Progress reaches the publisher's side; then the old slot can go, the current one stays.
-    let relay = app.relay_pool().unwrap();
+    let relay = &app.relay_pool().await.unwrap();
     let started = Instant::now();
     loop {
         if moat::events::truncate_consumed(relay, "customers").await.unwrap() >= 1 {

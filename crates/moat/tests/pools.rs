@@ -24,12 +24,12 @@ async fn start_migrates_and_gives_each_module_its_own_role() {
     let app = Moat::start(Config::new(project.manifest()).database_url(db.url.expose())).await.unwrap();
     assert_eq!(app.startup_report().unwrap().migrate.applied.len(), 2);
 
-    let customers = app.pool("customers").unwrap();
+    let customers = &app.pool("customers").unwrap();
     let user: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(customers).await.unwrap();
     assert_eq!(user, db.role("customers"));
     sqlx::query("INSERT INTO customers (name) VALUES ('Ada')").execute(customers).await.unwrap();
 
-    let orders = app.pool("orders").unwrap();
+    let orders = &app.pool("orders").unwrap();
     let error = sqlx::query("SELECT * FROM customers.customers").execute(orders).await.unwrap_err();
     assert_eq!(moat_admin::error::sqlstate(&error).as_deref(), Some("42501"));
 

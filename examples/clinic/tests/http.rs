@@ -86,7 +86,7 @@ async fn a_renamed_patient_appears_renamed_in_the_prescription_list() {
 
     // The name came from the module's own snapshot: its role cannot read the patients schema.
     let denied = sqlx::query("SELECT first_name FROM patients.patients")
-        .execute(clinic.clinic.moat().pool("prescriptions").unwrap())
+        .execute(&clinic.clinic.moat().pool("prescriptions").unwrap())
         .await
         .unwrap_err();
     assert_eq!(moat::admin::error::sqlstate(&denied).as_deref(), Some("42501"));
@@ -167,7 +167,7 @@ async fn the_ward_policy_hides_other_wards_lab_results() {
     // The filtering is PostgreSQL's: the module's role, with no ward set, sees no row at all,
     // although three are stored.
     let pool = clinic.clinic.moat().pool("lab_results").unwrap();
-    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM lab_results").fetch_one(pool).await.unwrap();
+    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM lab_results").fetch_one(&pool).await.unwrap();
     assert_eq!(visible, 0);
     let mut admin = clinic.db.connect().await;
     let stored: i64 =

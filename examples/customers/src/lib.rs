@@ -93,7 +93,7 @@ pub mod orders {
     pub async fn customer_name(app: &Moat, customer_id: i64) -> Result<Option<String>, moat::Error> {
         Ok(sqlx::query_scalar("SELECT name FROM customer_snapshots WHERE customer_id = $1")
             .bind(customer_id)
-            .fetch_optional(app.pool("orders")?)
+            .fetch_optional(&app.pool("orders")?)
             .await?)
     }
 }

@@ -83,7 +83,7 @@ async fn renames_reach_the_orders_snapshot_through_the_dispatcher() {
     }
     // orders reads only its snapshot: the customers table is out of its reach.
     let denied =
-        sqlx::query("SELECT name FROM customers.customers").execute(app.pool("orders").unwrap()).await.unwrap_err();
+        sqlx::query("SELECT name FROM customers.customers").execute(&app.pool("orders").unwrap()).await.unwrap_err();
     assert_eq!(moat::admin::error::sqlstate(&denied).as_deref(), Some("42501"));
     dispatcher.shutdown().await;
     app.close().await;

@@ -65,6 +65,20 @@ pub(super) fn drift_findings(plan: &Plan, findings: &mut Vec<Finding>) {
                 .object(schema.clone())
                 .help("a removed module's schema is left alone; drop it by hand once its data is gone"),
             ),
+            Note::MovedAway { module, schema } => findings.push(
+                Finding::new(
+                    RuleId::OrphanedObject,
+                    Severity::Warning,
+                    format!(
+                        "schema `{schema}` is the copy module `{module}` left behind when it moved to its own database"
+                    ),
+                )
+                .object(schema.clone())
+                .help(format!(
+                    "the module cannot read it; keep it while you may still want to compare, then run \
+                     `moat extract {module} --finalize` to drop it"
+                )),
+            ),
             Note::ContractWaiting { contract, missing } => findings.push(
                 Finding::new(
                     RuleId::ProvisioningDrift,
@@ -688,12 +702,17 @@ pub(super) async fn role_setting_findings(
     findings: &mut Vec<Finding>,
 ) -> Result<(), AdminError> {
     let wanted = wanted_roles(manifest);
+    let elsewhere = crate::plan::elsewhere_roles(manifest);
     let settings: Vec<RoleSetting> = sqlx::query_as(ROLE_SETTINGS_SQL)
         .bind(manifest.roles().prefix())
         .fetch_all(&mut *conn)
         .await
         .map_err(db("reading role settings"))?;
     for RoleSetting { role, database, setting } in settings {
+        // Roles of modules in another database are audited there.
+        if elsewhere.contains(&role) {
+            continue;
+        }
         let name = setting.split_once('=').map_or(setting.as_str(), |(n, _)| n);
         let managed = name == "search_path"
             && database.is_some()

@@ -201,6 +201,84 @@ pub async fn audit(
     Ok(AuditReport { findings, access, probed, matrix, attempts })
 }
 
+/// What the audit found in every database of the project.
+#[derive(Debug, Clone)]
+pub struct AuditAll {
+    /// Where every module was found.
+    pub placement: crate::placement::Placement,
+    /// One report per database, the main database first.
+    pub databases: Vec<(crate::databases::DatabaseKey, AuditReport)>,
+    /// Findings about where modules are, across databases.
+    pub placement_findings: Vec<Finding>,
+}
+
+impl AuditAll {
+    /// Every finding, each of a named database marked with it, sorted.
+    pub fn findings(&self) -> Vec<Finding> {
+        let mut all = self.placement_findings.clone();
+        for (key, report) in &self.databases {
+            all.extend(report.findings.iter().cloned().map(|mut f| {
+                f.database = key.as_ref().map(ToString::to_string);
+                f
+            }));
+        }
+        moat_core::findings::sort(&mut all);
+        all
+    }
+
+    /// Every access row, each of a named database marked with it.
+    pub fn access(&self) -> Vec<AccessRow> {
+        let mut all = Vec::new();
+        for (key, report) in &self.databases {
+            all.extend(report.access.iter().cloned().map(|mut row| {
+                row.database = key.as_ref().map(ToString::to_string);
+                row
+            }));
+        }
+        all
+    }
+
+    /// Whether any finding is an error.
+    pub fn has_errors(&self) -> bool {
+        self.findings().iter().any(|f| f.severity == Severity::Error)
+    }
+
+    /// Attempts of the probe in every database.
+    pub fn attempts(&self) -> usize {
+        self.databases.iter().map(|(_, r)| r.attempts).sum()
+    }
+}
+
+/// [`audit`] in every database of the project, each with the part of the manifest that lives
+/// there, plus a warning for each module that is not where the manifest puts it.
+pub async fn audit_all(
+    target: &crate::up::Target,
+    manifest: &Manifest,
+    options: AuditOptions<'_>,
+) -> Result<AuditAll, AdminError> {
+    let (placement, parts) = target.parts(manifest).await?;
+    let mut databases = Vec::new();
+    for part in parts {
+        let report = audit(&part.url, &part.manifest, options).await?;
+        databases.push((part.key, report));
+    }
+    let placement_findings = placement_findings(&placement);
+    Ok(AuditAll { placement, databases, placement_findings })
+}
+
+/// A module whose data is not in the database the manifest names, or that is moving.
+pub fn placement_findings(placement: &crate::placement::Placement) -> Vec<Finding> {
+    placement
+        .notes()
+        .into_iter()
+        .map(|(module, message, help)| {
+            Finding::new(RuleId::ProvisioningDrift, Severity::Warning, message)
+                .help(help)
+                .object(format!("module {module}"))
+        })
+        .collect()
+}
+
 fn module_of<'m>(manifest: &'m Manifest, schema: &str) -> Option<&'m Module> {
     manifest.module_by_schema(schema)
 }

@@ -95,6 +95,9 @@ pub enum Verdict {
 /// `delete` say whether the attempt succeeded (on the relation or on at least one column).
 #[derive(Debug, Clone, Serialize)]
 pub struct AccessRow {
+    /// The manifest's `[databases]` key of the database probed, when it is not the main one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub database: Option<String>,
     /// Role.
     pub role: String,
     /// `schema.relation`.
@@ -600,6 +603,7 @@ pub(super) async fn probe(
                 .collect();
             let has = |p: Privilege| observed.done.contains(&p);
             out.access.push(AccessRow {
+                database: None,
                 role: subject.role.clone(),
                 relation: target.relation(),
                 select: has(Privilege::Select),

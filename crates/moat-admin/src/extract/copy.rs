@@ -59,8 +59,30 @@ pub async fn copy(
     let mut reports = Vec::new();
     let module_tables: Vec<&Table> = source_tables.iter().map(|(t, _)| t).filter(|t| !t.moat).collect();
     let moat_tables: Vec<&Table> = source_tables.iter().map(|(t, _)| t).filter(|t| t.moat).collect();
+    reports.extend(copy_module_tables(ctx, src, dst, &module_tables).await?);
+    reports.extend(copy_moat_tables(ctx, src, dst, &moat_tables).await?);
+    finish(ctx, src, dst, post_data).await?;
+    Ok(reports)
+}
 
-    // The module's tables, as its owner on both sides.
+/// moat's tables of the module (`moat_*`, owned by `<project>_moat`), as listed in the source.
+pub async fn moat_tables(src: &mut PgConnection, schema: &str) -> Result<Vec<Table>, AdminError> {
+    Ok(objects::tables(src, schema).await?.into_iter().map(|(t, _)| t).filter(|t| t.moat).collect())
+}
+
+/// The module's own tables, as listed in the source.
+pub async fn module_tables(src: &mut PgConnection, schema: &str) -> Result<Vec<Table>, AdminError> {
+    Ok(objects::tables(src, schema).await?.into_iter().map(|(t, _)| t).filter(|t| !t.moat).collect())
+}
+
+/// The module's tables, as its owner on both sides, in one snapshot of the source.
+async fn copy_module_tables(
+    ctx: &Ctx<'_>,
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    module_tables: &[&Table],
+) -> Result<Vec<TableReport>, AdminError> {
+    let mut reports = Vec::new();
     let mut from = OwnerSession::open(src, ctx.source_url, ctx.manifest, ctx.module).await?;
     let mut to = match OwnerSession::open(dst, ctx.target_url, ctx.manifest, ctx.module).await {
         Ok(to) => to,
@@ -72,7 +94,7 @@ pub async fn copy(
     let copied = async {
         from.begin("REPEATABLE READ").await?;
         to.begin("READ COMMITTED").await?;
-        for table in &module_tables {
+        for table in module_tables {
             reports.push(copy_table(ctx, &mut from.conn, &mut to.conn, table, false).await?);
         }
         if let Err(what) = to.check(true).await {
@@ -89,15 +111,29 @@ pub async fn copy(
     from.close().await;
     to.close().await;
     copied?;
+    Ok(reports)
+}
 
-    // moat's tables, as the admin: they belong to `<project>_moat` and carry no code.
+/// moat's tables, as the admin: they belong to `<project>_moat` and carry no code (checked).
+/// What the target holds of them is replaced.
+pub async fn copy_moat_tables(
+    ctx: &Ctx<'_>,
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    moat_tables: &[&Table],
+) -> Result<Vec<TableReport>, AdminError> {
+    let schema = ctx.schema();
+    let moat_owner = ctx.manifest.roles().moat_owner();
+    objects::check_moat_tables(src, schema, &moat_owner, "source").await?;
+    objects::check_moat_tables(dst, schema, &moat_owner, "target").await?;
+    let mut reports = Vec::new();
     sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *src)
         .await
         .map_err(db("starting the copy of moat's tables"))?;
     sqlx::raw_sql("BEGIN").execute(&mut *dst).await.map_err(db("starting the copy of moat's tables"))?;
     let moat_copied = async {
-        for table in &moat_tables {
+        for table in moat_tables {
             let sql = format!("DELETE FROM {}", table.qualified(schema));
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                 .execute(&mut *dst)
@@ -114,8 +150,18 @@ pub async fn copy(
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *dst).await;
     }
     moat_copied?;
+    Ok(reports)
+}
 
-    // Constraints, indexes, triggers, policies, as the owner; then materialized views.
+/// After the rows: the post-data SQL (constraints, indexes, triggers, policies) as the owner,
+/// materialized views refreshed, then the sequences moved on.
+pub async fn finish(
+    ctx: &Ctx<'_>,
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    post_data: &str,
+) -> Result<(), AdminError> {
+    let schema = ctx.schema();
     let mut post = post_data.to_owned();
     let matviews: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
@@ -129,8 +175,7 @@ pub async fn copy(
         post.push_str(&format!("\nREFRESH MATERIALIZED VIEW {};\n", qualified(schema, &view)));
     }
     dump::run_module_sql(ctx, dst, ctx.target_url, &post, "post-data").await?;
-    sequences(ctx, src, dst).await?;
-    Ok(reports)
+    sequences(ctx, src, dst).await
 }
 
 /// Streams one table; `from` and `to` are inside their transactions.

@@ -27,6 +27,12 @@ pub struct Sections {
     pub pre_data: String,
     /// Constraints, indexes, triggers, rules, policies: after the copy.
     pub post_data: String,
+    /// The post-data section without triggers: what logical replication needs in the target
+    /// before it applies rows (the primary keys it finds rows by).
+    pub post_data_without_triggers: String,
+    /// The triggers alone (with their `ENABLE ALWAYS`/`REPLICA` settings, which would make the
+    /// replication's apply worker, a superuser, run them): created once replication is gone.
+    pub triggers: String,
 }
 
 /// Prepares the target: drops what an interrupted earlier attempt of this move left there,
@@ -254,12 +260,17 @@ fn dump_sections(
         let toc = String::from_utf8_lossy(&run_tool(list, None, "pg_restore --list")?).into_owned();
         let kept = filter_toc(&toc, moat_owner);
         let list_path = dir.join("schema.list");
-        std::fs::write(&list_path, kept).map_err(io("write", &list_path))?;
-        let section = |name: &str| -> Result<String, AdminError> {
+        std::fs::write(&list_path, &kept).map_err(io("write", &list_path))?;
+        let (triggers, others): (Vec<&str>, Vec<&str>) = kept.lines().partition(|line| is_trigger_entry(line));
+        let others_path = dir.join("others.list");
+        std::fs::write(&others_path, others.join("\n") + "\n").map_err(io("write", &others_path))?;
+        let triggers_path = dir.join("triggers.list");
+        std::fs::write(&triggers_path, triggers.join("\n") + "\n").map_err(io("write", &triggers_path))?;
+        let section_of = |name: &str, list: &Path| -> Result<String, AdminError> {
             let mut restore = Command::new(pg_restore);
             restore
                 .arg(format!("--section={name}"))
-                .arg(format!("--use-list={}", list_path.display()))
+                .arg(format!("--use-list={}", list.display()))
                 .arg("--no-owner")
                 .arg("--no-privileges")
                 .arg("--no-tablespaces")
@@ -267,10 +278,22 @@ fn dump_sections(
                 .arg(&archive);
             Ok(module_script(&String::from_utf8_lossy(&run_tool(restore, None, "pg_restore")?)))
         };
-        Ok(Sections { pre_data: section("pre-data")?, post_data: section("post-data")? })
+        let section = |name: &str| section_of(name, &list_path);
+        Ok(Sections {
+            pre_data: section("pre-data")?,
+            post_data: section("post-data")?,
+            post_data_without_triggers: section_of("post-data", &others_path)?,
+            triggers: section_of("post-data", &triggers_path)?,
+        })
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Whether a line of `pg_restore --list` is a trigger's entry (`id; catalog oid TRIGGER schema
+/// table name owner`).
+fn is_trigger_entry(line: &str) -> bool {
+    !line.trim_start().starts_with(';') && line.split_whitespace().nth(3) == Some("TRIGGER")
 }
 
 /// The TOC list without the entries owned by moat's role (the schema, moat's tables, their

@@ -36,6 +36,7 @@ mod freeze;
 mod journal;
 mod objects;
 mod preflight;
+mod replicate;
 mod session;
 mod verify;
 
@@ -424,17 +425,6 @@ async fn resolve_mode(
             Mode::Replicate
         }
     };
-    if mode == Mode::Replicate {
-        return Err(AdminError::Refused {
-            message:
-                "`moat extract --mode replicate` (logical replication with a short cutover) is not implemented yet"
-                    .into(),
-            help: format!(
-                "run `moat extract {} --mode copy`: the module's writes stop while its data is copied and verified",
-                module.name
-            ),
-        });
-    }
     Ok(mode)
 }
 
@@ -469,11 +459,16 @@ async fn run_locked(
     let mut resume_prepare = false;
     // The post-data section of this run's dump (the prepare step makes it).
     let mut post_data: Option<String> = None;
+    // Replicate mode: the triggers' SQL, created after replication ends.
+    let mut triggers: Option<String> = None;
     let mut step = match &journal {
         None => {
             let started = Instant::now();
             (ctx.observe)(ExtractEvent::Step { step: Step::Preflight });
             preflight::check(ctx, src, dst, false).await?;
+            if ctx.mode == Mode::Replicate {
+                replicate::preflight(ctx, src).await?;
+            }
             journal::start(src, ctx).await?;
             done(ctx, report, Step::Preflight, started);
             kill_hook(Step::Preflight);
@@ -489,12 +484,22 @@ async fn run_locked(
             // A move resumed at the copy (or at a verification whose failure gave the module
             // back to the source) starts the target over: it may hold part of a copy, or rows
             // the source has changed since.
-            match j.step {
-                Step::Preflight | Step::Prepare => Step::Prepare,
-                Step::Verify if j.frozen_at.is_some() => Step::Verify,
-                _ => {
+            match (ctx.mode, j.step) {
+                (_, Step::Preflight | Step::Prepare) => Step::Prepare,
+                (_, Step::Verify) if j.frozen_at.is_some() => Step::Verify,
+                (Mode::Copy, _) => {
                     resume_prepare = true;
                     Step::Copy
+                }
+                // Replication under way goes on; anything else starts over from the prepare
+                // step (which drops what the target holds), with the module writing again.
+                (Mode::Replicate, Step::Catchup | Step::Cutover) if replicate::subscribed(ctx, dst).await? => j.step,
+                (Mode::Replicate, _) => {
+                    if j.frozen_at.is_some() {
+                        freeze::unfreeze(ctx, src).await?;
+                    }
+                    replicate::stop(ctx, src, dst).await?;
+                    Step::Prepare
                 }
             }
         }
@@ -507,9 +512,42 @@ async fn run_locked(
                 (ctx.observe)(ExtractEvent::Step { step });
                 kill_hook(step);
                 preflight::check(ctx, src, dst, true).await?;
+                if ctx.mode == Mode::Replicate {
+                    replicate::stop(ctx, src, dst).await?;
+                    triggers = Some(replicate::prepare(ctx, src, dst).await?);
+                    done(ctx, report, step, started);
+                    step = Step::Catchup;
+                    continue;
+                }
                 post_data = Some(dump::prepare(ctx, src, dst).await?.post_data);
                 done(ctx, report, step, started);
                 step = Step::Copy;
+            }
+            Step::Catchup => {
+                journal::set_step(src, ctx, Step::Catchup).await?;
+                (ctx.observe)(ExtractEvent::Step { step });
+                kill_hook(step);
+                replicate::catch_up(ctx, src, dst).await?;
+                done(ctx, report, step, started);
+                step = Step::Cutover;
+            }
+            Step::Cutover => {
+                journal::set_step(src, ctx, Step::Cutover).await?;
+                (ctx.observe)(ExtractEvent::Step { step });
+                kill_hook(step);
+                let sql = match triggers.take() {
+                    Some(sql) => sql,
+                    None => replicate::triggers(ctx, src).await?,
+                };
+                match replicate::cutover(ctx, src, dst, &sql).await {
+                    Ok(tables) => report.tables.extend(tables),
+                    Err(e) => {
+                        freeze::unfreeze(ctx, src).await?;
+                        return Err(e);
+                    }
+                }
+                done(ctx, report, step, started);
+                step = Step::Verify;
             }
             Step::Copy => {
                 journal::set_step(src, ctx, Step::Copy).await?;
@@ -573,13 +611,10 @@ async fn run_locked(
                 report.outcome = Outcome::Moved;
                 return Ok(());
             }
-            Step::Preflight | Step::Catchup | Step::Cutover => {
-                // Copy mode never enters these; replicate mode is refused before the run.
+            Step::Preflight => {
+                // A run starts with the preflight above, never in this loop.
                 return Err(AdminError::Refused {
-                    message: format!(
-                        "the move of module `{}` is at step `{step}`, which copy mode has not",
-                        ctx.module.name
-                    ),
+                    message: format!("the move of module `{}` is at step `{step}`", ctx.module.name),
                     help: format!("roll it back with `moat extract {} --abort`", ctx.module.name),
                 });
             }
@@ -631,6 +666,7 @@ async fn abort(
     crate::locks::advisory_lock(src, &migrate_key, &format!("rolling back the move of module `{}`", ctx.module.name))
         .await?;
     let result = async {
+        replicate::stop(ctx, src, dst).await?;
         dump::drop_target_schema(ctx, dst).await?;
         dump::forget_target_roles(ctx, dst).await?;
         freeze::unfreeze(ctx, src).await?;

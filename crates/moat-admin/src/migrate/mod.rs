@@ -133,6 +133,11 @@ pub struct ModuleStatus {
     pub module: String,
     /// Its schema.
     pub schema: String,
+    /// The `[databases]` key of the database its data is in now (`None`: the main database).
+    pub database: Option<String>,
+    /// The `[databases]` key of the database the manifest puts it in (`None`: the main one);
+    /// differs from `database` until `moat extract` moves it.
+    pub manifest_database: Option<String>,
     /// Whether its schema and history table exist.
     pub provisioned: bool,
     /// Every migration on disk or in the history, by version.

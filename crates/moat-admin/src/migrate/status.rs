@@ -154,6 +154,8 @@ pub async fn status(
         statuses.push(ModuleStatus {
             module: module.name.to_string(),
             schema: module.schema.to_string(),
+            database: None,
+            manifest_database: module.database.as_ref().map(ToString::to_string),
             provisioned,
             migrations: compare(&files, &history),
         });

@@ -1,6 +1,6 @@
 //! `moat audit`: the live database against the manifest, and the access matrix.
 
-use moat_admin::audit::{AuditOptions, AuditReport, Cell, audit as run_audit};
+use moat_admin::audit::{AuditAll, AuditOptions, AuditReport, Cell, audit_all};
 use moat_admin::up::Target;
 use moat_core::baseline::{Baseline, BaselineOutcome, FILE_NAME};
 use moat_core::findings::{Finding, Severity, Summary};
@@ -27,11 +27,12 @@ pub async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
     let manifest = load_manifest(cli)?;
     let target = super::target_quiet(cli, &manifest).await?;
     let options = AuditOptions { probe: !args.no_probe, body_analyzer: Some(&SqlBodies), ..AuditOptions::default() };
-    let report = run_audit(&target.url, &manifest, options).await?;
+    let report = audit_all(&target, &manifest, options).await?;
+    let findings = report.findings();
     let baseline_path = manifest.root.join(FILE_NAME);
     let mut baseline = Baseline::load(&baseline_path)?;
     if args.write_baseline {
-        baseline.record("audit", &report.findings);
+        baseline.record("audit", &findings);
         std::fs::write(&baseline_path, baseline.to_toml())?;
         if cli.format == Format::Human {
             output::status(
@@ -40,13 +41,13 @@ pub async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
                 format!(
                     "{} with {} audit finding{}",
                     manifest.relative(&baseline_path),
-                    report.findings.len(),
-                    plural(report.findings.len())
+                    findings.len(),
+                    plural(findings.len())
                 ),
             )?;
         }
     }
-    let outcome = baseline.apply("audit", report.findings.clone());
+    let outcome = baseline.apply("audit", findings);
     print_report(cli, &manifest, &report, &outcome)?;
     Ok(exit_code(&outcome))
 }
@@ -56,18 +57,18 @@ pub async fn audit_after_up(
     cli: &Cli,
     manifest: &Manifest,
     target: &Target,
-) -> anyhow::Result<(u8, AuditReport, BaselineOutcome)> {
+) -> anyhow::Result<(u8, AuditAll, BaselineOutcome)> {
     let report =
-        run_audit(&target.url, manifest, AuditOptions { body_analyzer: Some(&SqlBodies), ..AuditOptions::default() })
+        audit_all(target, manifest, AuditOptions { body_analyzer: Some(&SqlBodies), ..AuditOptions::default() })
             .await?;
     let baseline = Baseline::load(&manifest.root.join(FILE_NAME))?;
-    let outcome = baseline.apply("audit", report.findings.clone());
+    let outcome = baseline.apply("audit", report.findings());
     if cli.format == Format::Human {
         if outcome.new.is_empty() {
             output::status("Audited", style::GOOD, clean_line(&report, &outcome))?;
         } else {
             print_findings(&outcome.new)?;
-            print_matrix(&report)?;
+            print_matrices(manifest, &report)?;
             print_summary(&outcome)?;
         }
     }
@@ -112,12 +113,14 @@ impl BodyAnalyzer for SqlBodies {
     }
 }
 
-fn clean_line(report: &AuditReport, outcome: &BaselineOutcome) -> String {
+fn clean_line(report: &AuditAll, outcome: &BaselineOutcome) -> String {
+    let probed: usize = report.databases.iter().map(|(_, r)| r.probed.len()).sum();
+    let databases =
+        if report.databases.len() > 1 { format!(" in {} databases", report.databases.len()) } else { String::new() };
     let mut line = format!(
-        "no finding; {} role{} probed with {} attempts, every cross-module access denied",
-        report.probed.len(),
-        plural(report.probed.len()),
-        report.attempts
+        "no finding; {probed} role{} probed{databases} with {} attempts, every cross-module access denied",
+        plural(probed),
+        report.attempts()
     );
     if outcome.accepted > 0 {
         line.push_str(&format!(" ({} accepted by the baseline)", outcome.accepted));
@@ -133,27 +136,37 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// The JSON document of an audit (PRODUCT.md's findings contract plus `access`).
-pub fn audit_json(report: &AuditReport, outcome: &BaselineOutcome) -> serde_json::Value {
+/// The JSON document of an audit (PRODUCT.md's findings contract plus `access`), across
+/// databases: `findings` and `access` of every database (each marked with its database when it is
+/// not the main one), `probed` of them all, `matrix` of the main database, and `databases`, one
+/// entry per database with its modules, probed roles and matrix.
+pub fn audit_json(report: &AuditAll, outcome: &BaselineOutcome) -> serde_json::Value {
+    let matrix = |r: &AuditReport| serde_json::json!({"columns": r.matrix.columns, "rows": r.matrix.rows.iter().map(|(role, cells)| serde_json::json!({"role": role, "cells": cells})).collect::<Vec<_>>()});
+    let main = report.databases.iter().find(|(key, _)| key.is_none()).map(|(_, r)| r);
+    let probed: Vec<_> = report.databases.iter().flat_map(|(_, r)| &r.probed).collect();
     serde_json::json!({
         "version": 1,
         "findings": outcome.new,
         "summary": Summary::of(&outcome.new, 0),
-        "access": report.access,
-        "probed": report.probed,
-        "matrix": {"columns": report.matrix.columns, "rows": report.matrix.rows.iter().map(|(role, cells)| serde_json::json!({"role": role, "cells": cells})).collect::<Vec<_>>()},
+        "access": report.access(),
+        "probed": probed,
+        "matrix": main.map(matrix).unwrap_or_else(|| serde_json::json!({"columns": [], "rows": []})),
+        "databases": report.databases.iter().map(|(key, r)| serde_json::json!({
+            "database": super::database_json(key),
+            "modules": report.placement.modules.iter().filter(|(_, l)| l.at == *key).map(|(m, _)| m).collect::<Vec<_>>(),
+            "probed": r.probed,
+            "matrix": matrix(r),
+        })).collect::<Vec<_>>(),
         "baseline": {"accepted": outcome.accepted, "stale": outcome.stale.len()},
     })
 }
 
-fn print_report(cli: &Cli, manifest: &Manifest, report: &AuditReport, outcome: &BaselineOutcome) -> anyhow::Result<()> {
+fn print_report(cli: &Cli, manifest: &Manifest, report: &AuditAll, outcome: &BaselineOutcome) -> anyhow::Result<()> {
     match cli.format {
         Format::Json => output::json(&audit_json(report, outcome))?,
         Format::Human => {
             print_findings(&outcome.new)?;
-            if !report.matrix.rows.is_empty() {
-                print_matrix(report)?;
-            }
+            print_matrices(manifest, report)?;
             print_stale(manifest, outcome);
             print_summary(outcome)?;
         }
@@ -163,6 +176,27 @@ fn print_report(cli: &Cli, manifest: &Manifest, report: &AuditReport, outcome: &
             &outcome.new,
             &Default::default(),
         )?,
+    }
+    Ok(())
+}
+
+/// The access matrix of each database; with more than one database, each under a heading that
+/// names it.
+pub fn print_matrices(manifest: &Manifest, report: &AuditAll) -> std::io::Result<()> {
+    let several = super::several_databases(manifest);
+    let mut first = true;
+    for (key, part) in &report.databases {
+        if part.matrix.rows.is_empty() {
+            continue;
+        }
+        if several {
+            if !first {
+                output::line("")?;
+            }
+            output::line(paint(style::BOLD, format!("access in {}:", moat_admin::databases::label(key.as_ref()))))?;
+        }
+        first = false;
+        print_matrix(part)?;
     }
     Ok(())
 }

@@ -29,13 +29,26 @@ pub async fn dev(cli: &Cli, action: Option<&str>) -> anyhow::Result<u8> {
     let database = manifest.project.to_string();
     ensure_database(&cluster.url("postgres"), &database).await?;
     let url = cluster.url(&database);
+    // The embedded cluster serves `[databases.NAME]` as database NAME, as `moat up` does.
+    let mut named = Vec::new();
+    for entry in &manifest.databases {
+        ensure_database(&cluster.url("postgres"), entry.name.as_str()).await?;
+        named.push((entry, cluster.url(entry.name.as_str())));
+    }
     match cli.format {
         Format::Json => output::json(&serde_json::json!({
-            "version": 1, "url": url.expose(), "port": cluster.port, "data": cluster.dir, "started": cluster.started
+            "version": 1, "url": url.expose(), "port": cluster.port, "data": cluster.dir, "started": cluster.started,
+            "databases": named.iter().map(|(entry, url)| serde_json::json!({
+                "database": entry.name.as_str(), "url_env": entry.url_env, "url": url.expose(),
+            })).collect::<Vec<_>>(),
         }))?,
         _ => {
             let verb = if cluster.started { "Started" } else { "Running" };
             output::status(verb, style::GOOD, format!("embedded PostgreSQL (data in {})", cluster.dir.display()))?;
+            // The main database's URL stays the last line (`moat dev | tail -1`).
+            for (entry, url) in &named {
+                output::status("Database", style::INFO, format!("{} at {}", entry.name, url.expose()))?;
+            }
             output::line(url.expose())?;
         }
     }

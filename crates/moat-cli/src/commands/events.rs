@@ -1,6 +1,6 @@
 //! `moat events status | dead | retry`.
 
-use moat_admin::events::{RetryTarget, dead, retry, status};
+use moat_admin::events::{RetryTarget, dead_all, retry_all, status_all};
 
 use crate::output::{self, Format, paint, style};
 use crate::{Cli, load_manifest};
@@ -27,9 +27,15 @@ pub enum EventsCommand {
 pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
     let manifest = load_manifest(cli)?;
     let target = super::target_quiet(cli, &manifest).await?;
+    let several = super::several_databases(&manifest);
+    // `billing@billing_db`: a module and the database it lives in, when it is not the main one.
+    let at = |module: &str, database: Option<&str>| match database {
+        Some(database) => format!("{module}@{database}"),
+        None => module.to_owned(),
+    };
     match command {
         EventsCommand::Status => {
-            let status = status(&target.url, &manifest).await?;
+            let status = status_all(&target, &manifest).await?;
             if cli.format == Format::Json {
                 output::json(&serde_json::json!({
                     "version": 1,
@@ -49,9 +55,14 @@ pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
                         if s.dead > 0 { paint(style::BAD, format!("{:>6}", s.dead)) } else { format!("{:>6}", s.dead) };
                     let lag =
                         if s.started { format!("{:>11}", s.lag_events) } else { format!("{:>11}", "not started") };
+                    let (subscriber, publisher) = if several {
+                        (at(&s.subscriber, s.database.as_deref()), at(&s.publisher, s.publisher_database.as_deref()))
+                    } else {
+                        (s.subscriber.clone(), s.publisher.clone())
+                    };
                     output::line(format!(
-                        "{:<20} {:<20} {lag} {:>10.1} {:>8} {:>8} {:>8} {dead} {:>8}",
-                        s.subscriber, s.publisher, s.lag_seconds, s.held, s.waiting, s.retrying, s.ignored
+                        "{subscriber:<20} {publisher:<20} {lag} {:>10.1} {:>8} {:>8} {:>8} {dead} {:>8}",
+                        s.lag_seconds, s.held, s.waiting, s.retrying, s.ignored
                     ))?;
                 }
                 for r in &status.removed_subscribers {
@@ -66,7 +77,7 @@ pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         EventsCommand::Dead => {
-            let letters = dead(&target.url, &manifest).await?;
+            let letters = dead_all(&target, &manifest).await?;
             if cli.format == Format::Json {
                 output::json(&serde_json::json!({"version": 1, "dead": letters}))?;
             } else if letters.is_empty() {
@@ -77,7 +88,7 @@ pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
                         "{} {} {} {}",
                         paint(style::BOLD, letter.event_id),
                         paint(style::INFO, format!("{}.{}", letter.publisher, letter.event_type)),
-                        format_args!("key {} -> {}", letter.key, letter.subscriber),
+                        format_args!("key {} -> {}", letter.key, at(&letter.subscriber, letter.database.as_deref())),
                         paint(
                             style::DIM,
                             format!(
@@ -104,7 +115,7 @@ pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
                 })?;
                 RetryTarget::Event(id)
             };
-            let count = retry(&target.url, &manifest, target_events).await?;
+            let count = retry_all(&target, &manifest, target_events).await?;
             if cli.format == Format::Json {
                 output::json(&serde_json::json!({"version": 1, "retried": count}))?;
             } else if count == 0 {

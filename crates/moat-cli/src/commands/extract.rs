@@ -47,8 +47,11 @@ pub enum ModeArg {
 pub async fn extract_command(cli: &Cli, args: &ExtractArgs) -> anyhow::Result<u8> {
     let manifest = load_manifest(cli)?;
     let module = ModuleName::parse(&args.module).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let source = super::target(cli, &manifest).await?;
-    let (target_url, target_key) = target_database(&manifest, &module, args)?;
+    let resolved = super::target(cli, &manifest).await?;
+    let (source_url, target_url, target_key) = match args.target_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => (resolved.url.clone(), DatabaseUrl::parse(url)?, args.target_key.clone()),
+        None => databases_of_move(&manifest, &module, &resolved, args).await?,
+    };
     let options = ExtractOptions {
         mode: args.mode.map(|m| match m {
             ModeArg::Replicate => Mode::Replicate,
@@ -58,7 +61,7 @@ pub async fn extract_command(cli: &Cli, args: &ExtractArgs) -> anyhow::Result<u8
         finalize: args.finalize,
     };
     let report =
-        extract(&manifest, &module, &source.url, &target_url, target_key.as_deref(), &options, &progress).await?;
+        extract(&manifest, &module, &source_url, &target_url, target_key.as_deref(), &options, &progress).await?;
     match cli.format {
         Format::Json => output::json(&serde_json::json!({
             "version": 1,
@@ -76,21 +79,40 @@ pub async fn extract_command(cli: &Cli, args: &ExtractArgs) -> anyhow::Result<u8
     Ok(0)
 }
 
-// LEAD: swap this for `moat_admin::databases::Databases` once the manifest has `[databases]`:
-// the target is the module's `database` (its `url_env`), the source where placement says the
-// data is. Until then the target comes from the hidden `--target-url` (or
-// MOAT_EXTRACT_TARGET_URL) and the source is the admin URL.
-fn target_database(
-    _manifest: &Manifest,
+/// The source (where the module's data is, or where its move's journal is) and the target (the
+/// database the manifest names for it) of a move, with the target's manifest key.
+async fn databases_of_move(
+    manifest: &Manifest,
     module: &ModuleName,
+    resolved: &moat_admin::up::Target,
     args: &ExtractArgs,
-) -> anyhow::Result<(DatabaseUrl, Option<String>)> {
-    let Some(url) = args.target_url.as_deref().filter(|u| !u.is_empty()) else {
+) -> anyhow::Result<(DatabaseUrl, DatabaseUrl, Option<String>)> {
+    let Some(declared) = manifest.module(module.as_str()) else {
         anyhow::bail!(
-            "no target database for module `{module}`\n  help: give the target's admin URL with `--target-url URL` (or MOAT_EXTRACT_TARGET_URL)"
+            "unknown module `{module}`\n  help: modules in the manifest: {}",
+            manifest.modules.iter().map(|m| m.name.to_string()).collect::<Vec<_>>().join(", ")
         );
     };
-    Ok((DatabaseUrl::parse(url)?, args.target_key.clone()))
+    let placement = moat_admin::placement::locate(manifest, &resolved.databases).await?;
+    let location = placement
+        .modules
+        .get(module.as_str())
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("module `{module}` was not located"))?;
+    let (source, target) = match &location.moving {
+        // A move under way (or done, for --finalize) goes on between the databases its journal names.
+        Some(m) if !m.switched() || args.finalize || args.abort => (m.source.clone(), m.target.clone()),
+        _ => (location.at.clone(), declared.database.clone()),
+    };
+    if source == target && !args.finalize && !args.abort {
+        anyhow::bail!(
+            "module `{module}` already lives in {}, where the manifest puts it; nothing to move\n  help: to move it, set `database = \"NAME\"` in `[modules.{module}]` and declare `[databases.NAME]`",
+            moat_admin::databases::label(source.as_ref())
+        );
+    }
+    let source_url = resolved.databases.url(source.as_ref())?.clone();
+    let target_url = resolved.databases.url(target.as_ref())?.clone();
+    Ok((source_url, target_url, target.map(|t| t.to_string())))
 }
 
 /// Progress on stderr, cargo-style.

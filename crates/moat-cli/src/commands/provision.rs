@@ -1,55 +1,111 @@
 //! `moat plan` and `moat provision`.
 
+use moat_admin::databases::DatabaseKey;
+use moat_admin::placement::Placement;
 use moat_admin::plan::{Plan, Section};
-use moat_admin::provision::{compute_plan, provision as run_provision};
+use moat_admin::up::{plan_all, provision_all};
 
 use crate::output::{self, Format, style};
 use crate::{Cli, load_manifest};
 
-/// `moat plan`: prints exactly the SQL `provision` would run; nothing when in sync.
+/// `moat plan`: prints exactly the SQL `provision` would run, per database; nothing when in sync.
 pub async fn plan(cli: &Cli) -> anyhow::Result<u8> {
     let manifest = load_manifest(cli)?;
     let target = super::target_quiet(cli, &manifest).await?;
-    let mut conn = moat_admin::connect(&target.url).await?;
-    let plan = compute_plan(&mut conn, &manifest).await?;
-    moat_admin::provision::close(conn).await;
+    let (placement, plans) = plan_all(&target, &manifest).await?;
+    let several = super::several_databases(&manifest);
     match cli.format {
-        Format::Json => output::json(&plan_json(&plan))?,
+        Format::Json => output::json(&plans_json(&placement, plans.iter().map(|(part, plan)| (&part.key, plan))))?,
         _ => {
-            output::text(plan.to_sql())?;
-            for note in &plan.notes {
-                output::note(note);
+            for (part, plan) in &plans {
+                if several && !plan.is_empty() {
+                    output::line(format!("-- {} ({})", header(&part.key), part.url))?;
+                }
+                output::text(plan.to_sql())?;
             }
+            for (part, plan) in &plans {
+                for note in &plan.notes {
+                    output::note(format!("{note}{}", super::in_database(&manifest, &part.key)));
+                }
+            }
+            super::print_placement(&placement);
         }
     }
     Ok(0)
 }
 
-/// `moat provision`: runs the plan in one transaction, then installs contracts (each in a session
-/// that logs in as its own owner).
+/// `moat provision`: runs the plan of each database in one transaction there, then installs
+/// contracts (each in a session that logs in as its own owner).
 pub async fn provision(cli: &Cli) -> anyhow::Result<u8> {
     let manifest = load_manifest(cli)?;
     let target = super::target(cli, &manifest).await?;
-    let mut conn = moat_admin::connect(&target.url).await?;
-    moat_admin::provision::check_server(&mut conn).await?;
-    let outcome = run_provision(&mut conn, &target.url, &manifest).await?;
-    moat_admin::provision::close(conn).await;
+    let (placement, outcomes) = provision_all(&target, &manifest).await?;
     match cli.format {
-        Format::Json => output::json(&plan_json(&outcome.plan))?,
+        Format::Json => {
+            output::json(&plans_json(&placement, outcomes.iter().map(|(part, outcome)| (&part.key, &outcome.plan))))?
+        }
         _ => {
-            print_plan_summary(&outcome.plan)?;
-            for note in &outcome.plan.notes {
-                output::note(note);
+            for (part, outcome) in &outcomes {
+                let place = super::in_database(&manifest, &part.key);
+                print_plan_summary(&outcome.plan, &place)?;
+                for note in &outcome.plan.notes {
+                    output::note(format!("{note}{place}"));
+                }
             }
+            super::print_placement(&placement);
         }
     }
     Ok(0)
 }
 
+/// How a plan's header names its database: `main database` or `database billing_db`.
+fn header(key: &DatabaseKey) -> String {
+    match key {
+        None => "main database".to_owned(),
+        Some(name) => format!("database {name}"),
+    }
+}
+
+/// The JSON of plans of several databases: `statements` and `notes` of them all (the notes about
+/// modules that are not where the manifest puts them first), and `databases`, one entry each.
+fn plans_json<'a>(
+    placement: &Placement,
+    plans: impl Iterator<Item = (&'a DatabaseKey, &'a Plan)> + Clone,
+) -> serde_json::Value {
+    let mut doc = plan_json_of(plans.clone().map(|(_, plan)| plan));
+    let placement_notes = super::placement_lines(placement).into_iter().map(serde_json::Value::String);
+    if let Some(notes) = doc["notes"].as_array_mut() {
+        notes.splice(0..0, placement_notes);
+    }
+    doc["databases"] = plans
+        .map(|(key, plan)| {
+            let mut one = plan_json(plan);
+            if let Some(object) = one.as_object_mut() {
+                object.remove("version");
+                object.insert("database".into(), super::database_json(key));
+            }
+            one
+        })
+        .collect();
+    doc
+}
+
+fn plan_json_of<'a>(plans: impl Iterator<Item = &'a Plan> + Clone) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1,
+        "statements": plans.clone().flat_map(|p| p.steps.iter().map(|s| s.display())).collect::<Vec<_>>(),
+        "notes": plans.flat_map(|p| p.notes.iter().map(ToString::to_string)).collect::<Vec<_>>(),
+    })
+}
+
 /// One status line per section that ran, or "in sync".
-pub fn print_plan_summary(plan: &Plan) -> std::io::Result<()> {
+pub fn print_plan_summary(plan: &Plan, place: &str) -> std::io::Result<()> {
     if plan.is_empty() {
-        return output::status("In sync", style::GOOD, "schemas, roles, grants and contracts match the manifest");
+        return output::status(
+            "In sync",
+            style::GOOD,
+            format!("schemas, roles, grants and contracts match the manifest{place}"),
+        );
     }
     let mut sections: Vec<(Section, usize)> = Vec::new();
     for step in &plan.steps {
@@ -71,7 +127,7 @@ pub fn print_plan_summary(plan: &Plan) -> std::io::Result<()> {
         output::status(
             "Provisioned",
             style::GOOD,
-            format!("{what} ({count} statement{})", if count == 1 { "" } else { "s" }),
+            format!("{what} ({count} statement{}){place}", if count == 1 { "" } else { "s" }),
         )?;
     }
     Ok(())
@@ -79,9 +135,5 @@ pub fn print_plan_summary(plan: &Plan) -> std::io::Result<()> {
 
 /// The JSON form of a plan.
 pub fn plan_json(plan: &Plan) -> serde_json::Value {
-    serde_json::json!({
-        "version": 1,
-        "statements": plan.steps.iter().map(|s| s.display()).collect::<Vec<_>>(),
-        "notes": plan.notes.iter().map(ToString::to_string).collect::<Vec<_>>(),
-    })
+    plan_json_of(std::iter::once(plan))
 }

@@ -35,6 +35,9 @@ pub fn github(findings: &[Finding], sources: &Sources) -> String {
         {
             message.push_str(&format!(" (`{object}`)"));
         }
+        if let Some(database) = &finding.database {
+            message.push_str(&format!(" in database `{database}`"));
+        }
         if let Some(help) = &finding.help {
             message.push_str("\nhelp: ");
             message.push_str(help);

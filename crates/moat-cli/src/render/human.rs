@@ -37,6 +37,9 @@ pub fn human(findings: &[Finding], sources: &Sources) -> String {
                 if let Some(module) = &finding.module {
                     notes.push(format!("module `{module}`"));
                 }
+                if let Some(database) = &finding.database {
+                    notes.push(format!("in database `{database}`"));
+                }
                 if !notes.is_empty() {
                     group = group.element(Level::NOTE.message(notes.join(", ")));
                 }

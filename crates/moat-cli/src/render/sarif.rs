@@ -82,6 +82,9 @@ pub fn sarif(findings: &[Finding], rules: &[RuleDescription<'_>], sources: &Sour
             if let Some(object) = &finding.object {
                 properties.insert("object".into(), json!(object));
             }
+            if let Some(database) = &finding.database {
+                properties.insert("database".into(), json!(database));
+            }
             if !properties.is_empty() {
                 result["properties"] = Value::Object(properties);
             }

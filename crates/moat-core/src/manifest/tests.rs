@@ -101,11 +101,11 @@ password = "x"
     /p/moat.toml:3:1: `project.owner`: unknown key `owner`
       help: known keys here: `name`, `connection_limit`
     /p/moat.toml:6:1: `modules.patients.schmea`: unknown key `schmea`
-      help: known keys here: `schema`, `migrations`, `sources`, `depends_on`, `claims`, `connection_limit`
+      help: known keys here: `schema`, `migrations`, `sources`, `depends_on`, `claims`, `connection_limit`, `database`
     /p/moat.toml:9:1: `consumers.reporting.password`: unknown key `password`
       help: `consumers.reporting` takes no keys
     /p/moat.toml:11:2: `extra`: unknown key `extra`
-      help: known keys here: `project`, `modules`, `contracts`, `consumers`
+      help: known keys here: `project`, `modules`, `contracts`, `consumers`, `databases`
     "#);
 }
 
@@ -360,4 +360,92 @@ fn connection_limits_default_and_override() {
     /p/moat.toml:5:20: `modules.a.connection_limit`: expected a whole number of connections from 1 to 10000
       help: for example `connection_limit = 32`
     ");
+}
+
+const SPLIT: &str = r#"
+[project]
+name = "clinic"
+
+[databases.billing_db]
+url_env = "BILLING_DATABASE_URL"
+
+[modules.patients]
+
+[modules.billing]
+database = "billing_db"
+depends_on = ["patients"]
+"#;
+
+#[test]
+fn modules_name_the_database_they_live_in() {
+    let manifest = parse(SPLIT).unwrap();
+    assert_eq!(manifest.databases.len(), 1);
+    assert_eq!(manifest.databases[0].name.as_str(), "billing_db");
+    assert_eq!(manifest.databases[0].url_env, "BILLING_DATABASE_URL");
+    let billing = manifest.module("billing").unwrap();
+    assert_eq!(manifest.database_of(&billing.name).map(|d| d.as_str()), Some("billing_db"));
+    assert_eq!(manifest.module("patients").unwrap().database, None);
+}
+
+#[test]
+fn databases_are_validated_with_their_place() {
+    let text = r#"
+[project]
+name = "clinic"
+
+[databases.billing_db]
+url_env = "postgres://u:secret@h/db"
+
+[databases.other]
+
+[databases.third]
+url_env = "DATABASE_URL"
+
+[modules.billing]
+database = "othr"
+"#;
+
+    insta::assert_snapshot!(errors(text), @r#"
+    /p/moat.toml:6:11: `databases.billing_db.url_env`: `url_env` names an environment variable; the URL itself never goes in the manifest
+      help: write `url_env = "BILLING_DB_DATABASE_URL"` and put the URL in that variable
+    /p/moat.toml:8:12: `databases.other.url_env`: missing `url_env`: the environment variable that holds the database's admin URL
+      help: add `url_env = "OTHER_DATABASE_URL"`
+    /p/moat.toml:11:11: `databases.third.url_env`: `DATABASE_URL` holds the main database's URL
+      help: use a variable of its own, such as `THIRD_DATABASE_URL`
+    /p/moat.toml:14:12: `modules.billing.database`: unknown database `othr`
+      help: did you mean `other`?
+    "#);
+}
+
+#[test]
+fn what_cannot_cross_a_database_is_refused_with_the_way_out() {
+    let text = format!(
+        r#"{SPLIT}
+[contracts.invoices_by_patient]
+sql = "contracts/x.sql"
+reads = ["patients.patients", "billing.invoices"]
+
+[contracts.patient_list]
+sql = "contracts/p.sql"
+reads = ["patients.patients"]
+readers = ["reporting"]
+
+[contracts.charges]
+sql = "contracts/c.sql"
+reads = ["billing.charges"]
+readers = ["reporting"]
+
+[consumers.reporting]
+"#
+    );
+    let rendered = errors(&text);
+    assert!(
+        rendered.contains("contract `invoices_by_patient` reads relations in more than one database: `patients.patients` in the main database, `billing.invoices` in database `billing_db`"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("API composition"), "{rendered}");
+    assert!(
+        rendered.contains("consumer `reporting` reads views in more than one database: contract `patient_list` in the main database, contract `charges` in database `billing_db`"),
+        "{rendered}"
+    );
 }

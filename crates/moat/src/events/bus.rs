@@ -146,7 +146,10 @@ impl EventBus {
 
     /// Registers the subscriptions in the database and starts delivering.
     pub async fn start(self) -> Result<Dispatcher, Error> {
-        let relay = self.app.relay_pool()?.clone();
+        // The relay must be able to log in where each publisher lives; fail before starting.
+        for spec in &self.subscriptions {
+            self.app.relay_for(&spec.publisher).await?;
+        }
         let manifest = self.app.manifest();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -174,8 +177,8 @@ impl EventBus {
                     outbox: outbox_table(pub_module.schema.as_str()),
                     progress: qualified(pub_module.schema.as_str(), OUTBOX_PROGRESS),
                 },
-                pool: self.app.pool(&spec.subscriber)?.clone(),
-                relay: relay.clone(),
+                app: self.app.clone(),
+                moves: std::sync::Mutex::new(self.app.moves()),
                 config: self.config.clone(),
                 notifier: self.app.notifier(),
                 state: std::sync::Mutex::new(LocalState::default()),
@@ -193,18 +196,18 @@ impl EventBus {
         if !channels.is_empty() {
             let notifier = self.app.notifier();
             let stop = stop_rx.clone();
-            let relay = relay.clone();
-            tasks.push(tokio::spawn(async move { listen(relay, channels, notifier, stop).await }));
+            let app = self.app.clone();
+            tasks.push(tokio::spawn(async move { listen(app, channels, notifier, stop).await }));
         }
         // Retention: truncate outbox slots every subscriber has consumed.
         let publishers: BTreeSet<String> = subscriptions.iter().map(|s| s.publisher.clone()).collect();
         for publisher in publishers {
             let Some(module) = manifest.module(&publisher) else { continue };
             let schema = module.schema.to_string();
-            let relay = relay.clone();
+            let app = self.app.clone();
             let stop = stop_rx.clone();
             let interval = self.config.retention_interval;
-            tasks.push(tokio::spawn(async move { retention(relay, schema, interval, stop).await }));
+            tasks.push(tokio::spawn(async move { retention(app, publisher, schema, interval, stop).await }));
         }
         Ok(Dispatcher { stop: stop_tx, tasks })
     }

@@ -74,7 +74,7 @@ impl Subscription {
             waiting = InboxState::Waiting.sql(),
         );
         loop {
-            let mut tx = RawTx::begin(self.pool.acquire().await?).await?;
+            let mut tx = RawTx::begin(self.pool()?.acquire().await?).await?;
             let Some(row) = sqlx::query(sqlx::AssertSqlSafe(pick.clone()))
                 .bind(&self.publisher)
                 .bind(&self.mine)
@@ -151,8 +151,11 @@ impl Subscription {
             inbox = self.tables.inbox,
             retry = InboxState::Retry.sql(),
         );
-        let row =
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).bind(&self.mine).fetch_one(&self.pool).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&self.publisher)
+            .bind(&self.mine)
+            .fetch_one(&self.pool()?)
+            .await?;
         let held: bool = row.try_get("held")?;
         let next: Option<f64> = row.try_get("next")?;
         // Dead letters keep `held` set: `moat events retry` may revive them at any time.

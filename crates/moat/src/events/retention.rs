@@ -27,7 +27,7 @@ impl Subscription {
     pub(crate) async fn report_progress(&self) -> Result<(), Error> {
         let sql = format!("SELECT lo::text, cluster FROM {} WHERE publisher = $1", self.tables.subscriptions);
         let row: Option<(String, Option<String>)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).fetch_optional(&self.pool).await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).fetch_optional(&self.pool()?).await?;
         let here = self.here();
         let Some((lo, cluster)) = row else { return Ok(()) };
         // A cursor not yet re-based after a move says nothing about this cluster's transactions.
@@ -42,15 +42,34 @@ impl Subscription {
              WHERE p.cluster IS DISTINCT FROM excluded.cluster OR p.consumed_below < excluded.consumed_below",
             progress = self.tables.progress
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.subscriber).bind(&lo).bind(&here).execute(&self.relay).await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&self.subscriber)
+            .bind(&lo)
+            .bind(&here)
+            .execute(&self.relay().await?)
+            .await?;
         Ok(())
     }
 }
 
-/// Truncates consumed outbox slots of `schema` every `interval` until stopped.
-pub(crate) async fn retention(relay: PgPool, schema: String, interval: Duration, mut stop: watch::Receiver<bool>) {
+/// Truncates consumed outbox slots of `schema` (of module `publisher`, in the database it lives
+/// in now) every `interval` until stopped.
+pub(crate) async fn retention(
+    app: crate::Moat,
+    publisher: String,
+    schema: String,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! { _ = tokio::time::sleep(interval) => {}, _ = stop.changed() => return }
+        let relay = match app.relay_for(&publisher).await {
+            Ok(relay) => relay,
+            Err(e) => {
+                tracing::debug!(schema, error = %e, "outbox retention skipped this round");
+                continue;
+            }
+        };
         if let Err(e) = truncate_consumed(&relay, &schema).await {
             tracing::debug!(schema, error = %e, "outbox retention skipped this round");
         }

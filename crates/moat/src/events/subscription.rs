@@ -52,8 +52,12 @@ pub(crate) struct Subscription {
     /// The types this process declares ignored by the subscriber.
     pub(crate) ignored: Vec<String>,
     pub(crate) tables: Tables,
-    pub(crate) pool: PgPool,
-    pub(crate) relay: PgPool,
+    /// The application: the subscriber's pool and the relay's pool in the publisher's database
+    /// are taken from it for each unit of work, so that both follow a module that moves.
+    pub(crate) app: crate::Moat,
+    /// Changes when a module's pool moved to another database: the subscription registers again
+    /// (the cluster it talks to may be another).
+    pub(crate) moves: std::sync::Mutex<watch::Receiver<u64>>,
     pub(crate) config: DispatcherConfig,
     pub(crate) notifier: Arc<Notifier>,
     pub(crate) state: std::sync::Mutex<LocalState>,
@@ -98,7 +102,7 @@ impl Subscription {
     pub(crate) async fn register(&self) -> Result<(), Error> {
         // The upsert takes the cursor row's lock, so a registration lands between two batches:
         // every batch after it holds the new types.
-        let here = cluster_id(&self.relay).await?;
+        let here = cluster_id(&self.relay().await?).await?;
         let sql = format!(
             "INSERT INTO {subscriptions} AS s (publisher, lo, handled, ignored, cluster) VALUES ($1, '1:1:', $2, $3, $4) \
              ON CONFLICT (publisher) DO UPDATE SET \
@@ -112,7 +116,7 @@ impl Subscription {
             .bind(&self.mine)
             .bind(&self.ignored)
             .bind(&here)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.pool()?)
             .await?;
         self.local().cluster = here;
         if !self.ignored.is_empty() {
@@ -120,7 +124,7 @@ impl Subscription {
             let dropped = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(&self.publisher)
                 .bind(&self.ignored)
-                .execute(&self.pool)
+                .execute(&self.pool()?)
                 .await?
                 .rows_affected();
             if dropped > 0 {
@@ -131,13 +135,39 @@ impl Subscription {
             "INSERT INTO {} (subscriber, consumed_below) VALUES ($1, '0') ON CONFLICT (subscriber) DO NOTHING",
             self.tables.progress
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.subscriber).execute(&self.relay).await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.subscriber).execute(&self.relay().await?).await?;
         let sql = format!("SELECT count(*) > 0 FROM {} WHERE publisher = $1", self.tables.inbox);
         let held: bool =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).fetch_one(&self.pool).await?;
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).fetch_one(&self.pool()?).await?;
         let mut local = self.local();
         local.held = held;
         local.handled = handled;
+        Ok(())
+    }
+
+    /// The subscriber's pool, in the database it lives in now.
+    pub(crate) fn pool(&self) -> Result<PgPool, Error> {
+        self.app.pool(&self.subscriber)
+    }
+
+    /// The relay's pool in the database the publisher lives in now (its outbox is there).
+    pub(crate) async fn relay(&self) -> Result<PgPool, Error> {
+        self.app.relay_for(&self.publisher).await
+    }
+
+    /// Registers again when a module moved since the last look.
+    async fn follow_moves(&self) -> Result<(), Error> {
+        let moved = {
+            let mut moves = self.moves.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let changed = moves.has_changed().unwrap_or(false);
+            if changed {
+                moves.borrow_and_update();
+            }
+            changed
+        };
+        if moved {
+            self.register().await?;
+        }
         Ok(())
     }
 
@@ -191,6 +221,7 @@ impl Subscription {
     /// Drains the outbox, retries due held events, reports progress; returns when the next held
     /// event is due.
     async fn cycle(&self, last_report: &mut Instant) -> Result<Option<Duration>, Error> {
+        self.follow_moves().await?;
         loop {
             let handled = self.drain_once().await?;
             if handled < self.config.batch_size as usize {
@@ -219,7 +250,7 @@ impl Subscription {
             return Ok(true);
         }
         let here = self.here();
-        anything_after(&self.relay, &self.tables.outbox, &here, &lo, &handled).await
+        anything_after(&self.relay().await?, &self.tables.outbox, &here, &lo, &handled).await
     }
 
     /// One batch. Returns how many outbox rows it consumed.
@@ -238,7 +269,7 @@ impl Subscription {
 
     /// One batch in one transaction of the subscriber.
     async fn batch(&self, mode: Mode) -> Result<Outcome, Error> {
-        let conn = self.pool.acquire().await?;
+        let conn = self.pool()?.acquire().await?;
         let lock = lock_sql(&self.tables.subscriptions, &self.tables.inbox, &self.publisher);
         let (mut tx, rows) = RawTx::begin_with(conn, &lock).await?;
         let Some(Locked { cursor, handled, mut blocked }) = parse_lock(&rows)? else {
@@ -257,7 +288,8 @@ impl Subscription {
         if cursor.cluster.as_ref().is_some_and(|c| *c != here) {
             return self.rebase(tx, &cursor, &handled, &here).await;
         }
-        let batch = fetch(&self.relay, &self.tables.outbox, &here, &cursor, &handled, self.config.batch_size).await?;
+        let batch =
+            fetch(&self.relay().await?, &self.tables.outbox, &here, &cursor, &handled, self.config.batch_size).await?;
         let mut published = Vec::new();
         let applied = match mode {
             Mode::Fast => self.apply_fast(&mut tx, &batch.events, &mut blocked, &mut published).await?,
@@ -324,7 +356,7 @@ impl Subscription {
     /// events), and the cursor starts over in this cluster from nothing consumed of the rows
     /// published here. Runs in the transaction that holds the cursor row.
     async fn rebase(&self, mut tx: RawTx, cursor: &Cursor, handled: &[String], here: &str) -> Result<Outcome, Error> {
-        let (events, moved_id) = moved(&self.relay, &self.tables.outbox, here, cursor, handled).await?;
+        let (events, moved_id) = moved(&self.relay().await?, &self.tables.outbox, here, cursor, handled).await?;
         for event in &events {
             self.hold(&mut tx, event, Hold::Waiting).await?;
         }

@@ -10,8 +10,49 @@ use tokio::sync::watch;
 
 use crate::notify::Notifier;
 
-/// Wakes local subscription tasks when another process's publisher sends a NOTIFY.
+/// Wakes local subscription tasks when another process's publisher sends a NOTIFY: one LISTEN
+/// connection (as the relay) per database that publishers live in, set up again when a module
+/// moves to another database.
 pub(crate) async fn listen(
+    app: crate::Moat,
+    channels: BTreeMap<String, String>,
+    notifier: Arc<Notifier>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut moves = app.moves();
+    loop {
+        let mut by_database: BTreeMap<Option<String>, BTreeMap<String, String>> = BTreeMap::new();
+        for (channel, publisher) in &channels {
+            let at = app.database_of(publisher).map(|d| d.to_string());
+            by_database.entry(at).or_default().insert(channel.clone(), publisher.clone());
+        }
+        let mut tasks = Vec::new();
+        for channels in by_database.into_values() {
+            let Some(publisher) = channels.values().next().cloned() else { continue };
+            let relay = match app.relay_for(&publisher).await {
+                Ok(relay) => relay,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot LISTEN for events; polling only");
+                    continue;
+                }
+            };
+            tasks.push(tokio::spawn(listen_one(relay, channels, notifier.clone(), stop.clone())));
+        }
+        tokio::select! {
+            _ = moves.changed() => {}
+            _ = stop.changed() => {}
+        }
+        for task in tasks {
+            task.abort();
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// LISTEN in one database.
+async fn listen_one(
     relay: PgPool,
     channels: BTreeMap<String, String>,
     notifier: Arc<Notifier>,

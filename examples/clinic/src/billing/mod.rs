@@ -55,7 +55,7 @@ pub async fn for_patient(app: &Moat, patient_id: Uuid) -> Result<Vec<Charge>, mo
          FROM charges WHERE patient_id = $1 ORDER BY created_at, id",
     )
     .bind(patient_id)
-    .fetch_all(app.pool(MODULE)?)
+    .fetch_all(&app.pool(MODULE)?)
     .await?)
 }
 

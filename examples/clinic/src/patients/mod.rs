@@ -126,7 +126,7 @@ pub enum PatientError {
 pub async fn exists(app: &Moat, id: Uuid) -> Result<bool, moat::Error> {
     Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM patients WHERE id = $1)")
         .bind(id)
-        .fetch_one(app.pool(MODULE)?)
+        .fetch_one(&app.pool(MODULE)?)
         .await?)
 }
 
@@ -136,7 +136,7 @@ pub async fn get(app: &Moat, id: Uuid) -> Result<Option<Patient>, moat::Error> {
         "SELECT id, mrn, first_name, last_name, ward_id, version, created_at, updated_at FROM patients WHERE id = $1",
     )
     .bind(id)
-    .fetch_optional(app.pool(MODULE)?)
+    .fetch_optional(&app.pool(MODULE)?)
     .await?)
 }
 
@@ -208,7 +208,7 @@ pub async fn admissions(app: &Moat, patient_id: Uuid) -> Result<Vec<Admission>, 
          WHERE patient_id = $1 ORDER BY admitted_at, id",
     )
     .bind(patient_id)
-    .fetch_all(app.pool(MODULE)?)
+    .fetch_all(&app.pool(MODULE)?)
     .await?)
 }
 

@@ -140,7 +140,7 @@ pub async fn for_patient(app: &Moat, patient_id: Uuid) -> Result<Vec<Prescriptio
          WHERE rx.patient_id = $1 ORDER BY rx.issued_at, rx.id",
     )
     .bind(patient_id)
-    .fetch_all(app.pool(MODULE)?)
+    .fetch_all(&app.pool(MODULE)?)
     .await?)
 }
 
