@@ -5,10 +5,11 @@
 
 use std::sync::Mutex;
 
+use moat_admin::DatabaseUrl;
 use moat_admin::extract::{ExtractEvent, ExtractOptions, Mode, Outcome, Step, extract};
 use moat_core::manifest::Manifest;
 use moat_core::names::ModuleName;
-use moat_testkit::{SecondDb, TestDb, TestProject, sqlstate_of};
+use moat_testkit::{TestDb, TestProject, sqlstate_of};
 use sqlx::{Connection, PgConnection};
 
 const MANIFEST: &str = r#"
@@ -127,7 +128,7 @@ async fn schema_acl(conn: &mut PgConnection) -> String {
 #[tokio::test]
 async fn copy_moves_data_history_sequences_and_outbox_then_finalize_drops_the_source() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db, &[]);
     let manifest = project.manifest();
     up(&db, &manifest).await;
@@ -146,7 +147,7 @@ async fn copy_moves_data_history_sequences_and_outbox_then_finalize_drops_the_so
     let steps = Mutex::new(Vec::new());
     let tables = Mutex::new(Vec::new());
     let report =
-        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|event| match event {
+        extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &copy_mode(), &|event| match event {
             ExtractEvent::Step { step } => steps.lock().unwrap().push(step),
             ExtractEvent::Table { table, rows, done: true, .. } => {
                 tables.lock().unwrap().push(format!("{table} {rows}"))
@@ -169,12 +170,12 @@ async fn copy_moves_data_history_sequences_and_outbox_then_finalize_drops_the_so
     assert_eq!(notification.payload(), "billing");
 
     assert!(sqlx::raw_sql("COMMIT").execute(&mut in_flight).await.is_err());
-    let mut moved = target.connect().await;
+    let mut moved = moat_admin::connect(&target).await.unwrap();
     assert_eq!(billing_state(&mut moved).await, before);
     assert_eq!(billing_state(&mut source).await, before);
     assert_eq!(journal_step(&mut source).await.as_deref(), Some("switched"));
     // The module's own code works in its new home: the trigger keeps the balance, sequences go on.
-    let mut app = moat_admin::connect_as(&target.url.with_login(&db.role("billing"), None)).await.unwrap();
+    let mut app = moat_admin::connect_as(&target.with_login(&db.role("billing"), None)).await.unwrap();
     let id: i32 = sqlx::query_scalar("INSERT INTO accounts (name) VALUES ('new') RETURNING id")
         .fetch_one(&mut app)
         .await
@@ -199,16 +200,15 @@ async fn copy_moves_data_history_sequences_and_outbox_then_finalize_drops_the_so
 
     // A rerun finds the move done; abort refuses after the switch.
     let again =
-        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {}).await.unwrap();
+        extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &copy_mode(), &|_| {}).await.unwrap();
     assert_eq!(again.outcome, Outcome::AlreadySwitched);
     let abort = ExtractOptions { abort: true, ..copy_mode() };
     let refused =
-        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &abort, &|_| {}).await.unwrap_err();
+        extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &abort, &|_| {}).await.unwrap_err();
     assert!(refused.to_string().contains("switched"), "{refused}");
 
     let finalize = ExtractOptions { finalize: true, ..copy_mode() };
-    let done =
-        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &finalize, &|_| {}).await.unwrap();
+    let done = extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &finalize, &|_| {}).await.unwrap();
     assert_eq!(done.outcome, Outcome::Finalized);
     assert!(!schema_exists(&mut source, "billing").await);
     assert!(schema_exists(&mut moved, "billing").await);
@@ -220,7 +220,7 @@ async fn copy_moves_data_history_sequences_and_outbox_then_finalize_drops_the_so
 #[tokio::test]
 async fn a_row_changed_on_the_target_before_the_switch_stops_it() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db, &[]);
     let manifest = project.manifest();
     up(&db, &manifest).await;
@@ -229,7 +229,7 @@ async fn a_row_changed_on_the_target_before_the_switch_stops_it() {
     let acl_before = schema_acl(&mut source).await;
 
     // At the start of the verification, another session changes a copied row in the target.
-    let target_url = target.url.clone();
+    let target_url = target.clone();
     let source_url = db.url.clone();
     let provision_key = moat_admin::provision::provision_lock(&manifest);
     let provisioning_waits = std::sync::atomic::AtomicBool::new(false);
@@ -260,7 +260,7 @@ async fn a_row_changed_on_the_target_before_the_switch_stops_it() {
         .unwrap();
         provisioning_waits.store(waits, std::sync::atomic::Ordering::SeqCst);
     };
-    let error = extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|event| {
+    let error = extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &copy_mode(), &|event| {
         if let ExtractEvent::Step { step: Step::Verify } = event {
             tamper();
         }
@@ -286,21 +286,21 @@ async fn a_row_changed_on_the_target_before_the_switch_stops_it() {
 
     // A rerun starts the copy over and carries the new row; afterwards both sides agree.
     let report =
-        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {}).await.unwrap();
+        extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &copy_mode(), &|_| {}).await.unwrap();
     assert_eq!(report.outcome, Outcome::Moved);
     let before = billing_state(&mut source).await;
-    let mut moved = target.connect().await;
+    let mut moved = moat_admin::connect(&target).await.unwrap();
     assert_eq!(billing_state(&mut moved).await, before);
     source.close().await.unwrap();
     moved.close().await.unwrap();
 }
 
 /// Asserts that a refused extract changed nothing on either side.
-async fn assert_unchanged(db: &TestDb, target: &SecondDb, acl_before: &str, target_had_schema: bool) {
+async fn assert_unchanged(db: &TestDb, target: &DatabaseUrl, acl_before: &str, target_had_schema: bool) {
     let mut source = db.connect().await;
     assert_eq!(journal_step(&mut source).await, None);
     assert_eq!(schema_acl(&mut source).await, acl_before);
-    let mut dst = target.connect().await;
+    let mut dst = moat_admin::connect(target).await.unwrap();
     assert_eq!(schema_exists(&mut dst, "billing").await, target_had_schema);
     let roles_connect: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = current_database() AND pg_get_userbyid(a.grantee) LIKE $1")
         .bind(format!("{}%", db.project))
@@ -310,8 +310,8 @@ async fn assert_unchanged(db: &TestDb, target: &SecondDb, acl_before: &str, targ
     assert_eq!(roles_connect, 0);
 }
 
-async fn refused(db: &TestDb, target: &SecondDb, manifest: &Manifest) -> String {
-    extract(manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {})
+async fn refused(db: &TestDb, target: &DatabaseUrl, manifest: &Manifest) -> String {
+    extract(manifest, &billing(), &db.url, target, Some("billing_db"), &copy_mode(), &|_| {})
         .await
         .expect_err("extract should refuse")
         .to_string()
@@ -320,7 +320,7 @@ async fn refused(db: &TestDb, target: &SecondDb, manifest: &Manifest) -> String 
 #[tokio::test]
 async fn preflight_refuses_a_view_of_another_module_reading_the_module() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db, &[]);
     let manifest = project.manifest();
     up(&db, &manifest).await;
@@ -337,7 +337,7 @@ async fn preflight_refuses_a_view_of_another_module_reading_the_module() {
 #[tokio::test]
 async fn preflight_refuses_a_contract_reading_the_module() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db, &[]);
     project.write(
         "moat.toml",
@@ -362,17 +362,17 @@ async fn preflight_refuses_a_contract_reading_the_module() {
 #[tokio::test]
 async fn preflight_refuses_a_target_that_holds_the_schema() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db, &[]);
     let manifest = project.manifest();
     up(&db, &manifest).await;
-    let mut dst = target.connect().await;
+    let mut dst = moat_admin::connect(&target).await.unwrap();
     sqlx::raw_sql("CREATE SCHEMA billing; CREATE TABLE billing.keep (id int)").execute(&mut dst).await.unwrap();
     let mut source = db.connect().await;
     let acl = schema_acl(&mut source).await;
     let error = refused(&db, &target, &manifest).await;
     assert!(
-        error.contains(&format!("the target database `{}` already holds a schema `billing`", target.name)),
+        error.contains(&format!("the target database `{}` already holds a schema `billing`", target.database())),
         "{error}"
     );
     assert_unchanged(&db, &target, &acl, true).await;
@@ -384,7 +384,7 @@ async fn preflight_refuses_a_target_that_holds_the_schema() {
 #[tokio::test]
 async fn preflight_refuses_tables_without_a_primary_key_and_lists_them() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(
         &db,
         &[(
@@ -407,7 +407,7 @@ async fn preflight_refuses_tables_without_a_primary_key_and_lists_them() {
 #[tokio::test]
 async fn preflight_refuses_a_module_with_claims() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db, &[]);
     project.write(
         "moat.toml",
@@ -428,7 +428,7 @@ async fn preflight_refuses_a_module_with_claims() {
 #[tokio::test]
 async fn abort_rolls_back_a_move_that_stopped_before_the_switch() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db, &[]);
     let manifest = project.manifest();
     up(&db, &manifest).await;
@@ -437,8 +437,8 @@ async fn abort_rolls_back_a_move_that_stopped_before_the_switch() {
     let acl = schema_acl(&mut source).await;
     let before = billing_state(&mut source).await;
     // The verification fails (a row changed on the target), leaving a journal, a target schema.
-    let url = target.url.clone();
-    let _ = extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|event| {
+    let url = target.clone();
+    let _ = extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &copy_mode(), &|event| {
         if let ExtractEvent::Step { step: Step::Verify } = event {
             let url = url.clone();
             std::thread::spawn(move || {
@@ -453,11 +453,10 @@ async fn abort_rolls_back_a_move_that_stopped_before_the_switch() {
     })
     .await
     .unwrap_err();
-    let mut dst = target.connect().await;
+    let mut dst = moat_admin::connect(&target).await.unwrap();
     assert!(schema_exists(&mut dst, "billing").await);
     let abort = ExtractOptions { abort: true, ..copy_mode() };
-    let report =
-        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &abort, &|_| {}).await.unwrap();
+    let report = extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &abort, &|_| {}).await.unwrap();
     assert_eq!(report.outcome, Outcome::Aborted);
     assert!(!schema_exists(&mut dst, "billing").await);
     // No CONNECT and no setting of the project's roles stays in the target database.
@@ -473,8 +472,7 @@ async fn abort_rolls_back_a_move_that_stopped_before_the_switch() {
     assert_eq!(journal_step(&mut source).await, None);
     assert_eq!(schema_acl(&mut source).await, acl);
     assert_eq!(billing_state(&mut source).await, before);
-    let again =
-        extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &abort, &|_| {}).await.unwrap();
+    let again = extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &abort, &|_| {}).await.unwrap();
     assert_eq!(again.outcome, Outcome::NothingToAbort);
 }
 
@@ -509,7 +507,7 @@ CREATE INDEX trapped_expr ON trapped (trap(v));
 #[tokio::test]
 async fn a_journal_table_the_module_planted_is_refused_before_the_admin_touches_it() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let owner = db.role("billing_owner");
     // The owner may create tables in its schema: one named like the journal, with a trigger
     // that would make the owner a superuser when the admin writes the journal.
@@ -543,7 +541,7 @@ async fn a_journal_table_the_module_planted_is_refused_before_the_admin_touches_
 #[tokio::test]
 async fn module_functions_that_the_move_runs_run_as_the_owner() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let owner = db.role("billing_owner");
     let trap = TRAP.replace("{owner}", &owner);
     let project = project(&db, &[("modules/billing/migrations/0003_trap.sql", &trap)]);
@@ -567,11 +565,11 @@ async fn module_functions_that_the_move_runs_run_as_the_owner() {
     let mut app = db.connect_as(&db.role("billing")).await;
     sqlx::raw_sql("INSERT INTO trapped (id) SELECT generate_series(1, 10)").execute(&mut app).await.unwrap();
     app.close().await.unwrap();
-    let report = extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {})
+    let report = extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &copy_mode(), &|_| {})
         .await
         .unwrap_or_else(|e| panic!("extract failed: {e}"));
     assert_eq!(report.outcome, Outcome::Moved);
-    let mut dst = target.connect().await;
+    let mut dst = moat_admin::connect(&target).await.unwrap();
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM billing.trapped").fetch_one(&mut dst).await.unwrap();
     assert_eq!(rows, 10);
     let mut source = db.connect().await;
@@ -594,7 +592,7 @@ async fn module_functions_that_the_move_runs_run_as_the_owner() {
 #[tokio::test]
 async fn preflight_refuses_what_the_module_needs_from_outside_its_schema() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db, &[]);
     up(&db, &project.manifest()).await;
     // The admin gives the module an extension type and a shared function outside its schema.
@@ -619,7 +617,7 @@ async fn preflight_refuses_what_the_module_needs_from_outside_its_schema() {
     assert!(
         error.contains(&format!(
             "the module uses extension `citext` (in schema `ext`), which database `{}` does not have",
-            target.name
+            target.database()
         )),
         "{error}"
     );
@@ -656,7 +654,7 @@ ALTER TABLE keyed REPLICA IDENTITY USING INDEX keyed_code;
 #[tokio::test]
 async fn partitions_generated_columns_views_domains_and_row_security_move_whole() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db, &[("modules/billing/migrations/0003_shapes.sql", SHAPES)]);
     let manifest = project.manifest();
     up(&db, &manifest).await;
@@ -679,7 +677,7 @@ async fn partitions_generated_columns_views_domains_and_row_security_move_whole(
         db.role("billing_owner")
     ))
     .await;
-    let report = extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {})
+    let report = extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &copy_mode(), &|_| {})
         .await
         .unwrap_or_else(|e| panic!("extract failed: {e}"));
     let checked: Vec<&str> = report.verification.as_ref().unwrap().tables.iter().map(|t| t.table.as_str()).collect();
@@ -687,7 +685,7 @@ async fn partitions_generated_columns_views_domains_and_row_security_move_whole(
         assert!(checked.contains(&table), "{table} not verified: {checked:?}");
     }
     let mut source = db.connect().await;
-    let mut dst = target.connect().await;
+    let mut dst = moat_admin::connect(&target).await.unwrap();
     for sql in [
         "SELECT string_agg(i::text, ';' ORDER BY id, year) FROM billing.invoices i",
         "SELECT string_agg(o::text, ';' ORDER BY id) FROM billing.open_invoices o",
@@ -704,7 +702,7 @@ async fn partitions_generated_columns_views_domains_and_row_security_move_whole(
         assert_eq!(a, b, "{sql}");
     }
     // The runtime role sees only its ward's notes in the new database too.
-    let mut app = moat_admin::connect_as(&target.url.with_login(&db.role("billing"), None)).await.unwrap();
+    let mut app = moat_admin::connect_as(&target.with_login(&db.role("billing"), None)).await.unwrap();
     let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM private_notes").fetch_one(&mut app).await.unwrap();
     assert_eq!(seen, 0);
     app.close().await.unwrap();
@@ -713,7 +711,7 @@ async fn partitions_generated_columns_views_domains_and_row_security_move_whole(
 #[tokio::test]
 async fn a_module_that_stopped_publishing_and_subscribing_moves_with_its_outbox_and_inbox() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db, &[]);
     up(&db, &project.manifest()).await;
     write_billing(&db).await;
@@ -729,11 +727,11 @@ async fn a_module_that_stopped_publishing_and_subscribing_moves_with_its_outbox_
     assert!(!manifest.uses_events());
     let mut source = db.connect().await;
     let before = billing_state(&mut source).await;
-    let report = extract(&manifest, &billing(), &db.url, &target.url, Some("billing_db"), &copy_mode(), &|_| {})
+    let report = extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &copy_mode(), &|_| {})
         .await
         .unwrap_or_else(|e| panic!("extract failed: {e}"));
     assert_eq!(report.outcome, Outcome::Moved);
-    let mut dst = target.connect().await;
+    let mut dst = moat_admin::connect(&target).await.unwrap();
     assert_eq!(billing_state(&mut dst).await, before);
     let inbox: bool =
         sqlx::query_scalar("SELECT to_regclass('billing.moat_inbox') IS NOT NULL").fetch_one(&mut dst).await.unwrap();

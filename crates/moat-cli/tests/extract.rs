@@ -6,7 +6,7 @@
 use std::process::{Command, Output};
 
 use moat_admin::DatabaseUrl;
-use moat_testkit::{SecondDb, TestDb, TestProject};
+use moat_testkit::{TestDb, TestProject};
 use sqlx::{Connection, PgConnection};
 
 const MANIFEST: &str = r#"
@@ -103,7 +103,7 @@ const BOUNDARIES: [&str; 5] = ["preflight", "prepare", "copy", "verify", "switch
 
 /// Sets up a source with data, runs `moat extract billing --mode copy` killed after `step`, and
 /// tries a write while the move stands there. Returns the notes that were accepted.
-async fn killed_at(db: &TestDb, target: &SecondDb, project: &TestProject, step: &str) -> Vec<String> {
+async fn killed_at(db: &TestDb, target: &DatabaseUrl, project: &TestProject, step: &str) -> Vec<String> {
     let up = Command::new(env!("CARGO_BIN_EXE_moat"))
         .current_dir(project.dir.path())
         .env("NO_COLOR", "1")
@@ -117,7 +117,7 @@ async fn killed_at(db: &TestDb, target: &SecondDb, project: &TestProject, step: 
         assert!(write_note(db, &body).await);
         accepted.push(body);
     }
-    let killed = moat(project, &db.url, &target.url, &["extract", "billing", "--mode", "copy"], Some(step));
+    let killed = moat(project, &db.url, target, &["extract", "billing", "--mode", "copy"], Some(step));
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&killed.status),
         Some(9),
@@ -137,10 +137,10 @@ async fn killed_at(db: &TestDb, target: &SecondDb, project: &TestProject, step: 
 async fn a_rerun_after_a_kill_at_every_step_boundary_ends_moved_without_losing_a_write() {
     for step in BOUNDARIES {
         let db = TestDb::new().await;
-        let target = db.second_database("target").await;
+        let target = db.another("target").await;
         let project = project(&db);
         let accepted = killed_at(&db, &target, &project, step).await;
-        let rerun = moat(&project, &db.url, &target.url, &["--format", "json", "extract", "billing"], None);
+        let rerun = moat(&project, &db.url, &target, &["--format", "json", "extract", "billing"], None);
         assert!(rerun.status.success(), "rerun after a kill at {step}: {}", describe(&rerun));
         let report: serde_json::Value = serde_json::from_slice(&rerun.stdout).unwrap();
         let expected = if step == "switched" { "already_switched" } else { "moved" };
@@ -158,7 +158,7 @@ async fn a_rerun_after_a_kill_at_every_step_boundary_ends_moved_without_losing_a
             assert_eq!(report["verification"]["mismatches"].as_array().unwrap().len(), 0, "{report}");
         }
         let mut source = moat_admin::connect(&db.url).await.unwrap();
-        let mut dst = moat_admin::connect(&target.url).await.unwrap();
+        let mut dst = moat_admin::connect(&target).await.unwrap();
         assert_eq!(notes(&mut dst).await, accepted, "after a kill at {step}");
         let step_now: String =
             sqlx::query_scalar("SELECT step FROM billing.moat_move").fetch_one(&mut source).await.unwrap();
@@ -175,14 +175,14 @@ async fn a_rerun_after_a_kill_at_every_step_boundary_ends_moved_without_losing_a
 async fn abort_after_a_kill_at_every_step_boundary_before_the_switch_leaves_nothing() {
     for step in &BOUNDARIES[..4] {
         let db = TestDb::new().await;
-        let target = db.second_database("target").await;
+        let target = db.another("target").await;
         let project = project(&db);
         let mut source = moat_admin::connect(&db.url).await.unwrap();
         let mut accepted = killed_at(&db, &target, &project, step).await;
-        let abort = moat(&project, &db.url, &target.url, &["extract", "billing", "--abort"], None);
+        let abort = moat(&project, &db.url, &target, &["extract", "billing", "--abort"], None);
         assert!(abort.status.success(), "abort after a kill at {step}: {}", describe(&abort));
         assert!(String::from_utf8_lossy(&abort.stdout).contains("Rolled back"), "{}", describe(&abort));
-        let mut dst = moat_admin::connect(&target.url).await.unwrap();
+        let mut dst = moat_admin::connect(&target).await.unwrap();
         assert!(
             scalar_bool(&mut dst, "SELECT count(*) = 0 FROM pg_namespace WHERE nspname = 'billing'").await,
             "after {step}"
@@ -202,24 +202,24 @@ async fn abort_after_a_kill_at_every_step_boundary_before_the_switch_leaves_noth
 #[tokio::test]
 async fn abort_after_the_switch_is_refused_and_finalize_drops_the_source() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db);
     killed_at(&db, &target, &project, "switched").await;
-    let abort = moat(&project, &db.url, &target.url, &["extract", "billing", "--abort"], None);
+    let abort = moat(&project, &db.url, &target, &["extract", "billing", "--abort"], None);
     assert_eq!(abort.status.code(), Some(2), "{}", describe(&abort));
     let stderr = String::from_utf8_lossy(&abort.stderr);
     assert!(stderr.contains("module `billing` switched to database"), "{stderr}");
     assert!(stderr.contains("--finalize"), "{stderr}");
-    let finalize = moat(&project, &db.url, &target.url, &["extract", "billing", "--finalize"], None);
+    let finalize = moat(&project, &db.url, &target, &["extract", "billing", "--finalize"], None);
     assert!(finalize.status.success(), "{}", describe(&finalize));
     let mut source = moat_admin::connect(&db.url).await.unwrap();
     assert!(scalar_bool(&mut source, "SELECT count(*) = 0 FROM pg_namespace WHERE nspname = 'billing'").await);
     source.close().await.unwrap();
     // Nothing is left to finalize or roll back; neither asks for a mode.
-    let again = moat(&project, &db.url, &target.url, &["extract", "billing", "--finalize"], None);
+    let again = moat(&project, &db.url, &target, &["extract", "billing", "--finalize"], None);
     assert_eq!(again.status.code(), Some(2), "{}", describe(&again));
     assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to finalize"), "{}", describe(&again));
-    let abort = moat(&project, &db.url, &target.url, &["extract", "billing", "--abort"], None);
+    let abort = moat(&project, &db.url, &target, &["extract", "billing", "--abort"], None);
     assert!(abort.status.success(), "{}", describe(&abort));
     assert!(
         String::from_utf8_lossy(&abort.stdout).contains("no move of `billing` to roll back"),
@@ -231,13 +231,13 @@ async fn abort_after_the_switch_is_refused_and_finalize_drops_the_source() {
 #[tokio::test]
 async fn extract_without_a_mode_on_a_server_without_logical_replication_suggests_copy() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db);
     let mut admin = moat_admin::connect(&db.url).await.unwrap();
     let wal_level: String =
         sqlx::query_scalar("SELECT current_setting('wal_level')").fetch_one(&mut admin).await.unwrap();
     admin.close().await.unwrap();
-    let output = moat(&project, &db.url, &target.url, &["extract", "billing"], None);
+    let output = moat(&project, &db.url, &target, &["extract", "billing"], None);
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     if wal_level == "logical" {
@@ -251,7 +251,7 @@ async fn extract_without_a_mode_on_a_server_without_logical_replication_suggests
 #[tokio::test]
 async fn progress_goes_to_stderr_and_the_result_to_stdout() {
     let db = TestDb::new().await;
-    let target = db.second_database("target").await;
+    let target = db.another("target").await;
     let project = project(&db);
     let up = Command::new(env!("CARGO_BIN_EXE_moat"))
         .current_dir(project.dir.path())
@@ -261,7 +261,7 @@ async fn progress_goes_to_stderr_and_the_result_to_stdout() {
         .unwrap();
     assert!(up.status.success(), "{}", describe(&up));
     assert!(write_note(&db, "one").await);
-    let output = moat(&project, &db.url, &target.url, &["extract", "billing", "--mode", "copy"], None);
+    let output = moat(&project, &db.url, &target, &["extract", "billing", "--mode", "copy"], None);
     assert!(output.status.success(), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     for expected in
@@ -271,7 +271,8 @@ async fn progress_goes_to_stderr_and_the_result_to_stdout() {
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains(&format!("Moved module `billing` to database `{}` (writes unavailable for ", target.name)),
+        stdout
+            .contains(&format!("Moved module `billing` to database `{}` (writes unavailable for ", target.database())),
         "{stdout}"
     );
     assert!(!stdout.contains("Copied"), "{stdout}");

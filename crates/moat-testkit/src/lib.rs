@@ -168,55 +168,6 @@ impl TestDb {
     }
 }
 
-/// Another database on the test server beside a [`TestDb`] (such as the database a module moves
-/// to), dropped at the end. Its roles are the test's, dropped with the [`TestDb`].
-#[derive(Debug)]
-pub struct SecondDb {
-    /// Its admin URL.
-    pub url: DatabaseUrl,
-    /// Its name: the test database's, with `_<suffix>`.
-    pub name: String,
-    server: DatabaseUrl,
-}
-
-impl TestDb {
-    /// Creates a second database, `<database>_<suffix>`.
-    pub async fn second_database(&self, suffix: &str) -> SecondDb {
-        let name = format!("{}_{suffix}", self.database);
-        let mut conn = moat_admin::connect(&self.server).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", ident(&name))))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let _ = conn.close().await;
-        SecondDb { url: self.server.with_database(&name), name, server: self.server.clone() }
-    }
-}
-
-impl SecondDb {
-    /// An admin connection to it.
-    pub async fn connect(&self) -> PgConnection {
-        moat_admin::connect(&self.url).await.unwrap()
-    }
-}
-
-impl Drop for SecondDb {
-    fn drop(&mut self) {
-        let server = self.server.clone();
-        let name = self.name.clone();
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let Ok(mut conn) = moat_admin::connect(&server).await else { return };
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&name));
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
-                let _ = conn.close().await;
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
-
 impl Drop for TestDb {
     fn drop(&mut self) {
         let server = self.server.clone();
