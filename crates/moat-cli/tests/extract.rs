@@ -229,23 +229,33 @@ async fn abort_after_the_switch_is_refused_and_finalize_drops_the_source() {
 }
 
 #[tokio::test]
-async fn extract_without_a_mode_on_a_server_without_logical_replication_suggests_copy() {
+async fn without_a_mode_extract_replicates_where_wal_level_is_logical_and_suggests_copy_elsewhere() {
     let db = TestDb::new().await;
     let target = db.another("target").await;
     let project = project(&db);
+    let up = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .current_dir(project.dir.path())
+        .env("NO_COLOR", "1")
+        .args(["--database-url", db.url.expose(), "up"])
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", describe(&up));
     let mut admin = moat_admin::connect(&db.url).await.unwrap();
     let wal_level: String =
         sqlx::query_scalar("SELECT current_setting('wal_level')").fetch_one(&mut admin).await.unwrap();
     admin.close().await.unwrap();
-    let output = moat(&project, &db.url, &target, &["extract", "billing"], None);
-    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let output = moat(&project, &db.url, &target, &["--format", "json", "extract", "billing"], None);
     if wal_level == "logical" {
-        assert!(stderr.contains("not implemented yet"), "{stderr}");
+        assert!(output.status.success(), "{}", describe(&output));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["mode"], "replicate", "{report}");
+        assert_eq!(report["outcome"], "moved", "{report}");
     } else {
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(&format!("`wal_level = {wal_level}`")), "{stderr}");
+        assert!(stderr.contains("--mode copy"), "{stderr}");
     }
-    assert!(stderr.contains("--mode copy"), "{stderr}");
 }
 
 #[tokio::test]
