@@ -6,7 +6,6 @@
 use std::process::{Command, Output};
 
 use moat_admin::DatabaseUrl;
-use moat_core::quote::ident;
 use moat_testkit::{TestDb, TestProject};
 use sqlx::{Connection, PgConnection};
 
@@ -73,43 +72,6 @@ fn describe(output: &Output) -> String {
     )
 }
 
-/// A second database on the test server, dropped at the end.
-struct TargetDb {
-    url: DatabaseUrl,
-    name: String,
-    server: DatabaseUrl,
-}
-
-impl TargetDb {
-    async fn new(db: &TestDb) -> Self {
-        let name = format!("{}_target", db.database);
-        let server = db.url.with_database("postgres");
-        let mut conn = moat_admin::connect(&server).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", ident(&name))))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        conn.close().await.unwrap();
-        Self { url: db.url.with_database(&name), name, server }
-    }
-}
-
-impl Drop for TargetDb {
-    fn drop(&mut self) {
-        let server = self.server.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let Ok(mut conn) = moat_admin::connect(&server).await else { return };
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&name));
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
-            });
-        })
-        .join();
-    }
-}
-
 /// Inserts a note as billing's runtime role in the source; whether it was accepted.
 async fn write_note(db: &TestDb, body: &str) -> bool {
     let Ok(mut app) = moat_admin::connect_as(&db.url.with_login(&db.role("billing"), None)).await else { return false };
@@ -145,12 +107,12 @@ const REPLICATE_BOUNDARIES: [&str; 6] = ["preflight", "prepare", "catchup", "cut
 
 /// Sets up a source with data, runs `moat extract billing --mode copy` killed after `step`, and
 /// tries a write while the move stands there. Returns the notes that were accepted.
-async fn killed_at(db: &TestDb, target: &TargetDb, project: &TestProject, step: &str) -> Vec<String> {
+async fn killed_at(db: &TestDb, target: &DatabaseUrl, project: &TestProject, step: &str) -> Vec<String> {
     killed_in_mode(db, target, project, step, "copy").await
 }
 
 /// [`killed_at`] in `mode`.
-async fn killed_in_mode(db: &TestDb, target: &TargetDb, project: &TestProject, step: &str, mode: &str) -> Vec<String> {
+async fn killed_in_mode(db: &TestDb, target: &DatabaseUrl, project: &TestProject, step: &str, mode: &str) -> Vec<String> {
     let up = Command::new(env!("CARGO_BIN_EXE_moat"))
         .current_dir(project.dir.path())
         .env("NO_COLOR", "1")
@@ -164,7 +126,7 @@ async fn killed_in_mode(db: &TestDb, target: &TargetDb, project: &TestProject, s
         assert!(write_note(db, &body).await);
         accepted.push(body);
     }
-    let killed = moat(project, &db.url, &target.url, &["extract", "billing", "--mode", mode], Some(step));
+    let killed = moat(project, &db.url, target, &["extract", "billing", "--mode", mode], Some(step));
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&killed.status),
         Some(9),
@@ -184,10 +146,10 @@ async fn killed_in_mode(db: &TestDb, target: &TargetDb, project: &TestProject, s
 async fn a_rerun_after_a_kill_at_every_step_boundary_ends_moved_without_losing_a_write() {
     for step in BOUNDARIES {
         let db = TestDb::new().await;
-        let target = TargetDb::new(&db).await;
+        let target = db.another("target").await;
         let project = project(&db);
         let accepted = killed_at(&db, &target, &project, step).await;
-        let rerun = moat(&project, &db.url, &target.url, &["--format", "json", "extract", "billing"], None);
+        let rerun = moat(&project, &db.url, &target, &["--format", "json", "extract", "billing"], None);
         assert!(rerun.status.success(), "rerun after a kill at {step}: {}", describe(&rerun));
         let report: serde_json::Value = serde_json::from_slice(&rerun.stdout).unwrap();
         let expected = if step == "switched" { "already_switched" } else { "moved" };
@@ -205,7 +167,7 @@ async fn a_rerun_after_a_kill_at_every_step_boundary_ends_moved_without_losing_a
             assert_eq!(report["verification"]["mismatches"].as_array().unwrap().len(), 0, "{report}");
         }
         let mut source = moat_admin::connect(&db.url).await.unwrap();
-        let mut dst = moat_admin::connect(&target.url).await.unwrap();
+        let mut dst = moat_admin::connect(&target).await.unwrap();
         assert_eq!(notes(&mut dst).await, accepted, "after a kill at {step}");
         let step_now: String =
             sqlx::query_scalar("SELECT step FROM billing.moat_move").fetch_one(&mut source).await.unwrap();
@@ -222,14 +184,14 @@ async fn a_rerun_after_a_kill_at_every_step_boundary_ends_moved_without_losing_a
 async fn abort_after_a_kill_at_every_step_boundary_before_the_switch_leaves_nothing() {
     for step in &BOUNDARIES[..4] {
         let db = TestDb::new().await;
-        let target = TargetDb::new(&db).await;
+        let target = db.another("target").await;
         let project = project(&db);
         let mut source = moat_admin::connect(&db.url).await.unwrap();
         let mut accepted = killed_at(&db, &target, &project, step).await;
-        let abort = moat(&project, &db.url, &target.url, &["extract", "billing", "--abort"], None);
+        let abort = moat(&project, &db.url, &target, &["extract", "billing", "--abort"], None);
         assert!(abort.status.success(), "abort after a kill at {step}: {}", describe(&abort));
         assert!(String::from_utf8_lossy(&abort.stdout).contains("Rolled back"), "{}", describe(&abort));
-        let mut dst = moat_admin::connect(&target.url).await.unwrap();
+        let mut dst = moat_admin::connect(&target).await.unwrap();
         assert!(
             scalar_bool(&mut dst, "SELECT count(*) = 0 FROM pg_namespace WHERE nspname = 'billing'").await,
             "after {step}"
@@ -249,45 +211,66 @@ async fn abort_after_a_kill_at_every_step_boundary_before_the_switch_leaves_noth
 #[tokio::test]
 async fn abort_after_the_switch_is_refused_and_finalize_drops_the_source() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.another("target").await;
     let project = project(&db);
     killed_at(&db, &target, &project, "switched").await;
-    let abort = moat(&project, &db.url, &target.url, &["extract", "billing", "--abort"], None);
+    let abort = moat(&project, &db.url, &target, &["extract", "billing", "--abort"], None);
     assert_eq!(abort.status.code(), Some(2), "{}", describe(&abort));
     let stderr = String::from_utf8_lossy(&abort.stderr);
     assert!(stderr.contains("module `billing` switched to database"), "{stderr}");
     assert!(stderr.contains("--finalize"), "{stderr}");
-    let finalize = moat(&project, &db.url, &target.url, &["extract", "billing", "--finalize"], None);
+    let finalize = moat(&project, &db.url, &target, &["extract", "billing", "--finalize"], None);
     assert!(finalize.status.success(), "{}", describe(&finalize));
     let mut source = moat_admin::connect(&db.url).await.unwrap();
     assert!(scalar_bool(&mut source, "SELECT count(*) = 0 FROM pg_namespace WHERE nspname = 'billing'").await);
     source.close().await.unwrap();
+    // Nothing is left to finalize or roll back; neither asks for a mode.
+    let again = moat(&project, &db.url, &target, &["extract", "billing", "--finalize"], None);
+    assert_eq!(again.status.code(), Some(2), "{}", describe(&again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to finalize"), "{}", describe(&again));
+    let abort = moat(&project, &db.url, &target, &["extract", "billing", "--abort"], None);
+    assert!(abort.status.success(), "{}", describe(&abort));
+    assert!(
+        String::from_utf8_lossy(&abort.stdout).contains("no move of `billing` to roll back"),
+        "{}",
+        describe(&abort)
+    );
 }
 
 #[tokio::test]
-async fn extract_without_a_mode_on_a_server_without_logical_replication_suggests_copy() {
+async fn without_a_mode_extract_replicates_where_wal_level_is_logical_and_suggests_copy_elsewhere() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.another("target").await;
     let project = project(&db);
+    let up = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .current_dir(project.dir.path())
+        .env("NO_COLOR", "1")
+        .args(["--database-url", db.url.expose(), "up"])
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", describe(&up));
     let mut admin = moat_admin::connect(&db.url).await.unwrap();
     let wal_level: String =
         sqlx::query_scalar("SELECT current_setting('wal_level')").fetch_one(&mut admin).await.unwrap();
     admin.close().await.unwrap();
-    let output = moat(&project, &db.url, &target.url, &["extract", "billing"], None);
-    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let output = moat(&project, &db.url, &target, &["--format", "json", "extract", "billing"], None);
     if wal_level == "logical" {
-        assert!(stderr.contains("not implemented yet"), "{stderr}");
+        assert!(output.status.success(), "{}", describe(&output));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["mode"], "replicate", "{report}");
+        assert_eq!(report["outcome"], "moved", "{report}");
     } else {
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(&format!("`wal_level = {wal_level}`")), "{stderr}");
+        assert!(stderr.contains("--mode copy"), "{stderr}");
     }
-    assert!(stderr.contains("--mode copy"), "{stderr}");
 }
 
 #[tokio::test]
 async fn progress_goes_to_stderr_and_the_result_to_stdout() {
     let db = TestDb::new().await;
-    let target = TargetDb::new(&db).await;
+    let target = db.another("target").await;
     let project = project(&db);
     let up = Command::new(env!("CARGO_BIN_EXE_moat"))
         .current_dir(project.dir.path())
@@ -297,7 +280,7 @@ async fn progress_goes_to_stderr_and_the_result_to_stdout() {
         .unwrap();
     assert!(up.status.success(), "{}", describe(&up));
     assert!(write_note(&db, "one").await);
-    let output = moat(&project, &db.url, &target.url, &["extract", "billing", "--mode", "copy"], None);
+    let output = moat(&project, &db.url, &target, &["extract", "billing", "--mode", "copy"], None);
     assert!(output.status.success(), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     for expected in
@@ -307,7 +290,8 @@ async fn progress_goes_to_stderr_and_the_result_to_stdout() {
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains(&format!("Moved module `billing` to database `{}` (writes unavailable for ", target.name)),
+        stdout
+            .contains(&format!("Moved module `billing` to database `{}` (writes unavailable for ", target.database())),
         "{stdout}"
     );
     assert!(!stdout.contains("Copied"), "{stdout}");
@@ -317,17 +301,17 @@ async fn progress_goes_to_stderr_and_the_result_to_stdout() {
 async fn replicate_a_rerun_after_a_kill_at_every_step_boundary_ends_moved_without_losing_a_write() {
     for step in REPLICATE_BOUNDARIES {
         let db = TestDb::logical().await;
-        let target = TargetDb::new(&db).await;
+        let target = db.another("target").await;
         let project = project(&db);
         let accepted = killed_in_mode(&db, &target, &project, step, "replicate").await;
-        let rerun = moat(&project, &db.url, &target.url, &["--format", "json", "extract", "billing"], None);
+        let rerun = moat(&project, &db.url, &target, &["--format", "json", "extract", "billing"], None);
         assert!(rerun.status.success(), "rerun after a kill at {step}: {}", describe(&rerun));
         let report: serde_json::Value = serde_json::from_slice(&rerun.stdout).unwrap();
         let expected = if step == "switched" { "already_switched" } else { "moved" };
         assert_eq!(report["outcome"], expected, "after {step}: {report}");
         assert_eq!(report["mode"], "replicate");
         let mut source = moat_admin::connect(&db.url).await.unwrap();
-        let mut dst = moat_admin::connect(&target.url).await.unwrap();
+        let mut dst = moat_admin::connect(&target).await.unwrap();
         assert_eq!(notes(&mut dst).await, accepted, "after a kill at {step}");
         let step_now: String =
             sqlx::query_scalar("SELECT step FROM billing.moat_move").fetch_one(&mut source).await.unwrap();
@@ -344,13 +328,13 @@ async fn replicate_a_rerun_after_a_kill_at_every_step_boundary_ends_moved_withou
 async fn replicate_abort_after_a_kill_at_every_step_boundary_before_the_switch_leaves_nothing() {
     for step in &REPLICATE_BOUNDARIES[..5] {
         let db = TestDb::logical().await;
-        let target = TargetDb::new(&db).await;
+        let target = db.another("target").await;
         let project = project(&db);
         let mut source = moat_admin::connect(&db.url).await.unwrap();
         let mut accepted = killed_in_mode(&db, &target, &project, step, "replicate").await;
-        let abort = moat(&project, &db.url, &target.url, &["extract", "billing", "--abort"], None);
+        let abort = moat(&project, &db.url, &target, &["extract", "billing", "--abort"], None);
         assert!(abort.status.success(), "abort after a kill at {step}: {}", describe(&abort));
-        let mut dst = moat_admin::connect(&target.url).await.unwrap();
+        let mut dst = moat_admin::connect(&target).await.unwrap();
         assert!(
             scalar_bool(&mut dst, "SELECT count(*) = 0 FROM pg_namespace WHERE nspname = 'billing'").await,
             "after {step}"

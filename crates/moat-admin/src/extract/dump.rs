@@ -41,12 +41,45 @@ pub async fn prepare(ctx: &Ctx<'_>, src: &mut PgConnection, dst: &mut PgConnecti
     drop_target_schema(ctx, dst).await?;
     let reduced = reduced_manifest(ctx.manifest, ctx.module);
     crate::provision::provision(dst, ctx.target_url, &reduced).await?;
-    if ctx.manifest.is_depended_on(&ctx.module.name) {
-        create_outbox(ctx, dst).await?;
-    }
+    create_moat_tables(ctx, src, dst).await?;
     let sections = sections(ctx, src).await?;
     run_module_sql(ctx, dst, ctx.target_url, &sections.pre_data, "pre-data").await?;
     Ok(sections)
+}
+
+/// Takes back what provisioning the reduced manifest gave the module's roles in the target
+/// database besides its schema: `CONNECT` and their settings there (and the relay's, unless
+/// another module of the manifest lives in that database).
+pub async fn forget_target_roles(ctx: &Ctx<'_>, dst: &mut PgConnection) -> Result<(), AdminError> {
+    let roles = ctx.manifest.roles();
+    let mut forget = vec![roles.module_runtime(&ctx.module.name), roles.module_migrator(&ctx.module.name)];
+    let schemas: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_catalog.pg_namespace")
+        .fetch_all(&mut *dst)
+        .await
+        .map_err(db("listing the target's schemas"))?;
+    if !schemas.iter().any(|s| s != ctx.schema() && ctx.manifest.module_by_schema(s).is_some()) {
+        forget.push(roles.relay());
+    }
+    let existing: Vec<String> = sqlx::query_scalar(
+        "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) ANY ($1)",
+    )
+    .bind(&forget)
+    .fetch_all(&mut *dst)
+    .await
+    .map_err(db("looking up roles"))?;
+    let database = ident(&ctx.target_url.database());
+    for role in existing {
+        for sql in [
+            format!("REVOKE CONNECT ON DATABASE {database} FROM {}", ident(&role)),
+            format!("ALTER ROLE {} IN DATABASE {database} RESET ALL", ident(&role)),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&mut *dst)
+                .await
+                .map_err(db(format!("rolling back the target (`{sql}`)")))?;
+        }
+    }
+    Ok(())
 }
 
 /// Drops the module's schema in the target, with everything in it. Only ever called while the
@@ -62,8 +95,9 @@ pub async fn drop_target_schema(ctx: &Ctx<'_>, dst: &mut PgConnection) -> Result
 }
 
 /// The manifest with only `module` (its `depends_on` kept, so that it gets its inbox), no
-/// contracts: provisioning it in the target creates the module's roles, schema, grants, default
-/// privileges and moat tables there and touches no other module's.
+/// contracts and no consumers (they read contracts, which stay): provisioning it in the target
+/// creates the module's roles, schema, grants, default privileges and moat tables there and
+/// touches no other module's.
 fn reduced_manifest(manifest: &Manifest, module: &moat_core::manifest::Module) -> Manifest {
     // The other modules stay as modules elsewhere: they still count as subscribers (the
     // outbox, its progress rows and the relay's rights) and their roles are left alone.
@@ -73,21 +107,58 @@ fn reduced_manifest(manifest: &Manifest, module: &moat_core::manifest::Module) -
     reduced
 }
 
-/// The outbox of a module others depend on, with the grants the whole manifest's policy gives
-/// (the reduced manifest has no subscriber, so provisioning does not create it).
-async fn create_outbox(ctx: &Ctx<'_>, dst: &mut PgConnection) -> Result<(), AdminError> {
+/// A relation created with its kind (`r`, `p`, `S`), for its grants.
+type Created = (String, &'static str);
+
+/// The outbox and the inbox where the source has them and provisioning the reduced manifest did
+/// not create them (a module others depend on: the reduced manifest has no subscriber; a module
+/// that stopped publishing or subscribing keeps its tables), with the grants the whole
+/// manifest's policy gives.
+async fn create_moat_tables(ctx: &Ctx<'_>, src: &mut PgConnection, dst: &mut PgConnection) -> Result<(), AdminError> {
     let schema = ctx.schema();
     let roles = ctx.manifest.roles();
-    let exists: bool = sqlx::query_scalar(
-        "SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-         WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2",
-    )
-    .bind(schema)
-    .bind(internal::OUTBOX)
-    .fetch_one(&mut *dst)
-    .await
-    .map_err(db("looking for the outbox in the target"))?;
-    if exists {
+    let has = |table: &'static str| {
+        format!(
+            "SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+             WHERE n.nspname OPERATOR(pg_catalog.=) {} AND c.relname OPERATOR(pg_catalog.=) {}",
+            moat_core::quote::literal(schema),
+            moat_core::quote::literal(table)
+        )
+    };
+    let mut families: Vec<(Vec<String>, Vec<Created>)> = Vec::new();
+    for table in [internal::OUTBOX, internal::SUBSCRIPTIONS] {
+        let in_source: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(has(table)))
+            .fetch_one(&mut *src)
+            .await
+            .map_err(db("looking for moat's tables in the source"))?;
+        let in_target: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(has(table)))
+            .fetch_one(&mut *dst)
+            .await
+            .map_err(db("looking for moat's tables in the target"))?;
+        if !in_source || in_target {
+            continue;
+        }
+        if table == internal::OUTBOX {
+            let mut relations: Vec<Created> =
+                vec![(internal::OUTBOX.to_owned(), "p"), (internal::OUTBOX_SEQUENCE.to_owned(), "S")];
+            relations.extend((0..internal::OUTBOX_SLOTS).map(|s| (internal::outbox_partition(s), "r")));
+            relations.push((internal::OUTBOX_PROGRESS.to_owned(), "r"));
+            families.push((
+                internal::outbox_ddl(schema, &roles.moat_owner(), &roles.module_runtime(&ctx.module.name)),
+                relations,
+            ));
+        } else {
+            families.push((
+                internal::inbox_ddl(schema, &roles.moat_owner()),
+                vec![
+                    (internal::SUBSCRIPTIONS.to_owned(), "r"),
+                    (internal::INBOX.to_owned(), "r"),
+                    (internal::INBOX_SEQUENCE.to_owned(), "S"),
+                ],
+            ));
+        }
+    }
+    if families.is_empty() {
         return Ok(());
     }
     let existing: Vec<String> = sqlx::query_scalar("SELECT rolname::text FROM pg_catalog.pg_roles")
@@ -96,11 +167,12 @@ async fn create_outbox(ctx: &Ctx<'_>, dst: &mut PgConnection) -> Result<(), Admi
         .map_err(db("listing roles"))?;
     let installed = BTreeMap::new();
     let policy = Policy::new(ctx.manifest, &installed);
-    let mut sql = internal::outbox_ddl(schema, &roles.moat_owner(), &roles.module_runtime(&ctx.module.name));
-    let mut relations: Vec<(String, &str)> =
-        vec![(internal::OUTBOX.to_owned(), "p"), (internal::OUTBOX_SEQUENCE.to_owned(), "S")];
-    relations.extend((0..internal::OUTBOX_SLOTS).map(|s| (internal::outbox_partition(s), "r")));
-    relations.push((internal::OUTBOX_PROGRESS.to_owned(), "r"));
+    let mut sql = Vec::new();
+    let mut relations: Vec<Created> = Vec::new();
+    for (ddl, family) in families {
+        sql.extend(ddl);
+        relations.extend(family);
+    }
     for (name, kind) in &relations {
         let Some((_, wanted)) = policy.relation(schema, name, kind) else { continue };
         for (grantee, privileges) in wanted.iter().filter(|(g, _)| existing.contains(g)) {
@@ -114,22 +186,25 @@ async fn create_outbox(ctx: &Ctx<'_>, dst: &mut PgConnection) -> Result<(), Admi
             ));
         }
     }
-    for (grantee, privilege, columns) in policy.column_privileges(schema, internal::OUTBOX) {
+    let outbox_created = relations.iter().any(|(name, _)| name == internal::OUTBOX);
+    for (grantee, privilege, columns) in
+        policy.column_privileges(schema, internal::OUTBOX).into_iter().filter(|_| outbox_created)
+    {
         sql.push(internal::column_grant_sql(schema, internal::OUTBOX, privilege, columns, &grantee));
     }
     let relay = roles.relay();
-    if existing.contains(&relay) {
+    if ctx.manifest.is_depended_on(&ctx.module.name) && existing.contains(&relay) {
         sql.push(format!("GRANT USAGE ON SCHEMA {} TO {}", ident(schema), ident(&relay)));
         sql.push(format!("GRANT CONNECT ON DATABASE {} TO {}", ident(&ctx.target_url.database()), ident(&relay)));
     }
-    let mut tx = dst.begin().await.map_err(db("creating the outbox in the target"))?;
+    let mut tx = dst.begin().await.map_err(db("creating moat's tables in the target"))?;
     for statement in sql {
         sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
             .execute(&mut *tx)
             .await
-            .map_err(db(format!("creating the outbox in the target (`{statement}`)")))?;
+            .map_err(db(format!("creating moat's tables in the target (`{statement}`)")))?;
     }
-    tx.commit().await.map_err(db("committing the outbox in the target"))
+    tx.commit().await.map_err(db("committing moat's tables in the target"))
 }
 
 /// Dumps the module's schema from the source (catalog reads only) and prints its pre-data and

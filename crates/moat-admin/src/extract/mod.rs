@@ -303,7 +303,12 @@ pub async fn extract(
     let mut dst = crate::connect(target).await?;
     let result = async {
         let journal = journal::read(&mut src, manifest, module).await?;
-        let mode = resolve_mode(&mut src, options.mode, journal.as_ref(), module).await?;
+        // Rolling back or finalizing needs no mode of its own: the journal's, else any.
+        let mode = if options.abort || options.finalize {
+            journal.as_ref().and_then(|j| j.mode.as_deref()).and_then(Mode::parse).or(options.mode).unwrap_or(Mode::Copy)
+        } else {
+            resolve_mode(&mut src, options.mode, journal.as_ref(), module).await?
+        };
         let ctx = Ctx {
             manifest,
             module,
@@ -349,7 +354,7 @@ pub async fn extract(
                 ),
             });
         }
-        run(&ctx, &mut src, &mut dst, journal, &mut report).await?;
+        run(&ctx, &mut src, &mut dst, &mut report).await?;
         Ok(report)
     }
     .await;
@@ -428,13 +433,16 @@ async fn run(
     ctx: &Ctx<'_>,
     src: &mut PgConnection,
     dst: &mut PgConnection,
-    journal: Option<Journal>,
     report: &mut ExtractReport,
 ) -> Result<(), AdminError> {
     // Serializes moves of the module and keeps its migrations out while it moves.
     let migrate_key = format!("moat:migrate:{}:{}", ctx.manifest.project, ctx.module.name);
     crate::locks::advisory_lock(src, &migrate_key, &format!("moving module `{}`", ctx.module.name)).await?;
-    let result = run_locked(ctx, src, dst, journal, report).await;
+    let mut provision_locked = false;
+    let result = run_locked(ctx, src, dst, report, &mut provision_locked).await;
+    if provision_locked {
+        crate::locks::advisory_unlock(src, &crate::provision::provision_lock(ctx.manifest)).await;
+    }
     crate::locks::advisory_unlock(src, &migrate_key).await;
     result
 }
@@ -443,14 +451,11 @@ async fn run_locked(
     ctx: &Ctx<'_>,
     src: &mut PgConnection,
     dst: &mut PgConnection,
-    journal: Option<Journal>,
     report: &mut ExtractReport,
+    provision_locked: &mut bool,
 ) -> Result<(), AdminError> {
-    // Read again under the lock: another run may have moved on meanwhile.
-    let journal = match journal {
-        Some(_) => journal::read(src, ctx.manifest, ctx.module).await?,
-        None => None,
-    };
+    // Read under the lock: another run may have moved on since the journal was first read.
+    let journal = journal::read(src, ctx.manifest, ctx.module).await?;
     let mut resume_prepare = false;
     // The post-data section of this run's dump (the prepare step makes it).
     let mut post_data: Option<String> = None;
@@ -553,6 +558,10 @@ async fn run_locked(
                     post_data = Some(dump::prepare(ctx, src, dst).await?.post_data);
                     resume_prepare = false;
                 }
+                // From the freeze to the switch, provisioning of the source (a `moat up` at an
+                // application's start) waits: it would give the runtime role its rights back.
+                // After a crash the journal says the same to provisioning.
+                hold_provisioning(ctx, src, provision_locked).await?;
                 freeze::freeze(ctx, src).await?;
                 let copied = copy::copy(ctx, src, dst, post_data.as_deref().unwrap_or_default()).await;
                 match copied {
@@ -567,6 +576,7 @@ async fn run_locked(
                 step = Step::Verify;
             }
             Step::Verify => {
+                hold_provisioning(ctx, src, provision_locked).await?;
                 journal::set_step(src, ctx, Step::Verify).await?;
                 (ctx.observe)(ExtractEvent::Step { step });
                 kill_hook(step);
@@ -612,6 +622,17 @@ async fn run_locked(
     }
 }
 
+/// Takes the source's provisioning lock for the rest of the run, once.
+async fn hold_provisioning(ctx: &Ctx<'_>, src: &mut PgConnection, held: &mut bool) -> Result<(), AdminError> {
+    if !*held {
+        let key = crate::provision::provision_lock(ctx.manifest);
+        crate::locks::advisory_lock(src, &key, "waiting for the provisioning lock before stopping the module's writes")
+            .await?;
+        *held = true;
+    }
+    Ok(())
+}
+
 fn done(ctx: &Ctx<'_>, report: &mut ExtractReport, step: Step, started: Instant) {
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     (ctx.observe)(ExtractEvent::StepDone { step, duration_ms });
@@ -647,6 +668,7 @@ async fn abort(
     let result = async {
         replicate::stop(ctx, src, dst).await?;
         dump::drop_target_schema(ctx, dst).await?;
+        dump::forget_target_roles(ctx, dst).await?;
         freeze::unfreeze(ctx, src).await?;
         journal::delete(src, ctx).await
     }

@@ -62,6 +62,24 @@ pub async fn check(
             help: "run `moat up` (or `moat provision`) first".into(),
         });
     }
+    let module_roles = [roles.module_owner(module), roles.module_runtime(module), roles.module_migrator(module)];
+    let large_objects: i64 = sqlx::query_scalar(
+        "SELECT pg_catalog.count(*) FROM pg_catalog.pg_largeobject_metadata \
+         WHERE pg_catalog.pg_get_userbyid(lomowner) OPERATOR(pg_catalog.=) ANY ($1)",
+    )
+    .bind(&module_roles)
+    .fetch_one(&mut *src)
+    .await
+    .map_err(db("counting the module's large objects"))?;
+    if large_objects > 0 {
+        problems.push(Problem {
+            message: format!(
+                "the module's roles own {large_objects} large object(s) in database `{}`: large objects belong to no schema and would stay behind",
+                ctx.source_url.database()
+            ),
+            help: "store their contents in a `bytea` column of a module table (then `lo_unlink` them), then run `moat extract` again".into(),
+        });
+    }
     dependents(src, ctx, &mut problems).await?;
     let extensions = outward(src, ctx, &mut problems).await?;
     missing_extensions(dst, &extensions, ctx, &mut problems).await?;
@@ -231,8 +249,13 @@ async fn missing_extensions(
                     ctx.target_url.database()
                 ),
                 help: format!(
-                    "create it in the target as the admin: `CREATE EXTENSION {extension} SCHEMA {schema}` in database `{}`",
-                    ctx.target_url.database()
+                    "create it in the target as the admin: `CREATE EXTENSION {extension} SCHEMA {schema}` in database `{}`{}",
+                    ctx.target_url.database(),
+                    if schema == "public" || schema == "pg_catalog" {
+                        String::new()
+                    } else {
+                        format!(", and `GRANT USAGE ON SCHEMA {schema} TO {}` as in the source", ctx.manifest.roles().module_owner(&ctx.module.name))
+                    }
                 ),
             });
         }
