@@ -235,6 +235,9 @@ pub struct PlanInputs {
     pub passwords: BTreeMap<String, String>,
     /// Subscribers with a progress row beside the outbox, by module schema (where the table exists).
     pub progress: BTreeMap<String, BTreeSet<String>>,
+    /// Modules whose writes a move under way stopped here (their journal, `moat_move`, says
+    /// so): the plan does not give their runtime role and the relay their schema back.
+    pub frozen: BTreeSet<String>,
 }
 
 /// A role the manifest wants.
@@ -900,7 +903,7 @@ impl<'a> Planner<'a> {
     }
 
     fn policy(&self) -> Policy<'a> {
-        Policy::new(self.manifest, &self.inputs.installed_contracts)
+        Policy::new(self.manifest, &self.inputs.installed_contracts).with_frozen(&self.inputs.frozen)
     }
 
     fn default_privileges(&mut self) {

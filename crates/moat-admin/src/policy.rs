@@ -20,12 +20,21 @@ pub const SIUD: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
 pub struct Policy<'a> {
     manifest: &'a Manifest,
     installed: &'a BTreeMap<String, InstalledContract>,
+    frozen: Option<&'a BTreeSet<String>>,
 }
 
 impl<'a> Policy<'a> {
     /// The policy of `manifest`; `installed` maps contracts to the views they created.
     pub fn new(manifest: &'a Manifest, installed: &'a BTreeMap<String, InstalledContract>) -> Self {
-        Self { manifest, installed }
+        Self { manifest, installed, frozen: None }
+    }
+
+    /// The same policy while a move (`moat extract`) has stopped the writes of the modules in
+    /// `frozen` here: their runtime role and the relay do not use their schema, and provisioning
+    /// must not give that back before the move ends.
+    pub fn with_frozen(mut self, frozen: &'a BTreeSet<String>) -> Self {
+        self.frozen = Some(frozen);
+        self
     }
 
     /// The database: CONNECT for every login role moat creates, nothing for anyone else.
@@ -45,7 +54,10 @@ impl<'a> Policy<'a> {
         if let Some(module) = self.manifest.module_by_schema(schema) {
             let mut wanted = Wanted::new();
             wanted.insert(roles.module_owner(&module.name), BTreeSet::from(["USAGE", "CREATE"]));
-            wanted.insert(roles.module_runtime(&module.name), BTreeSet::from(["USAGE"]));
+            let frozen = self.frozen.is_some_and(|f| f.contains(module.name.as_str()));
+            if !frozen {
+                wanted.insert(roles.module_runtime(&module.name), BTreeSet::from(["USAGE"]));
+            }
             // The migrator reads and writes the history as itself (it inherits nothing).
             wanted.insert(roles.module_migrator(&module.name), BTreeSet::from(["USAGE"]));
             for contract in &self.manifest.contracts {
@@ -53,7 +65,7 @@ impl<'a> Policy<'a> {
                     wanted.insert(roles.contract_owner(&contract.name), BTreeSet::from(["USAGE"]));
                 }
             }
-            if self.manifest.is_depended_on(&module.name) {
+            if self.manifest.is_depended_on(&module.name) && !frozen {
                 wanted.insert(roles.relay(), BTreeSet::from(["USAGE"]));
             }
             return Some((roles.moat_owner(), wanted));

@@ -69,6 +69,26 @@ pub async fn read_state(conn: &mut PgConnection, manifest: &Manifest) -> Result<
             inputs.progress.insert(schema.to_owned(), subscribers.into_iter().collect());
         }
     }
+    let moat_owner = manifest.roles().moat_owner();
+    for module in &manifest.modules {
+        let schema = module.schema.as_str();
+        // The move journal is read only when it is moat's plain table (see `placement`).
+        let journal = snapshot.relation(schema, crate::internal::MOVE);
+        if journal.is_some_and(|r| r.kind == "r" && r.owner == moat_owner) {
+            let sql = format!(
+                "SELECT count(*) > 0 FROM {} WHERE step <> {} AND frozen_at IS NOT NULL",
+                qualified(schema, crate::internal::MOVE),
+                moat_core::quote::literal(crate::internal::MOVE_SWITCHED)
+            );
+            let frozen: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db("reading the move journal"))?;
+            if frozen {
+                inputs.frozen.insert(module.name.to_string());
+            }
+        }
+    }
     for role in wanted_roles(manifest).into_iter().filter(|r| r.login) {
         if let Some(password) = password_from_env(&role.name) {
             inputs.passwords.insert(role.name, password);

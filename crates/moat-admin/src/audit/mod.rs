@@ -160,7 +160,7 @@ pub async fn audit(
     let (snapshot, inputs) = read_state(&mut conn, manifest).await?;
     phase("catalog snapshot");
     let plan = plan(manifest, &snapshot, &inputs);
-    let policy = Policy::new(manifest, &inputs.installed_contracts);
+    let policy = Policy::new(manifest, &inputs.installed_contracts).with_frozen(&inputs.frozen);
     let mut findings = Vec::new();
     findings::drift_findings(&plan, &mut findings);
     findings::acl_findings(manifest, &snapshot, &policy, &mut findings);
