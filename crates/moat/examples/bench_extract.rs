@@ -46,7 +46,8 @@ CREATE INDEX entries_account ON entries (account_id);
 CREATE TABLE notes (id bigserial PRIMARY KEY, body text NOT NULL);
 ";
 
-const ORDERS: &str = "CREATE TABLE orders (id bigserial PRIMARY KEY, item text NOT NULL, at timestamptz NOT NULL DEFAULT now());\n";
+const ORDERS: &str =
+    "CREATE TABLE orders (id bigserial PRIMARY KEY, item text NOT NULL, at timestamptz NOT NULL DEFAULT now());\n";
 
 const LEDGER_RATE: u64 = 500;
 const ORDERS_RATE: u64 = 200;
@@ -65,6 +66,9 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v
 }
 
+/// A write: when it was scheduled, how long it took to commit in ms, whether it failed at least once.
+type Write = (Instant, f64, bool);
+
 /// Writes to `module` at `rate` per second until `stop`, each write tried at its time and retried
 /// every 10 ms until it commits; returns (delay of each write in ms, whether it failed at least
 /// once), in the order they were scheduled, and the number of committed writes.
@@ -74,7 +78,7 @@ fn load(
     sql: &'static str,
     rate: u64,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<(Instant, f64, bool)>, u64)> {
+) -> tokio::task::JoinHandle<(Vec<Write>, u64)> {
     tokio::spawn(async move {
         let results = Arc::new(Mutex::new(Vec::new()));
         let committed = Arc::new(AtomicU64::new(0));
@@ -126,10 +130,7 @@ async fn main() {
     let project = TestProject::new(
         &db.project,
         MANIFEST,
-        &[
-            ("modules/orders/migrations/0001_orders.sql", ORDERS),
-            ("modules/ledger/migrations/0001_ledger.sql", LEDGER),
-        ],
+        &[("modules/orders/migrations/0001_orders.sql", ORDERS), ("modules/ledger/migrations/0001_ledger.sql", LEDGER)],
     );
 
     // The ledger, filled as its own role.
@@ -193,23 +194,22 @@ async fn main() {
     project.write("moat.toml", &split.replace("{project}", &db.project));
     let manifest = project.manifest();
     let app = Moat::start(
-        Config::new(manifest.clone()).database_url(db.url.expose()).database("ledger_db", target.expose()).pool_size(16),
+        Config::new(manifest.clone())
+            .database_url(db.url.expose())
+            .database("ledger_db", target.expose())
+            .pool_size(16),
     )
     .await
     .unwrap();
 
     let stop_orders = Arc::new(AtomicBool::new(false));
-    let orders = load(app.clone(), "orders", "INSERT INTO orders (item) VALUES ('x')", ORDERS_RATE, stop_orders.clone());
+    let orders =
+        load(app.clone(), "orders", "INSERT INTO orders (item) VALUES ('x')", ORDERS_RATE, stop_orders.clone());
     tokio::time::sleep(PHASE).await;
     let move_started = Instant::now();
     let stop_ledger = Arc::new(AtomicBool::new(false));
-    let ledger = load(
-        app.clone(),
-        "ledger",
-        "INSERT INTO notes (body) VALUES ('bench')",
-        LEDGER_RATE,
-        stop_ledger.clone(),
-    );
+    let ledger =
+        load(app.clone(), "ledger", "INSERT INTO notes (body) VALUES ('bench')", LEDGER_RATE, stop_ledger.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let started = Instant::now();
@@ -242,9 +242,8 @@ async fn main() {
     let affected = sorted(ledger.iter().filter(|(_, ms, failed)| *failed || *ms >= 100.0).map(|r| r.1).collect());
     let ledger_all = sorted(ledger.iter().map(|r| r.1).collect());
     let before = sorted(orders.iter().filter(|(at, _, _)| *at < move_started).map(|r| r.1).collect());
-    let during = sorted(
-        orders.iter().filter(|(at, _, _)| *at >= move_started && *at <= move_ended).map(|r| r.1).collect(),
-    );
+    let during =
+        sorted(orders.iter().filter(|(at, _, _)| *at >= move_started && *at <= move_ended).map(|r| r.1).collect());
     let in_target: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE body = 'bench'")
         .fetch_one(&app.pool("ledger").unwrap())
         .await
