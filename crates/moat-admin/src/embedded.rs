@@ -279,7 +279,27 @@ fn ensure_running_locked(dir: &Path, options: &EmbeddedOptions) -> Result<Runnin
         user.own(path)?;
     }
     if let Some(port) = running_port(&binaries, user, &data) {
-        return Ok(RunningCluster { dir: dir.to_owned(), port, started: false });
+        // A cluster an older moat started runs without logical replication; a throwaway one (the
+        // tests') is restarted with today's settings, a durable one (`moat dev`) is left running
+        // (`moat extract` says to restart it when it needs replication).
+        let current = fs::read_to_string(data.join("postmaster.opts")).is_ok_and(|o| o.contains("wal_level=logical"));
+        if current || options.durable {
+            return Ok(RunningCluster { dir: dir.to_owned(), port, started: false });
+        }
+        let output = output_of(
+            user.command(&binaries.tool("pg_ctl")).args(["stop", "--wait", "-m", "fast", "-D"]).arg(&data),
+            "pg_ctl stop",
+        )?;
+        if !output.status.success() {
+            return Err(AdminError::Embedded {
+                message: format!(
+                    "restarting the embedded PostgreSQL in `{}` with logical replication failed: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+                help: format!("stop it (`pg_ctl stop -D {}`) and run moat again", data.display()),
+            });
+        }
     }
 
     let port_file = dir.join("port");

@@ -137,7 +137,8 @@ pub fn check_capacity(capacity: &Capacity) -> Result<(), AdminError> {
                 capacity.wal_level
             ),
             help: "move with `--mode copy` (the module's writes stop while it copies), or set `wal_level = logical` \
-                   and restart the server (moat's embedded cluster: `moat dev stop`, then run moat again)"
+                   and restart the server (an embedded cluster started by an older moat: `moat dev stop`, then run moat \
+                   again; it starts with `wal_level = logical`)"
                 .into(),
         });
     }

@@ -112,7 +112,13 @@ async fn killed_at(db: &TestDb, target: &DatabaseUrl, project: &TestProject, ste
 }
 
 /// [`killed_at`] in `mode`.
-async fn killed_in_mode(db: &TestDb, target: &DatabaseUrl, project: &TestProject, step: &str, mode: &str) -> Vec<String> {
+async fn killed_in_mode(
+    db: &TestDb,
+    target: &DatabaseUrl,
+    project: &TestProject,
+    step: &str,
+    mode: &str,
+) -> Vec<String> {
     let up = Command::new(env!("CARGO_BIN_EXE_moat"))
         .current_dir(project.dir.path())
         .env("NO_COLOR", "1")

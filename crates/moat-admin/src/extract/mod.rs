@@ -417,7 +417,8 @@ async fn resolve_mode(
                     ),
                     help: format!(
                         "run `moat extract {} --mode copy` (the module's writes stop while it is copied), or set \
-                         `wal_level = logical` on the source server and restart it",
+                         `wal_level = logical` on the source server and restart it (moat's embedded cluster started by an \
+                         older moat: `moat dev stop`, then run moat again)",
                         module.name
                     ),
                 });

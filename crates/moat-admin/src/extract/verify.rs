@@ -85,20 +85,24 @@ pub async fn verify(ctx: &Ctx<'_>, src: &mut PgConnection, dst: &mut PgConnectio
     let present: Vec<&Table> = tables.iter().filter(|t| target_tables.contains(&t.name)).collect();
     let (moat, module): (Vec<&Table>, Vec<&Table>) = present.into_iter().partition(|t| t.moat);
 
-    let mut source_hashes = Vec::new();
-    let mut target_hashes = Vec::new();
-    {
-        let mut from = OwnerSession::open(src, ctx.source_url, ctx.manifest, ctx.module).await?;
-        let hashed = hash_all(&mut from.conn, schema, &module).await;
-        from.close().await;
-        source_hashes.extend(hashed?);
-        let mut to = OwnerSession::open(dst, ctx.target_url, ctx.manifest, ctx.module).await?;
-        let hashed = hash_all(&mut to.conn, schema, &module).await;
-        to.close().await;
-        target_hashes.extend(hashed?);
-    }
-    source_hashes.extend(hash_all(src, schema, &moat).await?);
-    target_hashes.extend(hash_all(dst, schema, &moat).await?);
+    // Both sides hash at once (the module's writes are stopped while this runs): the module's
+    // tables in owner sessions, moat's by the admin.
+    let mut from = OwnerSession::open(src, ctx.source_url, ctx.manifest, ctx.module).await?;
+    let mut to = match OwnerSession::open(dst, ctx.target_url, ctx.manifest, ctx.module).await {
+        Ok(to) => to,
+        Err(e) => {
+            from.close().await;
+            return Err(e);
+        }
+    };
+    let (source, target) =
+        tokio::join!(hash_all(&mut from.conn, schema, &module), hash_all(&mut to.conn, schema, &module));
+    from.close().await;
+    to.close().await;
+    let (mut source_hashes, mut target_hashes) = (source?, target?);
+    let (source, target) = tokio::join!(hash_all(src, schema, &moat), hash_all(dst, schema, &moat));
+    source_hashes.extend(source?);
+    target_hashes.extend(target?);
     let ordered: Vec<&Table> = module.iter().chain(moat.iter()).copied().collect();
     for ((table, source), target) in ordered.iter().zip(&source_hashes).zip(&target_hashes) {
         let object = format!("{schema}.{}", table.name);
