@@ -78,7 +78,7 @@ impl Placement {
 
     /// The part of the manifest that lives in `key`.
     pub fn part(&self, manifest: &Manifest, key: Option<&DatabaseName>) -> Manifest {
-        manifest.restricted(|m: &Module| self.at(m.name.as_str()) == key)
+        manifest.restricted(|m: &Module| self.at(m.name.as_str()) == key, key.is_none())
     }
 
     /// Modules not where the manifest wants them, with no move under way.

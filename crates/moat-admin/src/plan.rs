@@ -368,8 +368,11 @@ pub fn elsewhere_roles(manifest: &Manifest) -> BTreeSet<String> {
     for contract in &manifest.elsewhere_contracts {
         names.insert(roles.contract_owner(contract));
     }
-    if !manifest.elsewhere_contracts.is_empty() {
+    if !manifest.elsewhere_contracts.is_empty() && manifest.contracts.is_empty() {
         names.insert(roles.contracts_owner());
+    }
+    for consumer in &manifest.elsewhere_consumers {
+        names.insert(roles.consumer(consumer));
     }
     names
 }

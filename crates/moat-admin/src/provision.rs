@@ -76,7 +76,9 @@ pub async fn read_state(conn: &mut PgConnection, manifest: &Manifest) -> Result<
         let journal = snapshot.relation(schema, crate::internal::MOVE);
         if journal.is_some_and(|r| r.kind == "r" && r.owner == moat_owner) {
             let sql = format!(
-                "SELECT count(*) > 0 FROM {} WHERE step <> {} AND frozen_at IS NOT NULL",
+                // Through `to_jsonb`, so that a journal without a column reads as without a value.
+                "SELECT count(*) > 0 FROM {} m WHERE pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.->>) 'step' <> {} \
+                 AND pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.->>) 'frozen_at' IS NOT NULL",
                 qualified(schema, crate::internal::MOVE),
                 moat_core::quote::literal(crate::internal::MOVE_SWITCHED)
             );

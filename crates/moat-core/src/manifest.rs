@@ -43,6 +43,9 @@ pub struct Manifest {
     pub elsewhere: Vec<Module>,
     /// Contracts that live in another database than the one this manifest is restricted to.
     pub elsewhere_contracts: Vec<ContractName>,
+    /// Consumers whose contracts live in another database than the one this manifest is
+    /// restricted to.
+    pub elsewhere_consumers: Vec<ConsumerName>,
     /// `[project] connection_limit`: the `CONNECTION LIMIT` of every login role moat creates
     /// (default [`DEFAULT_CONNECTION_LIMIT`]); a module's own `connection_limit` overrides it for
     /// its runtime role.
@@ -387,8 +390,9 @@ impl Manifest {
     }
 
     /// The part of the manifest that lives in one database: the modules `here` keeps (the others
-    /// move to [`Manifest::elsewhere`]), the contracts whose reads are all theirs, every consumer.
-    pub fn restricted(&self, here: impl Fn(&Module) -> bool) -> Manifest {
+    /// move to [`Manifest::elsewhere`]), the contracts whose reads are all theirs, the consumers
+    /// that read those contracts (and, in the `main` database, the consumers that read none).
+    pub fn restricted(&self, here: impl Fn(&Module) -> bool, main: bool) -> Manifest {
         let mut part = self.clone();
         let (kept, moved): (Vec<Module>, Vec<Module>) =
             self.modules.iter().chain(&self.elsewhere).cloned().partition(|m| here(m));
@@ -399,6 +403,14 @@ impl Manifest {
             self.contracts.iter().cloned().partition(|c| c.reads.iter().all(|r| schemas.contains(&&r.schema)));
         part.contracts = kept;
         part.elsewhere_contracts.extend(moved.into_iter().map(|c| c.name));
+        let (kept, moved): (Vec<ConsumerName>, Vec<ConsumerName>) =
+            self.consumers.iter().chain(&self.elsewhere_consumers).cloned().partition(|consumer| {
+                let reads_any = self.contracts.iter().any(|c| c.readers.contains(consumer));
+                let reads_here = part.contracts.iter().any(|c| c.readers.contains(consumer));
+                reads_here || (main && !reads_any)
+            });
+        part.consumers = kept;
+        part.elsewhere_consumers = moved;
         part
     }
 
@@ -571,6 +583,7 @@ impl<'a> Parser<'a> {
                     databases: std::mem::take(&mut self.databases),
                     elsewhere: Vec::new(),
                     elsewhere_contracts: Vec::new(),
+                    elsewhere_consumers: Vec::new(),
                     connection_limit: self.connection_limit.unwrap_or(DEFAULT_CONNECTION_LIMIT),
                 };
                 self.role_collisions(&manifest, &module_tables, &consumer_tables, &contract_tables);

@@ -101,9 +101,9 @@ pub async fn drop_target_schema(ctx: &Ctx<'_>, dst: &mut PgConnection) -> Result
 fn reduced_manifest(manifest: &Manifest, module: &moat_core::manifest::Module) -> Manifest {
     // The other modules stay as modules elsewhere: they still count as subscribers (the
     // outbox, its progress rows and the relay's rights) and their roles are left alone.
-    let mut reduced = manifest.restricted(|m| m.name == module.name);
+    let mut reduced = manifest.restricted(|m| m.name == module.name, false);
     reduced.elsewhere_contracts.extend(reduced.contracts.drain(..).map(|c| c.name));
-    reduced.consumers = Vec::new();
+    reduced.elsewhere_consumers.append(&mut reduced.consumers);
     reduced
 }
 
