@@ -27,12 +27,15 @@ pub struct EmbeddedOptions {
     pub dir: PathBuf,
     /// Skip fsync (test clusters only: faster, not crash-safe).
     pub durable: bool,
+    /// `wal_level = logical` with replication slots and senders, for `moat extract --mode
+    /// replicate` (the default; `false` only for tests of a server without it).
+    pub logical: bool,
 }
 
 impl EmbeddedOptions {
     /// The default cluster of a project: `<root>/.moat/pg`, durable.
     pub fn for_project(root: &Path) -> Self {
-        Self { dir: root.join(STATE_DIR).join("pg"), durable: true }
+        Self { dir: root.join(STATE_DIR).join("pg"), durable: true, logical: true }
     }
 }
 
@@ -282,7 +285,8 @@ fn ensure_running_locked(dir: &Path, options: &EmbeddedOptions) -> Result<Runnin
         // A cluster an older moat started runs without logical replication; a throwaway one (the
         // tests') is restarted with today's settings, a durable one (`moat dev`) is left running
         // (`moat extract` says to restart it when it needs replication).
-        let current = fs::read_to_string(data.join("postmaster.opts")).is_ok_and(|o| o.contains("wal_level=logical"));
+        let current = fs::read_to_string(data.join("postmaster.opts"))
+            .is_ok_and(|o| o.contains("wal_level=logical") == options.logical);
         if current || options.durable {
             return Ok(RunningCluster { dir: dir.to_owned(), port, started: false });
         }
@@ -316,12 +320,16 @@ fn ensure_running_locked(dir: &Path, options: &EmbeddedOptions) -> Result<Runnin
         }
         user.own(&log)?;
         let server_options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={chosen} -c unix_socket_directories='{}' -c fsync={} -c synchronous_commit={} -c full_page_writes={} -c max_connections=300 \
-             -c wal_level=logical -c max_replication_slots=16 -c max_wal_senders=16",
+            "-c listen_addresses=127.0.0.1 -c port={chosen} -c unix_socket_directories='{}' -c fsync={} -c synchronous_commit={} -c full_page_writes={} -c max_connections=300{}",
             run.display(),
             on_off(options.durable),
             on_off(options.durable),
             on_off(options.durable),
+            if options.logical {
+                " -c wal_level=logical -c max_replication_slots=16 -c max_wal_senders=16"
+            } else {
+                ""
+            },
         );
         let output = output_of(
             user.command(&binaries.tool("pg_ctl"))

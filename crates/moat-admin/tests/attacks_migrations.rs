@@ -472,7 +472,7 @@ impl Drop for StopCluster {
 async fn migrations_log_in_with_a_one_time_password_on_a_scram_only_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let cluster_dir = dir.path().join("pg");
-    let options = moat_admin::embedded::EmbeddedOptions { dir: cluster_dir.clone(), durable: false };
+    let options = moat_admin::embedded::EmbeddedOptions { dir: cluster_dir.clone(), durable: false, logical: true };
     let cluster =
         tokio::task::spawn_blocking(move || moat_admin::embedded::ensure_running(&options)).await.unwrap().unwrap();
     let _stop = StopCluster(cluster_dir.clone());

@@ -208,3 +208,55 @@ async fn replicate_refuses_a_module_whose_constraints_run_its_functions_and_chan
     let report = extract(&manifest, &billing(), &db.url, &target, Some("billing_db"), &copy, &|_| {}).await.unwrap();
     assert_eq!(report.outcome, Outcome::Moved);
 }
+
+/// Stops a private cluster when the test ends.
+struct Cluster(std::path::PathBuf);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = moat_admin::embedded::stop(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn replicate_on_a_server_without_logical_replication_is_refused_suggesting_copy_and_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    // A server of its own with `wal_level = replica` (the default of PostgreSQL).
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = scratch.path().join("pg");
+    let options = moat_admin::embedded::EmbeddedOptions { dir: dir.clone(), durable: false, logical: false };
+    let cluster =
+        tokio::task::spawn_blocking(move || moat_admin::embedded::ensure_running(&options)).await.unwrap().unwrap();
+    let _cluster = Cluster(dir);
+    let source = cluster.url("source");
+    let target = cluster.url("target");
+    moat_admin::embedded::ensure_database(&cluster.url("postgres"), "source").await.unwrap();
+    moat_admin::embedded::ensure_database(&cluster.url("postgres"), "target").await.unwrap();
+    let project = TestProject::new(
+        "walreplica",
+        MANIFEST,
+        &[
+            ("modules/patients/migrations/0001_patients.sql", "CREATE TABLE patients (id int PRIMARY KEY);\n"),
+            ("modules/billing/migrations/0001_billing.sql", BILLING),
+            ("modules/reports/migrations/0001_reports.sql", "CREATE TABLE totals (id int PRIMARY KEY);\n"),
+        ],
+    );
+    let manifest = project.manifest();
+    moat_admin::up::up(&source, &manifest, &|_| {}).await.unwrap();
+    for options in [replicate(), ExtractOptions::default()] {
+        let error = extract(&manifest, &billing(), &source, &target, Some("billing_db"), &options, &|_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("wal_level = replica"), "{error}");
+        assert!(error.contains("--mode copy"), "{error}");
+    }
+    let mut src = moat_admin::connect(&source).await.unwrap();
+    let mut dst = moat_admin::connect(&target).await.unwrap();
+    assert_eq!(scalar(&mut src, "SELECT to_regclass('billing.moat_move')::text").await, "");
+    assert_eq!(scalar(&mut dst, "SELECT count(*)::text FROM pg_namespace WHERE nspname = 'billing'").await, "0");
+    assert_eq!(replication_left(&mut src, &mut dst).await, "slots 0, publications 0, subscriptions 0");
+    src.close().await.unwrap();
+    dst.close().await.unwrap();
+}

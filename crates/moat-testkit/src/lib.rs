@@ -25,7 +25,7 @@ pub fn server_url() -> DatabaseUrl {
                     return DatabaseUrl::parse(&url).expect("DATABASE_URL is not a valid postgres:// URL").with_database("postgres");
                 }
             let dir = test_cluster_dir();
-            match ensure_running(&EmbeddedOptions { dir: dir.clone(), durable: false }) {
+            match ensure_running(&EmbeddedOptions { dir: dir.clone(), durable: false, logical: true }) {
                 Ok(cluster) => cluster.url("postgres"),
                 Err(e) => panic!(
                     "no PostgreSQL for the tests: DATABASE_URL is not set and the embedded cluster in `{}` did not start:\n{e}\n\
@@ -47,7 +47,7 @@ pub fn logical_server_url() -> DatabaseUrl {
     SERVER
         .get_or_init(|| {
             let dir = test_cluster_dir();
-            match ensure_running(&EmbeddedOptions { dir: dir.clone(), durable: false }) {
+            match ensure_running(&EmbeddedOptions { dir: dir.clone(), durable: false, logical: true }) {
                 Ok(cluster) => cluster.url("postgres"),
                 Err(e) => panic!(
                     "the tests of logical replication need moat's embedded cluster in `{}`, which did not start:\n{e}\n\

@@ -68,7 +68,7 @@ async fn a_database_dumped_and_restored_into_another_cluster_delivers_every_even
     // project there creates them; then the dump is restored with its owners and grants, and the
     // library starts on it (provisioning again, which changes nothing of the restored events).
     let dir = scratch.path().join("pg");
-    let cluster = ensure_running(&EmbeddedOptions { dir: dir.clone(), durable: false }).unwrap();
+    let cluster = ensure_running(&EmbeddedOptions { dir: dir.clone(), durable: false, logical: true }).unwrap();
     let _second = Second(dir);
     let roles = cluster.url(&format!("{}_roles", db.database));
     moat_admin::embedded::ensure_database(&cluster.url("postgres"), &format!("{}_roles", db.database)).await.unwrap();
