@@ -27,9 +27,13 @@ pub struct Sections {
     pub pre_data: String,
     /// Constraints, indexes, triggers, rules, policies: after the copy.
     pub post_data: String,
-    /// The post-data section without triggers: what logical replication needs in the target
-    /// before it applies rows (the primary keys it finds rows by).
-    pub post_data_without_triggers: String,
+    /// The post-data section's constraints (primary keys, unique and exclusion constraints):
+    /// what logical replication needs in the target before it applies rows (the keys it finds
+    /// rows by).
+    pub keys: String,
+    /// The rest of the post-data section but the triggers (indexes, foreign keys, rules,
+    /// policies): built once the initial copy is in, faster than row by row.
+    pub after_copy: String,
     /// The triggers alone (with their `ENABLE ALWAYS`/`REPLICA` settings, which would make the
     /// replication's apply worker, a superuser, run them): created once replication is gone.
     pub triggers: String,
@@ -262,11 +266,15 @@ fn dump_sections(
         let kept = filter_toc(&toc, moat_owner);
         let list_path = dir.join("schema.list");
         std::fs::write(&list_path, &kept).map_err(io("write", &list_path))?;
-        let (triggers, others): (Vec<&str>, Vec<&str>) = kept.lines().partition(|line| is_trigger_entry(line));
-        let others_path = dir.join("others.list");
-        std::fs::write(&others_path, others.join("\n") + "\n").map_err(io("write", &others_path))?;
-        let triggers_path = dir.join("triggers.list");
-        std::fs::write(&triggers_path, triggers.join("\n") + "\n").map_err(io("write", &triggers_path))?;
+        let write_list = |name: &str, keep: &dyn Fn(Option<&str>) -> bool| -> Result<PathBuf, AdminError> {
+            let path = dir.join(name);
+            let lines: Vec<&str> = kept.lines().filter(|l| keep(entry_kind(l))).collect();
+            std::fs::write(&path, lines.join("\n") + "\n").map_err(io("write", &path))?;
+            Ok(path)
+        };
+        let keys_path = write_list("keys.list", &|k| k == Some("CONSTRAINT"))?;
+        let after_path = write_list("after.list", &|k| k != Some("CONSTRAINT") && k != Some("TRIGGER"))?;
+        let triggers_path = write_list("triggers.list", &|k| k == Some("TRIGGER"))?;
         let section_of = |name: &str, list: &Path| -> Result<String, AdminError> {
             let mut restore = Command::new(pg_restore);
             restore
@@ -283,7 +291,8 @@ fn dump_sections(
         Ok(Sections {
             pre_data: section("pre-data")?,
             post_data: section("post-data")?,
-            post_data_without_triggers: section_of("post-data", &others_path)?,
+            keys: section_of("post-data", &keys_path)?,
+            after_copy: section_of("post-data", &after_path)?,
             triggers: section_of("post-data", &triggers_path)?,
         })
     })();
@@ -291,10 +300,13 @@ fn dump_sections(
     result
 }
 
-/// Whether a line of `pg_restore --list` is a trigger's entry (`id; catalog oid TRIGGER schema
-/// table name owner`).
-fn is_trigger_entry(line: &str) -> bool {
-    !line.trim_start().starts_with(';') && line.split_whitespace().nth(3) == Some("TRIGGER")
+/// The kind of a line of `pg_restore --list` (`id; catalog oid KIND schema name owner`:
+/// `CONSTRAINT`, `FK CONSTRAINT` is `FK`, `INDEX`, `TRIGGER`, ...); `None` for a comment.
+fn entry_kind(line: &str) -> Option<&str> {
+    if line.trim_start().starts_with(';') {
+        return None;
+    }
+    line.split_whitespace().nth(3)
 }
 
 /// The TOC list without the entries owned by moat's role (the schema, moat's tables, their

@@ -460,8 +460,9 @@ async fn run_locked(
     let mut resume_prepare = false;
     // The post-data section of this run's dump (the prepare step makes it).
     let mut post_data: Option<String> = None;
-    // Replicate mode: the triggers' SQL, created after replication ends.
-    let mut triggers: Option<String> = None;
+    // Replicate mode: the SQL built after the initial copy and the triggers' SQL, created after
+    // replication ends.
+    let mut later: Option<(String, String)> = None;
     let mut step = match &journal {
         None => {
             let started = Instant::now();
@@ -515,7 +516,7 @@ async fn run_locked(
                 preflight::check(ctx, src, dst, true).await?;
                 if ctx.mode == Mode::Replicate {
                     replicate::stop(ctx, src, dst).await?;
-                    triggers = Some(replicate::prepare(ctx, src, dst).await?);
+                    later = Some(replicate::prepare(ctx, src, dst).await?);
                     done(ctx, report, step, started);
                     step = Step::Catchup;
                     continue;
@@ -528,7 +529,11 @@ async fn run_locked(
                 journal::set_step(src, ctx, Step::Catchup).await?;
                 (ctx.observe)(ExtractEvent::Step { step });
                 kill_hook(step);
-                replicate::catch_up(ctx, src, dst).await?;
+                if later.is_none() {
+                    later = Some(replicate::later_parts(ctx, src).await?);
+                }
+                let after_copy = later.as_ref().map(|(a, _)| a.clone()).unwrap_or_default();
+                replicate::catch_up(ctx, src, dst, &after_copy).await?;
                 done(ctx, report, step, started);
                 step = Step::Cutover;
             }
@@ -536,9 +541,9 @@ async fn run_locked(
                 journal::set_step(src, ctx, Step::Cutover).await?;
                 (ctx.observe)(ExtractEvent::Step { step });
                 kill_hook(step);
-                let sql = match triggers.take() {
-                    Some(sql) => sql,
-                    None => replicate::triggers(ctx, src).await?,
+                let sql = match later.take() {
+                    Some((_, triggers)) => triggers,
+                    None => replicate::later_parts(ctx, src).await?.1,
                 };
                 match replicate::cutover(ctx, src, dst, &sql).await {
                     Ok(tables) => report.tables.extend(tables),

@@ -56,22 +56,55 @@ pub async fn preflight(ctx: &Ctx<'_>, src: &mut PgConnection) -> Result<(), Admi
     Ok(())
 }
 
-/// Prepare for replication: the module's roles, schema and objects in the target without its
-/// triggers. Returns the triggers' SQL.
-pub async fn prepare(ctx: &Ctx<'_>, src: &mut PgConnection, dst: &mut PgConnection) -> Result<String, AdminError> {
+/// Prepare for replication: the module's roles, schema and objects in the target with its keys
+/// but without its indexes, foreign keys and triggers. Returns the SQL of the parts that come
+/// later: what is built after the initial copy, and the triggers.
+pub async fn prepare(
+    ctx: &Ctx<'_>,
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+) -> Result<(String, String), AdminError> {
     let sections = dump::prepare(ctx, src, dst).await?;
-    dump::run_module_sql(ctx, dst, ctx.target_url, &sections.post_data_without_triggers, "post-data").await?;
-    Ok(sections.triggers)
+    dump::run_module_sql(ctx, dst, ctx.target_url, &sections.keys, "post-data (keys)").await?;
+    Ok((sections.after_copy, sections.triggers))
 }
 
-/// The triggers' SQL of the module (for a run resumed after the prepare step).
-pub async fn triggers(ctx: &Ctx<'_>, src: &mut PgConnection) -> Result<String, AdminError> {
-    Ok(dump::sections(ctx, src).await?.triggers)
+/// The SQL of what is built after the initial copy and of the triggers (for a run resumed after
+/// the prepare step).
+pub async fn later_parts(ctx: &Ctx<'_>, src: &mut PgConnection) -> Result<(String, String), AdminError> {
+    let sections = dump::sections(ctx, src).await?;
+    Ok((sections.after_copy, sections.triggers))
 }
 
-/// Starts replication (if not yet) and waits until every table is copied and the target is
-/// less than [`CUTOVER_LAG`] behind.
-pub async fn catch_up(ctx: &Ctx<'_>, src: &mut PgConnection, dst: &mut PgConnection) -> Result<(), AdminError> {
+/// Whether the target already has the indexes and foreign keys built after the initial copy
+/// (a resumed run must not build them twice): it has them when it has as many indexes and
+/// foreign keys as the source.
+async fn built_after_copy(ctx: &Ctx<'_>, src: &mut PgConnection, dst: &mut PgConnection) -> Result<bool, AdminError> {
+    const COUNT: &str = "SELECT (SELECT count(*) FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+                           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1) \
+                        + (SELECT count(*) FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_namespace n ON n.oid = k.connamespace \
+                           WHERE n.nspname = $1 AND k.contype = 'f')";
+    let mut counts = Vec::new();
+    for conn in [src, dst] {
+        let n: i64 = sqlx::query_scalar(COUNT)
+            .bind(ctx.schema())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(crate::error::db("counting indexes and foreign keys"))?;
+        counts.push(n);
+    }
+    Ok(counts[0] == counts[1])
+}
+
+/// Starts replication (if not yet), waits until every table is copied, builds the indexes and
+/// foreign keys (`after_copy`, as the owner), and waits until the target is less than
+/// [`CUTOVER_LAG`] behind.
+pub async fn catch_up(
+    ctx: &Ctx<'_>,
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    after_copy: &str,
+) -> Result<(), AdminError> {
     let names = names(ctx);
     let tables: Vec<String> = copy::module_tables(src, ctx.schema()).await?.into_iter().map(|t| t.name).collect();
     if tables.is_empty() {
@@ -81,11 +114,19 @@ pub async fn catch_up(ctx: &Ctx<'_>, src: &mut PgConnection, dst: &mut PgConnect
     replication::subscribe(dst, &names, ctx.source_url).await?;
     let mut progress = Instant::now();
     let mut last: Option<(usize, i64)> = None;
+    let mut built = false;
     loop {
         let waiting = replication::tables_not_ready(dst, &names).await?;
+        if waiting.is_empty() && !built {
+            if !built_after_copy(ctx, src, dst).await? {
+                dump::run_module_sql(ctx, dst, ctx.target_url, after_copy, "post-data (indexes)").await?;
+            }
+            built = true;
+            progress = Instant::now();
+        }
         let lag = replication::lag_bytes(src, &names).await?.unwrap_or(0).max(0);
         (ctx.observe)(ExtractEvent::Lag { bytes: u64::try_from(lag).unwrap_or(0) });
-        if waiting.is_empty() && lag < CUTOVER_LAG {
+        if waiting.is_empty() && built && lag < CUTOVER_LAG {
             return Ok(());
         }
         let now = (waiting.len(), lag);
