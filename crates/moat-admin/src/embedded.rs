@@ -326,7 +326,8 @@ fn ensure_running_locked(dir: &Path, options: &EmbeddedOptions) -> Result<Runnin
             on_off(options.durable),
             on_off(options.durable),
             if options.logical {
-                " -c wal_level=logical -c max_replication_slots=16 -c max_wal_senders=16"
+                " -c wal_level=logical -c max_replication_slots=16 -c max_wal_senders=16 \
+                 -c max_logical_replication_workers=16 -c max_worker_processes=32"
             } else {
                 ""
             },

@@ -299,23 +299,6 @@ pub async fn lag_bytes(source: &mut PgConnection, names: &Names) -> Result<Optio
     .map_err(db("reading the replication slot's lag"))
 }
 
-/// Whether the target applied every transaction the source committed up to `lsn`: the
-/// subscription's origin has applied a commit at or after it (the caller commits a marker write
-/// after `lsn` in a published table, so that there is one).
-pub async fn applied_up_to(target: &mut PgConnection, names: &Names, lsn: &str) -> Result<bool, AdminError> {
-    sqlx::query_scalar(
-        "SELECT coalesce(o.remote_lsn >= $2::pg_lsn, false) FROM pg_catalog.pg_subscription s \
-         LEFT JOIN pg_catalog.pg_replication_origin_status o ON o.external_id = 'pg_' || s.oid::text \
-         WHERE s.subname = $1",
-    )
-    .bind(&names.subscription)
-    .bind(lsn)
-    .fetch_optional(&mut *target)
-    .await
-    .map(|applied| applied.unwrap_or(false))
-    .map_err(db("reading how far the subscription applied"))
-}
-
 /// Drops the subscription (in the target), then the slot and the publication (in the source),
 /// whichever exist: after this, nothing of the move's replication is left on either side.
 pub async fn drop_all(source: &mut PgConnection, target: &mut PgConnection, names: &Names) -> Result<(), AdminError> {

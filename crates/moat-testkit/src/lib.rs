@@ -180,6 +180,9 @@ impl Drop for TestDb {
             runtime.block_on(async move {
                 let Ok(mut conn) = moat_admin::connect(&server).await else { return };
                 for database in databases {
+                    // A subscription or replication slot a failed test left keeps its database
+                    // (and a replication worker of the cluster) busy: end them first.
+                    drop_replication(&server, &database).await;
                     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                         ident(&database)
@@ -202,6 +205,51 @@ impl Drop for TestDb {
             });
         });
         let _ = cleanup.join();
+    }
+}
+
+/// Drops the subscriptions in `database` (detached from their slots) and the replication slots
+/// of `database`, whatever state a test left them in.
+async fn drop_replication(server: &DatabaseUrl, database: &str) {
+    if let Ok(mut conn) = moat_admin::connect(&server.with_database(database)).await {
+        let subscriptions: Vec<String> = sqlx::query_scalar(
+            "SELECT subname::text FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+        for name in subscriptions {
+            let name = ident(&name);
+            for sql in [
+                format!("ALTER SUBSCRIPTION {name} DISABLE"),
+                format!("ALTER SUBSCRIPTION {name} SET (slot_name = NONE)"),
+                format!("DROP SUBSCRIPTION {name}"),
+            ] {
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+            }
+        }
+        let _ = conn.close().await;
+    }
+    if let Ok(mut conn) = moat_admin::connect(server).await {
+        for _ in 0..20 {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = {0} AND active_pid IS NOT NULL; \
+                 SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = {0} AND NOT active",
+                moat_core::quote::literal(database)
+            )))
+            .execute(&mut conn)
+            .await;
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots WHERE database = $1")
+                .bind(database)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap_or(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let _ = conn.close().await;
     }
 }
 
