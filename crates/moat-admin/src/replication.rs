@@ -6,7 +6,8 @@
 //! owner, which must be a superuser, with `session_replication_role = replica`. It never fires an
 //! ordinary trigger, but it evaluates whatever the target's tables compute on insert: column
 //! defaults and generated columns, CHECK constraints, index expressions and predicates, domain
-//! constraints. So replication is refused ([`superuser_traps`]) when any of these on the module's
+//! constraints, partition keys (rows are routed to partitions), and the `subtype_diff` of a range
+//! type that a GiST index calls. So replication is refused ([`superuser_traps`]) when any of these on the module's
 //! tables calls a function that is neither PostgreSQL's nor an extension's (the operator installed
 //! those); `--mode copy` moves such a module with every row written as its owner. Triggers, rules
 //! and policies are created on the target only after the subscription is gone.
@@ -42,8 +43,8 @@ pub fn names(project: &str, module: &str) -> Names {
     Names { publication: base.clone(), slot: base.clone(), subscription: base }
 }
 
-/// A column default, generated column, constraint or index of the module's tables that calls a
-/// function a superuser applying replicated rows would run.
+/// A column default, generated column, constraint, index, partition key or range type of the
+/// module's tables that calls a function a superuser applying replicated rows would run.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Trap {
     /// The table.
@@ -77,13 +78,32 @@ parts AS (\
   FROM tables t JOIN pg_catalog.pg_index i ON i.indrelid = t.oid JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
   UNION ALL \
   SELECT d.relname, 'pg_catalog.pg_constraint'::pg_catalog.regclass, con.oid, 'constraint ' || con.conname || ' of domain ' || d.typname \
-  FROM domains d JOIN pg_catalog.pg_constraint con ON con.contypid = d.typid) \
-SELECT DISTINCT p.relname::text AS table, p.what::text AS what, \
+  FROM domains d JOIN pg_catalog.pg_constraint con ON con.contypid = d.typid \
+  UNION ALL \
+  SELECT t.relname, 'pg_catalog.pg_class'::pg_catalog.regclass, t.oid, 'partition key' FROM tables t), \
+ranges AS (\
+  SELECT DISTINCT t.relname, 'range type ' || rt.typname || ' of column ' || a.attname AS what, r.rngsubdiff AS fn \
+  FROM tables t \
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped \
+  JOIN pg_catalog.pg_type ct ON ct.oid = a.atttypid \
+  JOIN pg_catalog.pg_range r ON r.rngtypid IN (ct.oid, ct.typbasetype, ct.typelem) OR r.rngmultitypid IN (ct.oid, ct.typbasetype) \
+  JOIN pg_catalog.pg_type rt ON rt.oid = r.rngtypid \
+  UNION ALL \
+  SELECT DISTINCT t.relname, 'range type ' || rt.typname || ' of column ' || a.attname, r.rngcanonical \
+  FROM tables t \
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped \
+  JOIN pg_catalog.pg_type ct ON ct.oid = a.atttypid \
+  JOIN pg_catalog.pg_range r ON r.rngtypid IN (ct.oid, ct.typbasetype, ct.typelem) OR r.rngmultitypid IN (ct.oid, ct.typbasetype) \
+  JOIN pg_catalog.pg_type rt ON rt.oid = r.rngtypid), \
+calls AS (\
+  SELECT p.relname, p.what, dep.refobjid AS fn FROM parts p \
+  JOIN pg_catalog.pg_depend dep ON dep.classid = p.classid AND dep.objid = p.objid \
+    AND dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+  UNION ALL SELECT relname, what, fn FROM ranges WHERE fn <> 0) \
+SELECT DISTINCT c.relname::text AS table, c.what::text AS what, \
        pr.oid::pg_catalog.regprocedure::text AS function \
-FROM parts p \
-JOIN pg_catalog.pg_depend dep ON dep.classid = p.classid AND dep.objid = p.objid \
-  AND dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
-JOIN pg_catalog.pg_proc pr ON pr.oid = dep.refobjid \
+FROM calls c \
+JOIN pg_catalog.pg_proc pr ON pr.oid = c.fn \
 WHERE pr.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace \
   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                   AND e.objid = pr.oid AND e.deptype = 'e') \

@@ -131,7 +131,14 @@ async fn functions_a_superuser_would_run_while_applying_rows_are_found() {
          CREATE TABLE m.checked (id bigint PRIMARY KEY, n int CHECK (m.ok(n))); \
          CREATE TABLE m.defaulted (id bigint PRIMARY KEY, n int DEFAULT m.def()); \
          CREATE TABLE m.indexed (id bigint PRIMARY KEY, n int); CREATE INDEX indexed_n ON m.indexed ((m.ok(n))); \
-         CREATE TABLE m.domained (id bigint PRIMARY KEY, n m.positive)",
+         CREATE TABLE m.domained (id bigint PRIMARY KEY, n m.positive); \
+         CREATE FUNCTION m.diff(a float8, b float8) RETURNS float8 LANGUAGE sql IMMUTABLE AS 'SELECT a - b'; \
+         CREATE TYPE m.span AS RANGE (subtype = float8, subtype_diff = m.diff); \
+         CREATE TABLE m.ranged (id bigint PRIMARY KEY, s m.span); CREATE INDEX ranged_s ON m.ranged USING gist (s); \
+         CREATE FUNCTION m.part(n int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT n % 2'; \
+         CREATE TABLE m.parted (id bigint, n int) PARTITION BY LIST (m.part(n)); \
+         CREATE TABLE m.parted_0 PARTITION OF m.parted FOR VALUES IN (0); \
+         CREATE TABLE m.plain_range (id bigint PRIMARY KEY, s int4range)",
     )
     .execute(&mut source)
     .await
@@ -139,7 +146,8 @@ async fn functions_a_superuser_would_run_while_applying_rows_are_found() {
     let traps = superuser_traps(&mut source, "m", "nobody").await.unwrap();
     let tables: Vec<&str> = traps.iter().map(|t| t.table.as_str()).collect();
     assert!(!tables.contains(&"clean"), "{traps:?}");
-    for table in ["checked", "defaulted", "indexed", "domained"] {
+    assert!(!tables.contains(&"plain_range"), "{traps:?}");
+    for table in ["checked", "defaulted", "indexed", "domained", "ranged", "parted"] {
         assert!(tables.contains(&table), "{table} not found in {traps:?}");
     }
     assert!(traps.iter().any(|t| t.function == "m.ok(integer)"), "{traps:?}");
