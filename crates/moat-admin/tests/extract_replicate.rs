@@ -260,3 +260,32 @@ async fn replicate_on_a_server_without_logical_replication_is_refused_suggesting
     src.close().await.unwrap();
     dst.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_module_whose_move_is_unfinished_takes_no_migration() {
+    let db = TestDb::new().await;
+    let project = project(&db, BILLING);
+    moat_admin::up::up(&db.url, &project.manifest(), &|_| {}).await.unwrap();
+    // A move a killed run left at the catch-up (its journal, as moat writes it).
+    let mut admin = db.connect().await;
+    for sql in moat_admin::internal::move_ddl("billing", &db.role("moat")) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.unwrap();
+    }
+    sqlx::raw_sql("INSERT INTO billing.moat_move (target, mode, step) VALUES ('billing_db', 'replicate', 'catchup')")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    project.write("modules/billing/migrations/0002_more.sql", "CREATE TABLE more (id int PRIMARY KEY);\n");
+    let manifest = project.manifest();
+    let mut conn = db.connect().await;
+    let error = moat_admin::migrate::migrate(&mut conn, &db.url, &manifest, Some("billing"), &|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("is being moved") && error.contains("--abort"), "{error}");
+    assert_eq!(scalar(&mut admin, "SELECT to_regclass('billing.more')::text").await, "");
+    // Once the move is gone, the migration runs.
+    sqlx::raw_sql("DELETE FROM billing.moat_move").execute(&mut admin).await.unwrap();
+    moat_admin::migrate::migrate(&mut conn, &db.url, &manifest, Some("billing"), &|_| {}).await.unwrap();
+    assert_eq!(scalar(&mut admin, "SELECT to_regclass('billing.more')::text").await, "billing.more");
+}

@@ -79,6 +79,7 @@ pub async fn migrate(
             {
                 return Ok(());
             }
+            refuse_during_a_move(admin, manifest, module).await?;
             migrate_module(admin, url, manifest, module, &files, observe, &mut report).await
         }
         .await;
@@ -95,6 +96,54 @@ pub async fn migrate(
         0 => Ok(report),
         1 => Err(errors.remove(0).into()),
         _ => Err(MigrationError::Several(errors).into()),
+    }
+}
+
+/// A module whose move to another database (`moat extract`) is unfinished takes no migration:
+/// the move copied its schema as it was, and its checks (what replication may apply) hold for
+/// that schema only. The journal is read only when it is moat's plain table.
+async fn refuse_during_a_move(
+    admin: &mut PgConnection,
+    manifest: &Manifest,
+    module: &Module,
+) -> Result<(), AdminError> {
+    let schema = module.schema.as_str();
+    let journal: bool = sqlx::query_scalar(
+        "SELECT count(*) > 0 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+         JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) c.relowner \
+         WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2 \
+           AND c.relkind OPERATOR(pg_catalog.=) 'r' AND r.rolname OPERATOR(pg_catalog.=) $3",
+    )
+    .bind(schema)
+    .bind(crate::internal::MOVE)
+    .bind(manifest.roles().moat_owner())
+    .fetch_one(&mut *admin)
+    .await
+    .map_err(crate::error::db("looking for a move journal"))?;
+    if !journal {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.->>) 'step' FROM {} m",
+        moat_core::quote::qualified(schema, crate::internal::MOVE)
+    );
+    let step: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_optional(&mut *admin)
+        .await
+        .map_err(crate::error::db("reading the move journal"))?
+        .flatten();
+    match step {
+        Some(step) if step != crate::internal::MOVE_SWITCHED => Err(AdminError::Refused {
+            message: format!(
+                "module `{}` is being moved to another database (step `{step}`): its migrations wait until the move ends",
+                module.name
+            ),
+            help: format!(
+                "finish the move with `moat extract {0}`, or roll it back with `moat extract {0} --abort`, then migrate",
+                module.name
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
