@@ -290,10 +290,7 @@ fn ensure_running_locked(dir: &Path, options: &EmbeddedOptions) -> Result<Runnin
         if current || options.durable {
             return Ok(RunningCluster { dir: dir.to_owned(), port, started: false });
         }
-        let output = output_of(
-            user.command(&binaries.tool("pg_ctl")).args(["stop", "--wait", "-m", "fast", "-D"]).arg(&data),
-            "pg_ctl stop",
-        )?;
+        let output = pg_ctl_stop(&binaries, user, &data)?;
         if !output.status.success() {
             return Err(AdminError::Embedded {
                 message: format!(
@@ -471,10 +468,7 @@ pub fn stop(dir: &Path) -> Result<bool, AdminError> {
     if running_port(&binaries, user, &data).is_none() {
         return Ok(false);
     }
-    let output = output_of(
-        user.command(&binaries.tool("pg_ctl")).args(["stop", "--wait", "-m", "fast", "-D"]).arg(&data),
-        "pg_ctl stop",
-    )?;
+    let output = pg_ctl_stop(&binaries, user, &data)?;
     if !output.status.success() {
         return Err(AdminError::Embedded {
             message: format!("pg_ctl stop failed: {}", String::from_utf8_lossy(&output.stderr).trim()),
@@ -482,6 +476,14 @@ pub fn stop(dir: &Path) -> Result<bool, AdminError> {
         });
     }
     Ok(true)
+}
+
+/// `pg_ctl stop` (fast mode, waiting) of the cluster in `data`.
+fn pg_ctl_stop(binaries: &Binaries, user: RunAs, data: &Path) -> Result<Output, AdminError> {
+    output_of(
+        user.command(&binaries.tool("pg_ctl")).args(["stop", "--wait", "-m", "fast", "-D"]).arg(data),
+        "pg_ctl stop",
+    )
 }
 
 fn free_port() -> Result<u16, AdminError> {

@@ -203,6 +203,35 @@ SELECT n.nspname AS schema, \
             AND NOT c.relhasrules AND NOT c.relrowsecurity) AS journal \
 FROM pg_catalog.pg_namespace n WHERE n.nspname = ANY($1)";
 
+/// A move journal's row, as every reader of it sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRow {
+    /// The manifest's key of the target database (`''` for the main one).
+    pub target: String,
+    /// The step under way (`switched` once done).
+    pub step: String,
+    /// Whether the move has stopped the module's writes here.
+    pub frozen: bool,
+}
+
+/// Reads the move journal of `schema`. The caller has checked that it is moat's plain table
+/// (a SELECT on it then fires no trigger, rule or policy). Columns are read through `to_jsonb`,
+/// so that a journal lacking one reads as without a value.
+pub async fn read_journal(conn: &mut PgConnection, schema: &str) -> Result<Option<JournalRow>, AdminError> {
+    let sql = format!(
+        "SELECT coalesce(j OPERATOR(pg_catalog.->>) 'target', ''), coalesce(j OPERATOR(pg_catalog.->>) 'step', ''), \
+         j OPERATOR(pg_catalog.->>) 'frozen_at' IS NOT NULL \
+         FROM (SELECT pg_catalog.to_jsonb(m) AS j FROM {} m) x \
+         ORDER BY j OPERATOR(pg_catalog.->>) 'started_at' DESC NULLS LAST LIMIT 1",
+        qualified(schema, internal::MOVE)
+    );
+    let row: Option<(String, String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db(format!("reading the move journal of schema {}", ident(schema))))?;
+    Ok(row.map(|(target, step, frozen)| JournalRow { target, step, frozen }))
+}
+
 /// The module schemas in one database: whether each holds a history, and its move journal.
 async fn read(conn: &mut PgConnection, manifest: &Manifest) -> Result<Vec<(String, Found)>, AdminError> {
     let schemas: Vec<String> = manifest.modules.iter().map(|m| m.schema.to_string()).collect();
@@ -216,19 +245,7 @@ async fn read(conn: &mut PgConnection, manifest: &Manifest) -> Result<Vec<(Strin
         .map_err(db("looking for module schemas"))?;
     let mut out = Vec::new();
     for (schema, history, journal) in rows {
-        let journal = if journal {
-            // A SELECT fires no trigger; the table is moat's, with no rule or row security.
-            let sql = format!(
-                "SELECT target, step FROM {} ORDER BY started_at DESC NULLS LAST LIMIT 1",
-                qualified(&schema, internal::MOVE)
-            );
-            sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql))
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db(format!("reading the move journal of schema {}", ident(&schema))))?
-        } else {
-            None
-        };
+        let journal = if journal { read_journal(conn, &schema).await?.map(|j| (j.target, j.step)) } else { None };
         out.push((schema, Found { history, journal }));
     }
     Ok(out)

@@ -75,17 +75,9 @@ pub async fn read_state(conn: &mut PgConnection, manifest: &Manifest) -> Result<
         // The move journal is read only when it is moat's plain table (see `placement`).
         let journal = snapshot.relation(schema, crate::internal::MOVE);
         if journal.is_some_and(|r| r.kind == "r" && r.owner == moat_owner) {
-            let sql = format!(
-                // Through `to_jsonb`, so that a journal without a column reads as without a value.
-                "SELECT count(*) > 0 FROM {} m WHERE pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.->>) 'step' <> {} \
-                 AND pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.->>) 'frozen_at' IS NOT NULL",
-                qualified(schema, crate::internal::MOVE),
-                moat_core::quote::literal(crate::internal::MOVE_SWITCHED)
-            );
-            let frozen: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db("reading the move journal"))?;
+            let frozen = crate::placement::read_journal(conn, schema)
+                .await?
+                .is_some_and(|j| j.frozen && j.step != crate::internal::MOVE_SWITCHED);
             if frozen {
                 inputs.frozen.insert(module.name.to_string());
             }

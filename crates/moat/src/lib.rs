@@ -224,8 +224,13 @@ impl Moat {
     /// database the module lives in now. Take it anew for each unit of work: after `moat
     /// extract` switches the module to another database, the next call returns a pool there.
     pub fn pool(&self, module: &str) -> Result<PgPool, Error> {
+        Ok(self.current(module)?.pool)
+    }
+
+    /// A module's pool as it is now, with where it points.
+    fn current(&self, module: &str) -> Result<ModulePool, Error> {
         let pools = self.inner.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        pools.get(module).map(|p| p.pool.clone()).ok_or_else(|| Error::UnknownModule {
+        pools.get(module).cloned().ok_or_else(|| Error::UnknownModule {
             name: module.to_owned(),
             known: pools.keys().cloned().collect::<Vec<_>>().join(", "),
         })
@@ -271,18 +276,7 @@ impl Moat {
     ) -> Result<(sqlx::pool::PoolConnection<sqlx::Postgres>, bool), Error> {
         let mut moves = self.inner.moves.subscribe();
         loop {
-            let (pool, prepared) = {
-                let pools = self.inner.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-                match pools.get(module) {
-                    Some(p) => (p.pool.clone(), p.prepared),
-                    None => {
-                        return Err(Error::UnknownModule {
-                            name: module.to_owned(),
-                            known: pools.keys().cloned().collect::<Vec<_>>().join(", "),
-                        });
-                    }
-                }
-            };
+            let ModulePool { pool, prepared, .. } = self.current(module)?;
             moves.borrow_and_update();
             tokio::select! {
                 conn = pool.acquire() => return Ok((conn?, prepared)),

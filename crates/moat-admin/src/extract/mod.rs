@@ -510,9 +510,7 @@ async fn run_locked(
         let started = Instant::now();
         match step {
             Step::Prepare => {
-                journal::set_step(src, ctx, Step::Prepare).await?;
-                (ctx.observe)(ExtractEvent::Step { step });
-                kill_hook(step);
+                enter(ctx, src, Step::Prepare).await?;
                 preflight::check(ctx, src, dst, true).await?;
                 if ctx.mode == Mode::Replicate {
                     replicate::stop(ctx, src, dst).await?;
@@ -526,9 +524,7 @@ async fn run_locked(
                 step = Step::Copy;
             }
             Step::Catchup => {
-                journal::set_step(src, ctx, Step::Catchup).await?;
-                (ctx.observe)(ExtractEvent::Step { step });
-                kill_hook(step);
+                enter(ctx, src, Step::Catchup).await?;
                 if later.is_none() {
                     later = Some(replicate::later_parts(ctx, src).await?);
                 }
@@ -538,13 +534,12 @@ async fn run_locked(
                 step = Step::Cutover;
             }
             Step::Cutover => {
-                journal::set_step(src, ctx, Step::Cutover).await?;
-                (ctx.observe)(ExtractEvent::Step { step });
-                kill_hook(step);
+                enter(ctx, src, Step::Cutover).await?;
                 let sql = match later.take() {
                     Some((_, triggers)) => triggers,
                     None => replicate::later_parts(ctx, src).await?.1,
                 };
+                hold_provisioning(ctx, src, provision_locked).await?;
                 match replicate::cutover(ctx, src, dst, &sql).await {
                     Ok(tables) => report.tables.extend(tables),
                     Err(e) => {
@@ -556,9 +551,7 @@ async fn run_locked(
                 step = Step::Verify;
             }
             Step::Copy => {
-                journal::set_step(src, ctx, Step::Copy).await?;
-                (ctx.observe)(ExtractEvent::Step { step });
-                kill_hook(step);
+                enter(ctx, src, Step::Copy).await?;
                 if resume_prepare || post_data.is_none() {
                     preflight::check(ctx, src, dst, true).await?;
                     post_data = Some(dump::prepare(ctx, src, dst).await?.post_data);
@@ -583,9 +576,7 @@ async fn run_locked(
             }
             Step::Verify => {
                 hold_provisioning(ctx, src, provision_locked).await?;
-                journal::set_step(src, ctx, Step::Verify).await?;
-                (ctx.observe)(ExtractEvent::Step { step });
-                kill_hook(step);
+                enter(ctx, src, Step::Verify).await?;
                 let verification = verify::verify(ctx, src, dst).await?;
                 journal::set_report(src, ctx, &verification).await?;
                 let ok = verification.mismatches.is_empty();
@@ -629,6 +620,15 @@ async fn run_locked(
 }
 
 /// Takes the source's provisioning lock for the rest of the run, once.
+/// Starts `step`: the journal says it is under way, the observer hears of it, and the test hook
+/// may kill the process right there.
+async fn enter(ctx: &Ctx<'_>, src: &mut PgConnection, step: Step) -> Result<(), AdminError> {
+    journal::set_step(src, ctx, step).await?;
+    (ctx.observe)(ExtractEvent::Step { step });
+    kill_hook(step);
+    Ok(())
+}
+
 async fn hold_provisioning(ctx: &Ctx<'_>, src: &mut PgConnection, held: &mut bool) -> Result<(), AdminError> {
     if !*held {
         let key = crate::provision::provision_lock(ctx.manifest);

@@ -123,15 +123,7 @@ async fn refuse_during_a_move(
     if !journal {
         return Ok(());
     }
-    let sql = format!(
-        "SELECT pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.->>) 'step' FROM {} m",
-        moat_core::quote::qualified(schema, crate::internal::MOVE)
-    );
-    let step: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .fetch_optional(&mut *admin)
-        .await
-        .map_err(crate::error::db("reading the move journal"))?
-        .flatten();
+    let step = crate::placement::read_journal(admin, schema).await?.map(|j| j.step);
     match step {
         Some(step) if step != crate::internal::MOVE_SWITCHED => Err(AdminError::Refused {
             message: format!(
