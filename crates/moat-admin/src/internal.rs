@@ -247,14 +247,30 @@ pub struct AddedColumn {
 /// those that a database provisioned by an older moat lacks ([`add_column_sql`]): moat never
 /// drops, renames or changes a column of its own tables, so adding is the whole upgrade.
 /// Every other default is a constant, so adding a column never rewrites a table.
-pub const ADDED_COLUMNS: [AddedColumn; 6] = [
+pub const ADDED_COLUMNS: [AddedColumn; 13] = [
     added(OUTBOX, "cluster", "text NOT NULL", true),
     added(OUTBOX_PROGRESS, "cluster", "text", false),
     added(SUBSCRIPTIONS, "handled", "text[] NOT NULL DEFAULT '{}'", false),
     added(SUBSCRIPTIONS, "ignored", "text[] NOT NULL DEFAULT '{}'", false),
     added(SUBSCRIPTIONS, "cluster", "text", false),
     added(SUBSCRIPTIONS, "moved_id", "bigint NOT NULL DEFAULT 0", false),
+    // The JetStream relay's cursor, in its progress row (`RELAY_PROGRESS`): the same snapshot
+    // cursor a subscription keeps.
+    added(OUTBOX_PROGRESS, "lo", "pg_snapshot", false),
+    added(OUTBOX_PROGRESS, "hi", "pg_snapshot", false),
+    added(OUTBOX_PROGRESS, "last_id", "bigint NOT NULL DEFAULT 0", false),
+    added(OUTBOX_PROGRESS, "moved_id", "bigint NOT NULL DEFAULT 0", false),
+    // A subscription's transport as it last ran, its position in the JetStream stream, and the
+    // events it applied beyond its snapshot `lo` (`<tx>/<event id>`), which JetStream may deliver
+    // again (see `moat::jetstream`).
+    added(SUBSCRIPTIONS, "transport", "text NOT NULL DEFAULT 'direct'", false),
+    added(SUBSCRIPTIONS, "stream_seq", "bigint NOT NULL DEFAULT 0", false),
+    added(SUBSCRIPTIONS, "applied", "text[] NOT NULL DEFAULT '{}'", false),
 ];
+
+/// The progress row of the JetStream relay beside each outbox (not a module name: those cannot
+/// start with `$`). Retention waits for it as for every subscriber that reads the outbox.
+pub const RELAY_PROGRESS: &str = "$relay";
 
 const fn added(
     table: &'static str,

@@ -831,7 +831,22 @@ impl<'a> Planner<'a> {
         if existing.is_none() && !creating {
             return;
         }
-        let wanted: BTreeSet<&str> = self.manifest.dependents(&module.name).map(|m| m.name.as_str()).collect();
+        // Subscribers that read the outbox, and the relay when a subscriber reads JetStream (or
+        // the project sends every event there).
+        let mut wanted: BTreeSet<&str> = self
+            .manifest
+            .dependents(&module.name)
+            .filter(|m| self.manifest.transport(m, &module.name) == moat_core::manifest::Transport::Direct)
+            .map(|m| m.name.as_str())
+            .collect();
+        let relayed = self.manifest.events.transport == moat_core::manifest::Transport::JetStream
+            || self
+                .manifest
+                .dependents(&module.name)
+                .any(|m| self.manifest.transport(m, &module.name) == moat_core::manifest::Transport::JetStream);
+        if relayed {
+            wanted.insert(internal::RELAY_PROGRESS);
+        }
         let empty = BTreeSet::new();
         let existing = existing.unwrap_or(&empty);
         let add: Vec<&str> = wanted.iter().copied().filter(|s| !existing.contains(*s)).collect();

@@ -164,6 +164,7 @@ fn analyze_here(input: &AnalysisInput<'_>) -> Analysis {
             analysis.migration_formats.entry(module.clone()).or_default().insert(format);
         }
     }
+    analysis.findings.extend(crate::rules::unsafe_event_transport::check(input.manifest));
     sort(&mut analysis.findings);
     analysis
 }

@@ -70,11 +70,13 @@ pub enum Command {
     },
     /// Live audit of the database catalog plus an access probe as every runtime role.
     Audit(commands::audit::AuditArgs),
-    /// Module events: delivery status, dead letters, retries.
+    /// Module events: delivery status, dead letters, retries, live tail from JetStream.
     #[command(subcommand)]
     Events(commands::events::EventsCommand),
     /// Move a module to the database the manifest names for it.
     Extract(commands::extract::ExtractArgs),
+    /// Publish every module's outbox to NATS JetStream (subjects `<project>.<module>.<EventType>`).
+    Relay(commands::relay::RelayArgs),
     /// Start (or stop) the embedded PostgreSQL and print its URL.
     Dev {
         /// `stop` stops it.
@@ -156,6 +158,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         Command::Audit(args) => commands::audit::audit(cli, args).await,
         Command::Events(command) => commands::events::events(cli, command).await,
         Command::Extract(args) => commands::extract::extract_command(cli, args).await,
+        Command::Relay(args) => commands::relay::relay(cli, args).await,
         Command::Dev { action } => commands::dev::dev(cli, action.as_deref()).await,
     }
 }

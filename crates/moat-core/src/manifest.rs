@@ -17,6 +17,12 @@ use crate::names::{
 };
 use crate::text::LineIndex;
 
+mod events;
+pub use events::{
+    DEFAULT_NATS_URL, DEFAULT_NATS_URL_ENV, EventsConfig, Storage, StreamSettings, Transport, UnsafeSetting,
+    format_duration, parse_duration,
+};
+
 /// The manifest's file name.
 pub const FILE_NAME: &str = "moat.toml";
 
@@ -50,6 +56,8 @@ pub struct Manifest {
     /// (default [`DEFAULT_CONNECTION_LIMIT`]); a module's own `connection_limit` overrides it for
     /// its runtime role.
     pub connection_limit: u32,
+    /// `[events]`: the transport of module events and the JetStream settings.
+    pub events: EventsConfig,
 }
 
 /// The `CONNECTION LIMIT` of moat's login roles when the manifest does not set one.
@@ -78,6 +86,9 @@ pub struct Module {
     pub connection_limit: Option<u32>,
     /// `database = "NAME"`: the database it lives in (`None`: the main database).
     pub database: Option<DatabaseName>,
+    /// `transport = { publisher = "jetstream" }`: the transport of its subscription to a
+    /// publisher, where it is not `[events] transport`.
+    pub transports: BTreeMap<ModuleName, Transport>,
 }
 
 /// `[databases.NAME]`: a database other than the main one, for database per service.
@@ -373,6 +384,28 @@ impl Manifest {
         self.modules.iter().chain(&self.elsewhere).any(|m| !m.depends_on.is_empty())
     }
 
+    /// The transport of `subscriber`'s subscription to `publisher`: the module's own
+    /// `transport` entry, else `[events] transport`.
+    pub fn transport(&self, subscriber: &Module, publisher: &ModuleName) -> Transport {
+        subscriber.transports.get(publisher).copied().unwrap_or(self.events.transport)
+    }
+
+    /// Every subscription `(subscriber, publisher)` whose transport is JetStream, here or in
+    /// another database.
+    pub fn jetstream_subscriptions(&self) -> Vec<(&Module, &ModuleName)> {
+        self.modules
+            .iter()
+            .chain(&self.elsewhere)
+            .flat_map(|m| m.depends_on.iter().map(move |p| (m, p)))
+            .filter(|(m, p)| self.transport(m, p) == Transport::JetStream)
+            .collect()
+    }
+
+    /// The JetStream stream of the project's events (`[events] stream`, else the project name).
+    pub fn stream_name(&self) -> String {
+        self.events.stream.clone().unwrap_or_else(|| self.project.to_string())
+    }
+
     /// Whether some module (here or in another database) depends on `module` (so it may publish
     /// events to it).
     pub fn is_depended_on(&self, module: &ModuleName) -> bool {
@@ -534,6 +567,7 @@ impl<'a> Parser<'a> {
         let mut contract_tables = Vec::new();
         let mut consumer_tables = Vec::new();
         let mut database_tables = Vec::new();
+        let mut events = EventsConfig::default();
         let mut saw_project = false;
         for (key, value) in doc.iter() {
             match key.get_ref().as_ref() {
@@ -547,11 +581,16 @@ impl<'a> Parser<'a> {
                 "contracts" => contract_tables = self.entries(value, "contracts"),
                 "consumers" => consumer_tables = self.entries(value, "consumers"),
                 "databases" => database_tables = self.entries(value, "databases"),
+                "events" => {
+                    if let Some(table) = self.table(value, "events") {
+                        events = self.events(table);
+                    }
+                }
                 other => self.unknown_key(
                     key.span(),
                     other,
                     "",
-                    &["project", "modules", "contracts", "consumers", "databases"],
+                    &["project", "modules", "contracts", "consumers", "databases", "events"],
                 ),
             }
         }
@@ -585,6 +624,7 @@ impl<'a> Parser<'a> {
                     elsewhere_contracts: Vec::new(),
                     elsewhere_consumers: Vec::new(),
                     connection_limit: self.connection_limit.unwrap_or(DEFAULT_CONNECTION_LIMIT),
+                    events,
                 };
                 self.role_collisions(&manifest, &module_tables, &consumer_tables, &contract_tables);
                 if self.errors.is_empty() { Ok(manifest) } else { Err(self.errors) }
@@ -758,6 +798,7 @@ impl<'a> Parser<'a> {
             let mut claims: Vec<(Claim, Range<usize>)> = Vec::new();
             let mut connection_limit = None;
             let mut database = None;
+            let mut transports_raw = Vec::new();
             let mut ok = true;
             let mut graph_deps = Vec::new();
             for (k, v) in table.iter() {
@@ -864,12 +905,39 @@ impl<'a> Parser<'a> {
                         },
                         None => ok = false,
                     },
+                    "transport" => transports_raw = self.transports(v, &field),
                     other => self.unknown_key(
                         k.span(),
                         other,
                         &prefix,
-                        &["schema", "migrations", "sources", "depends_on", "claims", "connection_limit", "database"],
+                        &[
+                            "schema",
+                            "migrations",
+                            "sources",
+                            "depends_on",
+                            "claims",
+                            "connection_limit",
+                            "database",
+                            "transport",
+                        ],
                     ),
+                }
+            }
+            let mut transports = BTreeMap::new();
+            for (publisher, transport, span) in transports_raw {
+                match depends_on.iter().find(|d| d.as_str() == publisher) {
+                    Some(d) => {
+                        transports.insert(d.clone(), transport);
+                    }
+                    None => {
+                        self.error(
+                            span,
+                            format!("{prefix}.transport.{publisher}"),
+                            format!("`{name}` does not depend on `{publisher}`, so it receives no events of it"),
+                            Some(format!("add `{publisher}` to `depends_on`, or remove it here")),
+                        );
+                        ok = false;
+                    }
                 }
             }
             self.dependency_graph.push((name.to_string(), graph_deps, key.span()));
@@ -919,6 +987,7 @@ impl<'a> Parser<'a> {
                         claims,
                         connection_limit,
                         database,
+                        transports,
                     },
                     key.span(),
                 ));

@@ -130,6 +130,9 @@ catalog! {
     /// A suppression without a reason.
     SuppressionWithoutReason = "suppression-without-reason", Error,
         "a `moat:allow` comment without a reason";
+    /// `[events]` settings that could lose, duplicate or reorder events on NATS JetStream.
+    UnsafeEventTransport = "unsafe-event-transport", Error,
+        "a JetStream setting could lose, duplicate or reorder module events";
     /// The database lacks something the manifest asks for.
     ProvisioningDrift = "provisioning-drift", Error,
         "the database lacks a role, schema, grant, setting or contract that the manifest asks for";

@@ -16,6 +16,7 @@ pub struct Config {
     pub(crate) pool_size: u32,
     pub(crate) audit: bool,
     pub(crate) isolation: bool,
+    pub(crate) modules: Option<Vec<String>>,
 }
 
 impl Config {
@@ -36,6 +37,7 @@ impl Config {
             pool_size: 10,
             audit: true,
             isolation: true,
+            modules: None,
         }
     }
 
@@ -70,6 +72,14 @@ impl Config {
     /// what isolation costs, never for production.
     pub fn isolation(mut self, isolation: bool) -> Self {
         self.isolation = isolation;
+        self
+    }
+
+    /// Opens pools for these modules only (default: every module): a service that runs some
+    /// modules of the project, or the relay, which needs none (and no consumer's either). The
+    /// others' pools are never opened, so their roles need not be able to log in from here.
+    pub fn modules<S: Into<String>>(mut self, modules: impl IntoIterator<Item = S>) -> Self {
+        self.modules = Some(modules.into_iter().map(Into::into).collect());
         self
     }
 

@@ -117,6 +117,35 @@ pub enum Error {
     /// A finished transaction was used.
     #[error("the transaction is already finished")]
     TransactionFinished,
+    /// NATS or JetStream refused or failed (connecting, the stream, a consumer, a publish).
+    #[error("NATS JetStream ({context}): {message}{}", .help.as_ref().map(|h| format!("\n  help: {h}")).unwrap_or_default())]
+    Nats {
+        /// What moat was doing.
+        context: String,
+        /// The client's or server's message.
+        message: String,
+        /// What to do about it.
+        help: Option<String>,
+    },
+    /// A JetStream setting (in the manifest, or of the live stream or consumer) could lose,
+    /// duplicate or reorder events.
+    #[error("{object} could lose, duplicate or reorder events; refusing to start:\n{}", .settings.iter().map(|s| format!("  - {s}")).collect::<Vec<_>>().join("\n"))]
+    UnsafeEventTransport {
+        /// The stream or consumer (`stream clinic`, `consumer billing_from_patients`).
+        object: String,
+        /// Each unsafe setting with its safe value.
+        settings: Vec<moat_core::manifest::UnsafeSetting>,
+    },
+    /// A JetStream message that is not a moat event envelope.
+    #[error("message {sequence} on `{subject}` is not a moat event: {reason}")]
+    BadEnvelope {
+        /// Its subject.
+        subject: String,
+        /// Its stream sequence.
+        sequence: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// A database error in the application's own use of a pool.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

@@ -21,6 +21,7 @@ mod config;
 mod error;
 pub mod events;
 mod follow;
+pub mod jetstream;
 mod notify;
 
 pub use config::Config;
@@ -144,6 +145,9 @@ impl Moat {
         };
         let mut pools = BTreeMap::new();
         for module in &config.manifest.modules {
+            if config.modules.as_ref().is_some_and(|only| !only.iter().any(|m| m == module.name.as_str())) {
+                continue;
+            }
             let at = placement.at(module.name.as_str()).cloned();
             let pool =
                 open_module_pool(&config.manifest, &target, config.isolation, config.pool_size, module, &at).await?;
@@ -151,7 +155,7 @@ impl Moat {
         }
         let mut consumer_pools = BTreeMap::new();
         let roles = config.manifest.roles();
-        for consumer in &config.manifest.consumers {
+        for consumer in config.manifest.consumers.iter().filter(|_| config.modules.is_none()) {
             // A consumer reads contracts of one database (the manifest refuses more).
             let database = config
                 .manifest
@@ -239,7 +243,14 @@ impl Moat {
     /// The database a module's pool logs in to (`None`: the main database).
     pub fn database_of(&self, module: &str) -> Option<DatabaseName> {
         let pools = self.inner.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        pools.get(module).and_then(|p| p.at.clone())
+        match pools.get(module) {
+            Some(pool) => pool.at.clone(),
+            // A module this process opened no pool for (`Config::modules`): where it lives.
+            None => {
+                let placement = self.inner.placement.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                placement.at(module).cloned()
+            }
+        }
     }
 
     /// The pool of a consumer (a reporting or support role that reads contract views).
@@ -317,14 +328,13 @@ impl Moat {
 
     /// The databases publishing modules live in now.
     fn databases_with_publishers(&self) -> Vec<DatabaseKey> {
-        let pools = self.inner.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut keys: Vec<DatabaseKey> = self
             .inner
             .manifest
             .modules
             .iter()
             .filter(|m| self.inner.manifest.is_depended_on(&m.name))
-            .filter_map(|m| pools.get(m.name.as_str()).map(|p| p.at.clone()))
+            .map(|m| self.database_of(m.name.as_str()))
             .collect();
         keys.sort();
         keys.dedup();
@@ -348,6 +358,11 @@ impl Moat {
             let now = placement.at(name).cloned();
             let before = self.database_of(name);
             if now == before {
+                continue;
+            }
+            if !self.inner.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(name) {
+                // No pool here (`Config::modules`); the placement below is what follows it.
+                moved.push(name.to_owned());
                 continue;
             }
             let pool = open_module_pool(

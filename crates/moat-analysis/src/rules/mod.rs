@@ -22,6 +22,7 @@ pub(crate) mod suppression_without_reason;
 pub(crate) mod template_placeholder;
 pub(crate) mod transaction_control_in_migration;
 pub(crate) mod unresolved_reference;
+pub(crate) mod unsafe_event_transport;
 pub(crate) mod unused_suppression;
 
 use std::ops::Range;
@@ -58,6 +59,7 @@ pub fn rules() -> &'static [RuleId] {
         template_placeholder::RULE,
         unused_suppression::RULE,
         suppression_without_reason::RULE,
+        unsafe_event_transport::RULE,
     ]
 }
 

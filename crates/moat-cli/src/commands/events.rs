@@ -1,4 +1,4 @@
-//! `moat events status | dead | retry`.
+//! `moat events status | dead | retry | tail`.
 
 use moat_admin::events::{RetryTarget, dead_all, retry_all, status_all};
 
@@ -21,12 +21,100 @@ pub enum EventsCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Print the project's events live as they reach NATS JetStream (one line each; with
+    /// `--format json`, one JSON envelope per line).
+    Tail {
+        /// A subject filter, such as `clinic.patients.>` (default: every event of the project).
+        subject: Option<String>,
+        /// Start from the stream's first message instead of from now.
+        #[arg(long)]
+        from_start: bool,
+        /// Stop after this many messages.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// The NATS server (default: the variable `[events] nats_url_env` names, else
+        /// nats://127.0.0.1:4222).
+        #[arg(long, value_name = "URL")]
+        nats_url: Option<String>,
+    },
+}
+
+/// `moat events tail`.
+async fn tail(
+    cli: &Cli,
+    manifest: &moat_core::manifest::Manifest,
+    subject: Option<&str>,
+    from_start: bool,
+    limit: Option<u64>,
+    nats_url: Option<&str>,
+) -> anyhow::Result<u8> {
+    use futures::StreamExt;
+    let broker = match nats_url {
+        Some(url) => moat::jetstream::Broker::connect_to(manifest, url).await?,
+        None => moat::jetstream::Broker::connect(manifest).await?,
+    };
+    let messages = moat::jetstream::tail(&broker, subject, from_start).await?;
+    let mut messages = std::pin::pin!(messages);
+    let mut seen = 0u64;
+    if cli.format == Format::Human {
+        output::status_err(
+            "Tailing",
+            style::INFO,
+            format!(
+                "stream `{}`{}; Ctrl-C stops",
+                broker.stream_name(),
+                subject.map(|s| format!(" on `{s}`")).unwrap_or_default()
+            ),
+        );
+    }
+    while limit.is_none_or(|l| seen < l) {
+        let next = tokio::select! {
+            next = messages.next() => next,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(tailed) = next else { break };
+        let tailed = tailed?;
+        seen += 1;
+        if cli.format == Format::Json {
+            let line = match &tailed.event {
+                Ok(event) => serde_json::to_string(event)?,
+                Err(e) => serde_json::to_string(
+                    &serde_json::json!({"subject": tailed.subject, "sequence": tailed.sequence, "error": e}),
+                )?,
+            };
+            output::line(line)?;
+        } else {
+            match &tailed.event {
+                Ok(event) => output::line(format!(
+                    "{} {} {} {} {}",
+                    paint(style::DIM, format!("#{}", tailed.sequence)),
+                    paint(style::BOLD, &tailed.subject),
+                    format!("key={}", event.key),
+                    paint(style::DIM, event.id),
+                    event.payload
+                ))?,
+                Err(e) => output::line(format!(
+                    "{} {} {} {e}",
+                    paint(style::DIM, format!("#{}", tailed.sequence)),
+                    tailed.subject,
+                    paint(style::WARN, "not a moat event:")
+                ))?,
+            }
+        }
+    }
+    Ok(0)
 }
 
 /// `moat events ...`.
 pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
     let manifest = load_manifest(cli)?;
-    let target = super::target_quiet(cli, &manifest).await?;
+    let target = match command {
+        // The stream alone: no database.
+        EventsCommand::Tail { subject, from_start, limit, nats_url } => {
+            return tail(cli, &manifest, subject.as_deref(), *from_start, *limit, nats_url.as_deref()).await;
+        }
+        _ => super::target_quiet(cli, &manifest).await?,
+    };
     let several = super::several_databases(&manifest);
     // `billing@billing_db`: a module and the database it lives in, when it is not the main one.
     let at = |module: &str, database: Option<&str>| match database {
@@ -105,6 +193,7 @@ pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        EventsCommand::Tail { .. } => Ok(0),
         EventsCommand::Retry { id, all } => {
             let target_events = if *all {
                 RetryTarget::All

@@ -7,6 +7,7 @@ pub mod events;
 pub mod extract;
 pub mod migrate;
 pub mod provision;
+pub mod relay;
 pub mod up;
 
 use moat_admin::databases::DatabaseKey;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moat_admin::internal::{INBOX, OUTBOX_PROGRESS, SUBSCRIPTIONS};
+use moat_core::manifest::Transport;
 use moat_core::quote::qualified;
 use tokio::sync::watch;
 
@@ -67,6 +68,7 @@ pub struct EventBus {
     app: Moat,
     config: DispatcherConfig,
     subscriptions: Vec<SubscriptionSpec>,
+    broker: Option<crate::jetstream::Broker>,
 }
 
 impl std::fmt::Debug for EventBus {
@@ -77,12 +79,19 @@ impl std::fmt::Debug for EventBus {
 
 impl EventBus {
     pub(crate) fn new(app: Moat) -> Self {
-        Self { app, config: DispatcherConfig::default(), subscriptions: Vec::new() }
+        Self { app, config: DispatcherConfig::default(), subscriptions: Vec::new(), broker: None }
     }
 
     /// Replaces the tuning.
     pub fn config(mut self, config: DispatcherConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// The JetStream connection for subscriptions whose transport is `jetstream` (without one,
+    /// the bus connects to the server `[events] nats_url_env` names when it needs one).
+    pub fn jetstream(mut self, broker: crate::jetstream::Broker) -> Self {
+        self.broker = Some(broker);
         self
     }
 
@@ -146,11 +155,18 @@ impl EventBus {
 
     /// Registers the subscriptions in the database and starts delivering.
     pub async fn start(self) -> Result<Dispatcher, Error> {
-        // The relay must be able to log in where each publisher lives; fail before starting.
-        for spec in &self.subscriptions {
-            self.app.relay_for(&spec.publisher).await?;
-        }
         let manifest = self.app.manifest();
+        // The relay must be able to log in where each publisher read directly lives; fail before
+        // starting.
+        for spec in &self.subscriptions {
+            let Some(sub_module) = manifest.module(&spec.subscriber) else { continue };
+            let Some(pub_module) = manifest.module(&spec.publisher) else { continue };
+            if manifest.transport(sub_module, &pub_module.name) == Transport::Direct {
+                self.app.relay_for(&spec.publisher).await?;
+            }
+        }
+        let mut broker = self.broker.clone();
+        let mut stream = None;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut channels = BTreeMap::new();
@@ -162,7 +178,10 @@ impl EventBus {
             let pub_module = manifest
                 .module(&spec.publisher)
                 .ok_or_else(|| Error::UnknownModule { name: spec.publisher.clone(), known: String::new() })?;
-            let subscription = Arc::new(Subscription {
+            let transport = manifest.transport(sub_module, &pub_module.name);
+            let mut subscription = Subscription {
+                transport,
+                jet: None,
                 mine: spec.handlers.keys().map(|t| (*t).to_owned()).collect(),
                 ignored: spec.ignored.iter().map(|t| (*t).to_owned()).collect(),
                 handlers: spec.handlers,
@@ -182,9 +201,34 @@ impl EventBus {
                 config: self.config.clone(),
                 notifier: self.app.notifier(),
                 state: std::sync::Mutex::new(LocalState::default()),
-            });
+            };
             subscription.register().await?;
-            channels.insert(channel_name(manifest.project.as_str(), &spec.publisher), spec.publisher.clone());
+            // JetStream for this subscription, or to drain before the outbox is read again.
+            let needs_jet = transport == Transport::JetStream || subscription.last_transport().await? != "direct";
+            if needs_jet {
+                let broker = match &broker {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = crate::jetstream::Broker::connect(manifest).await?;
+                        broker = Some(b.clone());
+                        b
+                    }
+                };
+                let js_stream = match &stream {
+                    Some(s) => Clone::clone(s),
+                    None => {
+                        let s = broker.ensure_stream().await?;
+                        stream = Some(s.clone());
+                        s
+                    }
+                };
+                let jet = crate::jetstream::consume::Jet::new(broker, js_stream, &spec.publisher).await?;
+                subscription.jet = Some(Arc::new(jet));
+            }
+            let subscription = Arc::new(subscription);
+            if transport == Transport::Direct {
+                channels.insert(channel_name(manifest.project.as_str(), &spec.publisher), spec.publisher.clone());
+            }
             subscriptions.push(subscription);
         }
         for subscription in &subscriptions {
@@ -200,7 +244,8 @@ impl EventBus {
             tasks.push(tokio::spawn(async move { listen(app, channels, notifier, stop).await }));
         }
         // Retention: truncate outbox slots every subscriber has consumed.
-        let publishers: BTreeSet<String> = subscriptions.iter().map(|s| s.publisher.clone()).collect();
+        let publishers: BTreeSet<String> =
+            subscriptions.iter().filter(|s| s.transport == Transport::Direct).map(|s| s.publisher.clone()).collect();
         for publisher in publishers {
             let Some(module) = manifest.module(&publisher) else { continue };
             let schema = module.schema.to_string();

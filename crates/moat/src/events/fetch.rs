@@ -41,6 +41,10 @@ pub(crate) struct Locked {
     pub(crate) handled: Vec<String>,
     /// Keys with an event held in the inbox: later events of these keys wait behind it.
     pub(crate) blocked: BTreeSet<String>,
+    /// The transport that ran last (`direct` or `jetstream`).
+    pub(crate) transport: String,
+    /// Events applied through JetStream that `lo` does not cover yet (`<tx>/<event id>`).
+    pub(crate) applied: Vec<String>,
 }
 
 /// `BEGIN` follows, then this: the cursor row locked (`FOR UPDATE SKIP LOCKED`; no row when
@@ -50,7 +54,7 @@ pub(crate) struct Locked {
 pub(crate) fn lock_sql(subscriptions: &str, inbox: &str, publisher: &str) -> String {
     let publisher = literal(publisher);
     format!(
-        "SELECT lo::text, hi::text, last_id, cluster, moved_id, handled FROM {subscriptions} WHERE publisher = {publisher} FOR UPDATE SKIP LOCKED; \
+        "SELECT lo::text, hi::text, last_id, cluster, moved_id, handled, transport, applied FROM {subscriptions} WHERE publisher = {publisher} FOR UPDATE SKIP LOCKED; \
          SELECT coalesce(array_agg(DISTINCT event_key), '{{}}') AS blocked FROM {inbox} WHERE publisher = {publisher}"
     )
 }
@@ -72,10 +76,12 @@ pub(crate) fn parse_lock(rows: &[PgRow]) -> Result<Option<Locked>, Error> {
                     moved_id: row.try_get("moved_id")?,
                 },
                 row.try_get::<Vec<String>, _>("handled")?,
+                row.try_get::<String, _>("transport")?,
+                row.try_get::<Vec<String>, _>("applied")?,
             ));
         }
     }
-    Ok(cursor.map(|(cursor, handled)| Locked { cursor, handled, blocked }))
+    Ok(cursor.map(|(cursor, handled, transport, applied)| Locked { cursor, handled, blocked, transport, applied }))
 }
 
 /// A batch as the relay read it.

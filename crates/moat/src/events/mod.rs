@@ -61,9 +61,14 @@ pub use handler::{Handler, HandlerContext, HandlerError};
 pub use publish::{EventMeta, ModuleTx};
 pub use snapshot::SnapshotUpsert;
 
+pub(crate) use fetch::cluster_id;
+pub(crate) use handler::RawEvent;
 pub use moat_admin::internal::InboxState;
-pub(crate) use publish::{outbox_table as publish_outbox, prepare_publish_sql};
+pub(crate) use publish::{outbox_insert, outbox_table, outbox_table as publish_outbox, prepare_publish_sql};
 pub use retention::truncate_consumed;
+pub(crate) use subscription::{Mode, Subscription, backoff};
+pub(crate) use tx::RawTx;
+pub(crate) use wake::listen;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -61,6 +61,11 @@ pub(crate) struct Subscription {
     pub(crate) config: DispatcherConfig,
     pub(crate) notifier: Arc<Notifier>,
     pub(crate) state: std::sync::Mutex<LocalState>,
+    /// The transport the manifest gives this subscription.
+    pub(crate) transport: moat_core::manifest::Transport,
+    /// The JetStream side: for a subscription reading JetStream, and for one that must first
+    /// drain JetStream after the manifest switched it back to the direct transport.
+    pub(crate) jet: Option<Arc<crate::jetstream::consume::Jet>>,
 }
 
 /// What this process remembers of its subscription between rounds (an optimization only: the
@@ -77,11 +82,13 @@ pub(crate) struct LocalState {
     pub(crate) last_advance: Option<Instant>,
     /// The identity of the cluster this process talks to (read when it registers).
     pub(crate) cluster: String,
+    /// JetStream: take the consumer again from what the row says was applied.
+    pub(crate) jet_reset: bool,
 }
 
 /// How a batch runs its handlers.
 #[derive(Debug, Clone, Copy)]
-enum Mode {
+pub(crate) enum Mode {
     /// Runs of one type through `handle_batch`; any failure redoes the batch carefully.
     Fast,
     /// One event at a time in a savepoint; a failing event is held for retry.
@@ -100,6 +107,9 @@ impl Subscription {
     /// Registers this process's handled and ignored types, creates the cursor and the progress
     /// row if missing, and drops held events of types the subscriber now ignores.
     pub(crate) async fn register(&self) -> Result<(), Error> {
+        if self.transport == moat_core::manifest::Transport::JetStream {
+            return self.register_jet().await;
+        }
         // The upsert takes the cursor row's lock, so a registration lands between two batches:
         // every batch after it holds the new types.
         let here = cluster_id(&self.relay().await?).await?;
@@ -145,6 +155,48 @@ impl Subscription {
         Ok(())
     }
 
+    /// Registers a subscription that reads JetStream: its handled and ignored types (a new row
+    /// starts at the stream's beginning); the publisher's database is not needed.
+    async fn register_jet(&self) -> Result<(), Error> {
+        let sql = format!(
+            "INSERT INTO {subscriptions} AS s (publisher, lo, handled, ignored, transport) VALUES ($1, '1:1:', $2, $3, 'jetstream') \
+             ON CONFLICT (publisher) DO UPDATE SET \
+               handled = ARRAY(SELECT DISTINCT t FROM unnest(s.handled || $2) t WHERE t <> ALL ($3) ORDER BY t), \
+               ignored = ARRAY(SELECT DISTINCT t FROM unnest(s.ignored || $3) t WHERE t <> ALL ($2) ORDER BY t) \
+             RETURNING handled",
+            subscriptions = self.tables.subscriptions
+        );
+        let handled: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(&self.publisher)
+            .bind(&self.mine)
+            .bind(&self.ignored)
+            .fetch_one(&self.pool()?)
+            .await?;
+        if !self.ignored.is_empty() {
+            let sql = format!("DELETE FROM {} WHERE publisher = $1 AND event_type = ANY($2)", self.tables.inbox);
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&self.publisher)
+                .bind(&self.ignored)
+                .execute(&self.pool()?)
+                .await?;
+        }
+        let sql = format!("SELECT count(*) > 0 FROM {} WHERE publisher = $1", self.tables.inbox);
+        let held: bool =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).fetch_one(&self.pool()?).await?;
+        let mut local = self.local();
+        local.held = held;
+        local.handled = handled;
+        Ok(())
+    }
+
+    /// The transport the subscription's row says ran last.
+    pub(crate) async fn last_transport(&self) -> Result<String, Error> {
+        let sql = format!("SELECT transport FROM {} WHERE publisher = $1", self.tables.subscriptions);
+        let transport: Option<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).fetch_optional(&self.pool()?).await?;
+        Ok(transport.unwrap_or_else(|| "direct".into()))
+    }
+
     /// The subscriber's pool, in the database it lives in now.
     pub(crate) fn pool(&self) -> Result<PgPool, Error> {
         self.app.pool(&self.subscriber)
@@ -186,6 +238,22 @@ impl Subscription {
     }
 
     pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        if self.jet.is_some() {
+            // JetStream, or a drain of it before the direct transport takes over again.
+            let drain = self.transport == moat_core::manifest::Transport::Direct;
+            loop {
+                match self.run_jetstream(&mut stop, drain).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(subscriber = %self.subscriber, publisher = %self.publisher, error = %e, "event delivery from JetStream failed; retrying");
+                        tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
+                    }
+                }
+            }
+            if !drain || *stop.borrow() {
+                return;
+            }
+        }
         let wake = self.notifier.channel(&self.publisher);
         let mut last_report = Instant::now() - self.config.progress_interval;
         let mut failures = 0u32;
@@ -272,11 +340,16 @@ impl Subscription {
         let conn = self.app.acquire(&self.subscriber).await?;
         let lock = lock_sql(&self.tables.subscriptions, &self.tables.inbox, &self.publisher);
         let (mut tx, rows) = RawTx::begin_with(conn, &lock).await?;
-        let Some(Locked { cursor, handled, mut blocked }) = parse_lock(&rows)? else {
+        let Some(Locked { cursor, handled, mut blocked, transport, applied: jet_applied }) = parse_lock(&rows)? else {
             // Another dispatcher holds this subscription right now.
             tx.rollback().await?;
             return Ok(Outcome::Consumed(0));
         };
+        if transport != moat_core::manifest::Transport::Direct.as_str() {
+            // JetStream ran last: the process that drains it switches the row back first.
+            tx.rollback().await?;
+            return Ok(Outcome::Consumed(0));
+        }
         {
             let mut local = self.local();
             local.handled.clone_from(&handled);
@@ -288,8 +361,15 @@ impl Subscription {
         if cursor.cluster.as_ref().is_some_and(|c| *c != here) {
             return self.rebase(tx, &cursor, &handled, &here).await;
         }
-        let batch =
+        let mut batch =
             fetch(&self.relay().await?, &self.tables.outbox, &here, &cursor, &handled, self.config.batch_size).await?;
+        let fetched = batch.events.len();
+        let last_position = batch.events.last().map(|e| e.position);
+        if !jet_applied.is_empty() {
+            // Applied through JetStream before the switch back; `lo` does not cover them yet.
+            let ids = crate::jetstream::consume::applied_ids(&jet_applied);
+            batch.events.retain(|e| !ids.contains(&e.id));
+        }
         let mut published = Vec::new();
         let applied = match mode {
             Mode::Fast => self.apply_fast(&mut tx, &batch.events, &mut blocked, &mut published).await?,
@@ -302,19 +382,18 @@ impl Subscription {
             tx.rollback().await?;
             return Ok(Outcome::Redo);
         }
-        let events = &batch.events;
-        let complete = (events.len() as i64) < self.config.batch_size;
+        let complete = (fetched as i64) < self.config.batch_size;
         let next = if complete {
             Cursor { lo: batch.hi.clone(), hi: None, last_id: 0, ..cursor.clone() }
         } else {
             Cursor {
                 lo: cursor.lo.clone(),
                 hi: Some(batch.hi.clone()),
-                last_id: events.last().map_or(cursor.last_id, |e| e.position),
+                last_id: last_position.unwrap_or(cursor.last_id),
                 ..cursor.clone()
             }
         };
-        if events.is_empty() && next.lo == cursor.lo && cursor.hi.is_none() {
+        if fetched == 0 && next.lo == cursor.lo && cursor.hi.is_none() {
             tx.rollback().await?;
             let mut local = self.local();
             local.lo = Some(cursor.lo);
@@ -338,6 +417,15 @@ impl Subscription {
             literal(&here),
             literal(&self.publisher)
         ));
+        if !jet_applied.is_empty() && next.hi.is_none() {
+            let kept = crate::jetstream::consume::prune_applied(&jet_applied, &next.lo);
+            finish.push_str(&format!(
+                "UPDATE {} SET applied = ARRAY[{}]::text[] WHERE publisher = {}; ",
+                self.tables.subscriptions,
+                kept.iter().map(|a| literal(a)).collect::<Vec<_>>().join(", "),
+                literal(&self.publisher)
+            ));
+        }
         tx.commit(&finish).await?;
         {
             let mut local = self.local();
@@ -347,7 +435,7 @@ impl Subscription {
         if !published.is_empty() {
             self.notifier.published(&self.subscriber);
         }
-        Ok(Outcome::Consumed(events.len()))
+        Ok(Outcome::Consumed(fetched))
     }
 
     /// Re-bases a cursor taken in another cluster (the database was dumped and restored, or
@@ -393,7 +481,7 @@ impl Subscription {
 
     /// Runs of consecutive events of one type through `handle_batch`. `false` when one failed
     /// (the caller rolls back and redoes the batch carefully).
-    async fn apply_fast(
+    pub(crate) async fn apply_fast(
         &self,
         tx: &mut RawTx,
         events: &[RawEvent],
@@ -426,7 +514,7 @@ impl Subscription {
 
     /// One event at a time, each in a savepoint; a failing event is held for retry and blocks
     /// its key.
-    async fn apply_careful(
+    pub(crate) async fn apply_careful(
         &self,
         tx: &mut RawTx,
         events: &[RawEvent],
