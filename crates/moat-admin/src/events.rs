@@ -245,9 +245,16 @@ async fn status_in(sessions: &mut Sessions<'_>, manifest: &Manifest) -> Result<E
                 .await
                 .map_err(db("reading outbox progress"))?;
         for subscriber in recorded {
-            let subscribes = manifest
-                .module(&subscriber)
-                .is_some_and(|m| m.depends_on.iter().any(|d| d.as_str() == publisher.name.as_str()));
+            // The relay's row when the manifest relays this module; a subscriber's when it reads
+            // the outbox (one that reads JetStream does not hold the outbox back).
+            let subscribes = if subscriber == crate::internal::RELAY_PROGRESS {
+                manifest.relayed(&publisher.name)
+            } else {
+                manifest.module(&subscriber).is_some_and(|m| {
+                    m.depends_on.iter().any(|d| d.as_str() == publisher.name.as_str())
+                        && manifest.transport(m, &publisher.name) == moat_core::manifest::Transport::Direct
+                })
+            };
             if !subscribes {
                 removed.push(RemovedSubscriber {
                     publisher: publisher.name.to_string(),

@@ -839,12 +839,7 @@ impl<'a> Planner<'a> {
             .filter(|m| self.manifest.transport(m, &module.name) == moat_core::manifest::Transport::Direct)
             .map(|m| m.name.as_str())
             .collect();
-        let relayed = self.manifest.events.transport == moat_core::manifest::Transport::JetStream
-            || self
-                .manifest
-                .dependents(&module.name)
-                .any(|m| self.manifest.transport(m, &module.name) == moat_core::manifest::Transport::JetStream);
-        if relayed {
+        if self.manifest.relayed(&module.name) {
             wanted.insert(internal::RELAY_PROGRESS);
         }
         let empty = BTreeSet::new();

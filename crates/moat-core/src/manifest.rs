@@ -401,6 +401,13 @@ impl Manifest {
             .collect()
     }
 
+    /// Whether `moat relay` publishes `publisher`'s events (the project's transport is JetStream,
+    /// or a subscription to it is): then its outbox keeps a progress row for the relay.
+    pub fn relayed(&self, publisher: &ModuleName) -> bool {
+        self.events.transport == Transport::JetStream
+            || self.dependents(publisher).any(|m| self.transport(m, publisher) == Transport::JetStream)
+    }
+
     /// The JetStream stream of the project's events (`[events] stream`, else the project name).
     pub fn stream_name(&self) -> String {
         self.events.stream.clone().unwrap_or_else(|| self.project.to_string())

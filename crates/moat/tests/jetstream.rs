@@ -212,3 +212,42 @@ async fn a_subscription_switches_between_transports_without_loss_or_duplicate() 
     dispatcher.shutdown().await;
     app.close().await;
 }
+
+#[tokio::test]
+async fn outbox_retention_waits_for_the_relay() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let project = TestProject::new(&db.project, &manifest("jetstream", ""), FILES);
+    let app = start(&db, &project).await;
+    // Events in an old slot (as if published two minutes ago), nobody relayed them yet.
+    let old_slot = "((floor(extract(epoch FROM now()) / 60)::bigint + 2) % 4)::smallint";
+    db.exec(&format!(
+        "INSERT INTO customers.moat_outbox (slot, event_id, event_type, event_key, payload) \
+         SELECT {old_slot}, gen_random_uuid(), 'CustomerRenamed', g::text, json_build_object('customer_id', g, 'version', 1) FROM generate_series(1, 50) g"
+    ))
+    .await;
+    let relay_pool = app.relay_pool().await.unwrap();
+    db.exec("SELECT pg_current_xact_id()").await;
+    assert_eq!(
+        moat::events::truncate_consumed(&relay_pool, "customers").await.unwrap(),
+        0,
+        "the relay has not published them"
+    );
+    assert_eq!(count(&db.url, "SELECT count(*) FROM customers.moat_outbox").await, 50);
+
+    let broker = Broker::connect_to(app.manifest(), &nats.url()).await.unwrap();
+    let relay = Relay::start(app.clone(), broker.clone(), relay_config()).await.unwrap();
+    let started = Instant::now();
+    loop {
+        if moat::events::truncate_consumed(&relay_pool, "customers").await.unwrap() >= 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the relayed slot was never truncated");
+        db.exec("SELECT pg_current_xact_id()").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stream_messages(&broker).await, 50);
+    assert_eq!(count(&db.url, "SELECT count(*) FROM customers.moat_outbox").await, 0);
+    relay.shutdown().await;
+    app.close().await;
+}

@@ -500,10 +500,14 @@ impl Subscription {
                     .map_err(|e| nats_error("computing where to start reading", e))?;
             consumer::DeliverPolicy::ByStartTime { start_time }
         };
-        let consumer = jet.broker.reset_consumer(&jet.stream, &self.subscriber, &self.publisher, start).await?;
+        let mut consumer = jet.broker.reset_consumer(&jet.stream, &self.subscriber, &self.publisher, start).await?;
+        // The consumer starts after this sequence: the row says so, or the next batch would
+        // take it for messages fetched and never applied.
+        let before =
+            consumer.info().await.map_err(|e| nats_error("reading the consumer", e))?.delivered.stream_sequence;
         *jet.consumer.lock().await = Some(consumer);
         let sql = format!(
-            "UPDATE {} SET transport = 'jetstream', stream_seq = 0, updated_at = now() WHERE publisher = {}; ",
+            "UPDATE {} SET transport = 'jetstream', stream_seq = {before}, updated_at = now() WHERE publisher = {}; ",
             self.tables.subscriptions,
             literal(&self.publisher)
         );
