@@ -15,6 +15,8 @@ use moat_core::manifest::Manifest;
 use moat_core::quote::ident;
 use sqlx::{Connection, PgConnection};
 
+pub mod nats;
+
 /// The server URL (of its `postgres` database) that tests use.
 pub fn server_url() -> DatabaseUrl {
     static SERVER: OnceLock<DatabaseUrl> = OnceLock::new();
