@@ -101,11 +101,11 @@ password = "x"
     /p/moat.toml:3:1: `project.owner`: unknown key `owner`
       help: known keys here: `name`, `connection_limit`
     /p/moat.toml:6:1: `modules.patients.schmea`: unknown key `schmea`
-      help: known keys here: `schema`, `migrations`, `sources`, `depends_on`, `claims`, `connection_limit`, `database`
+      help: known keys here: `schema`, `migrations`, `sources`, `depends_on`, `claims`, `connection_limit`, `database`, `transport`
     /p/moat.toml:9:1: `consumers.reporting.password`: unknown key `password`
       help: `consumers.reporting` takes no keys
     /p/moat.toml:11:2: `extra`: unknown key `extra`
-      help: known keys here: `project`, `modules`, `contracts`, `consumers`, `databases`
+      help: known keys here: `project`, `modules`, `contracts`, `consumers`, `databases`, `events`
     "#);
 }
 
