@@ -109,9 +109,9 @@ async fn a_relay_that_publishes_again_beyond_the_duplicate_window_causes_no_seco
 
     // Within the window: the relay lost its progress (as if it never saw the PubAcks) and
     // publishes every event again; JetStream drops them all.
-    db.exec(&format!(
-        "UPDATE customers.moat_outbox_progress SET lo = '1:1:', hi = NULL, last_id = 0 WHERE subscriber = '$relay'"
-    ))
+    db.exec(
+        "UPDATE customers.moat_outbox_progress SET lo = '1:1:', hi = NULL, last_id = 0 WHERE subscriber = '$relay'",
+    )
     .await;
     let relay = Relay::start(app.clone(), broker.clone(), relay_config()).await.unwrap();
     let started = Instant::now();

@@ -98,7 +98,7 @@ async fn tail(
                     "{} {} {} {} {}",
                     paint(style::DIM, format!("#{}", tailed.sequence)),
                     paint(style::BOLD, &tailed.subject),
-                    format!("key={}", event.key),
+                    format_args!("key={}", event.key),
                     paint(style::DIM, event.id),
                     event.payload
                 ))?,

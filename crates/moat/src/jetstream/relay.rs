@@ -275,7 +275,7 @@ impl Publisher {
                  AND pg_visible_in_snapshot(tx, {hi_snapshot}) AND NOT pg_visible_in_snapshot(tx, {lo_snapshot}) \
                  AND cluster = {here_sql} ORDER BY id LIMIT {limit}",
                 hi_text = literal(hi),
-                hi_snapshot = format!("{}::pg_snapshot", literal(hi)),
+                hi_snapshot = format_args!("{}::pg_snapshot", literal(hi)),
                 outbox = self.outbox
             ),
         };
