@@ -254,6 +254,20 @@ async fn event_types_that_are_no_subject_token_neither_stop_the_relay_nor_escape
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     relay.shutdown().await;
+    // A subscriber reading JetStream passes over the poison events (no handler takes their
+    // types) and applies the module's other events, before and after them.
+    let dispatcher = app
+        .events()
+        .jetstream(broker.clone())
+        .config(config())
+        .subscribe::<CustomerRenamed, _>("orders", Record)
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    wait_for(&db.url, APPLIED, 6, Duration::from_secs(30)).await;
+    dispatcher.shutdown().await;
+    assert_eq!(count(&db.url, OUT_OF_ORDER).await, 0);
 
     // Every message, in order, with its subject and the type its body carries.
     let tailed = moat::jetstream::tail(&broker, None, true).await.unwrap();
