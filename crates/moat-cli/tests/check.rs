@@ -346,3 +346,81 @@ fn included_files_are_checked_where_they_are_included_and_findings_point_into_th
     assert!(text.contains("src/billing/sql/unpaid.sql:5:6"), "{text}");
     assert!(text.contains("JOIN patients.patients p"), "{text}");
 }
+
+/// A project of two modules, `orders` subscribing to `customers`, whose `[events]` table holds
+/// `transport = "jetstream"` (line 4) and then `setting` (line 5).
+fn events_project(events: &str, orders: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    write(
+        dir.path(),
+        "moat.toml",
+        &format!(
+            "[project]\nname = \"shop\"\n[events]\n{events}\n[modules.customers]\n[modules.orders]\ndepends_on = [\"customers\"]\n{orders}\n"
+        ),
+    );
+    write(
+        dir.path(),
+        "modules/customers/migrations/0001_customers.sql",
+        "CREATE TABLE customers (id bigint PRIMARY KEY);\n",
+    );
+    write(dir.path(), "modules/orders/migrations/0001_orders.sql", "CREATE TABLE orders (id bigint PRIMARY KEY);\n");
+    dir
+}
+
+#[test]
+fn unsafe_event_transport_settings_are_errors_at_their_manifest_line() {
+    let cases = [
+        ("storage = \"memory\"", "storage", "`storage = \"file\"`"),
+        ("duplicate_window = \"10s\"", "duplicate_window", "`duplicate_window = \"1m\"` or longer"),
+        (
+            "max_age = \"1h\"",
+            "max_age",
+            "no `max_age` (unlimited) while a subscription uses `transport = \"jetstream\"`",
+        ),
+        (
+            "max_msgs = 1000",
+            "max_msgs",
+            "no `max_msgs` (unlimited) while a subscription uses `transport = \"jetstream\"`",
+        ),
+        ("ack_wait = \"10s\"", "ack_wait", "`ack_wait = \"30s\"` or longer"),
+    ];
+    for (line, setting, safe) in cases {
+        let dir = events_project(&format!("transport = \"jetstream\"\n{line}"), "");
+        let output = moat(dir.path(), &["check"]);
+        let text = transcript(dir.path(), &output);
+        assert_eq!(output.status.code(), Some(1), "{line}: {text}");
+        assert!(text.contains("unsafe-event-transport"), "{line}: {text}");
+        assert!(text.contains("moat.toml:5:1"), "{line}: {text}");
+        assert!(text.contains(&format!("`events.{setting} = ")), "{line}: {text}");
+        assert!(text.contains(safe), "{line}: {text}");
+
+        let output = moat(dir.path(), &["--format", "json", "check"]);
+        assert_eq!(output.status.code(), Some(1), "{line}: {}", transcript(dir.path(), &output));
+        let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+        let findings = document["findings"].as_array().expect("findings");
+        assert_eq!(findings.len(), 1, "{line}: {document}");
+        let finding = &findings[0];
+        assert_eq!(finding["rule"], "unsafe-event-transport", "{line}: {finding}");
+        assert_eq!(finding["severity"], "error", "{line}: {finding}");
+        assert_eq!(finding["file"], "moat.toml", "{line}: {finding}");
+        assert_eq!(finding["line"], 5, "{line}: {finding}");
+        assert_eq!(finding["object"], format!("events.{setting}"), "{line}: {finding}");
+        assert!(finding["help"].as_str().is_some_and(|h| h.contains(safe)), "{line}: {finding}");
+    }
+}
+
+#[test]
+fn stream_limits_are_no_finding_while_no_subscription_reads_jetstream() {
+    // No `[events] transport`: every subscription reads the outbox.
+    let dir = events_project("max_age = \"1h\"\nmax_msgs = 1000", "");
+    let output = moat(dir.path(), &["check"]);
+    assert_eq!(output.status.code(), Some(0), "{}", transcript(dir.path(), &output));
+    // Every event goes to JetStream, but the one subscription says `direct`.
+    let dir = events_project("transport = \"jetstream\"\nmax_age = \"1h\"", "transport = { customers = \"direct\" }");
+    let output = moat(dir.path(), &["check"]);
+    assert_eq!(output.status.code(), Some(0), "{}", transcript(dir.path(), &output));
+    // The subscription reads JetStream: the limit is an error again.
+    let dir = events_project("max_age = \"1h\"", "transport = { customers = \"jetstream\" }");
+    let output = moat(dir.path(), &["check"]);
+    assert_eq!(output.status.code(), Some(1), "{}", transcript(dir.path(), &output));
+}

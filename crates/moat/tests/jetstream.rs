@@ -109,9 +109,9 @@ async fn a_relay_that_publishes_again_beyond_the_duplicate_window_causes_no_seco
 
     // Within the window: the relay lost its progress (as if it never saw the PubAcks) and
     // publishes every event again; JetStream drops them all.
-    db.exec(&format!(
-        "UPDATE customers.moat_outbox_progress SET lo = '1:1:', hi = NULL, last_id = 0 WHERE subscriber = '$relay'"
-    ))
+    db.exec(
+        "UPDATE customers.moat_outbox_progress SET lo = '1:1:', hi = NULL, last_id = 0 WHERE subscriber = '$relay'",
+    )
     .await;
     let relay = Relay::start(app.clone(), broker.clone(), relay_config()).await.unwrap();
     let started = Instant::now();
@@ -249,5 +249,87 @@ async fn outbox_retention_waits_for_the_relay() {
     assert_eq!(stream_messages(&broker).await, 50);
     assert_eq!(count(&db.url, "SELECT count(*) FROM customers.moat_outbox").await, 0);
     relay.shutdown().await;
+    app.close().await;
+}
+
+/// Module code is not trusted: its runtime role can write any event type into its own outbox,
+/// including types that are no valid NATS subject token. The relay publishes them under a
+/// sanitized token (the body keeps the real type) and goes on with the module's later events.
+#[tokio::test]
+async fn event_types_that_are_no_subject_token_neither_stop_the_relay_nor_escape_their_subject() {
+    use futures::StreamExt as _;
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let project = TestProject::new(&db.project, &manifest("jetstream", ""), FILES);
+    let app = start(&db, &project).await;
+    let broker = Broker::connect_to(app.manifest(), &nats.url()).await.unwrap();
+    let relay = Relay::start(app.clone(), broker.clone(), relay_config()).await.unwrap();
+    publish(&app, 0, 3).await;
+
+    // As the module's runtime role, straight into its outbox.
+    let poison = [("Evil.>", "Evil__"), ("has space", "has_space"), ("", "_"), ("*", "_"), ("a\r\nb", "a__b")];
+    let mut runtime = db.connect_as(&db.role("customers")).await;
+    for (event_type, _) in poison {
+        sqlx::query(
+            "INSERT INTO customers.moat_outbox (event_id, event_type, event_key, payload) \
+             VALUES (gen_random_uuid(), $1, 'evil', '{}')",
+        )
+        .bind(event_type)
+        .execute(&mut runtime)
+        .await
+        .unwrap();
+    }
+    drop(runtime);
+    publish(&app, 3, 6).await;
+
+    let expected = 6 + poison.len() as u64;
+    let started = Instant::now();
+    while stream_messages(&broker).await < expected {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the relay is stuck: {} of {expected} events in the stream",
+            stream_messages(&broker).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.shutdown().await;
+    // A subscriber reading JetStream passes over the poison events (no handler takes their
+    // types) and applies the module's other events, before and after them.
+    let dispatcher = app
+        .events()
+        .jetstream(broker.clone())
+        .config(config())
+        .subscribe::<CustomerRenamed, _>("orders", Record)
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    wait_for(&db.url, APPLIED, 6, Duration::from_secs(30)).await;
+    dispatcher.shutdown().await;
+    assert_eq!(count(&db.url, OUT_OF_ORDER).await, 0);
+
+    // Every message, in order, with its subject and the type its body carries.
+    let tailed = moat::jetstream::tail(&broker, None, true).await.unwrap();
+    let tailed: Vec<_> = tailed
+        .take(expected as usize)
+        .map(|t| {
+            let t = t.unwrap();
+            let event = t.event.unwrap();
+            (t.subject, event.event_type, event.key)
+        })
+        .collect()
+        .await;
+    let prefix = format!("{}.customers.", db.project);
+    let mut wanted: Vec<(String, String, String)> = Vec::new();
+    for n in 0..3 {
+        wanted.push((format!("{prefix}CustomerRenamed"), "CustomerRenamed".into(), (n % 3).to_string()));
+    }
+    for (event_type, token) in poison {
+        wanted.push((format!("{prefix}{token}"), event_type.into(), "evil".into()));
+    }
+    for n in 3..6 {
+        wanted.push((format!("{prefix}CustomerRenamed"), "CustomerRenamed".into(), (n % 3).to_string()));
+    }
+    assert_eq!(tailed, wanted);
     app.close().await;
 }

@@ -1,6 +1,8 @@
 //! `moat events status | dead | retry | tail`.
 
+use moat::jetstream::{Broker, ConsumerState};
 use moat_admin::events::{RetryTarget, dead_all, retry_all, status_all};
+use moat_core::manifest::Transport;
 
 use crate::output::{self, Format, paint, style};
 use crate::{Cli, load_manifest};
@@ -8,8 +10,15 @@ use crate::{Cli, load_manifest};
 /// `moat events` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum EventsCommand {
-    /// Per subscriber: lag in events and seconds, held and dead events.
-    Status,
+    /// Per subscriber: lag in events and seconds, held and dead events; for a subscription
+    /// reading JetStream, its durable consumer's pending, redelivered and unacknowledged messages.
+    Status {
+        /// The NATS server (default: the variable `[events] nats_url_env` names, else
+        /// nats://127.0.0.1:4222). Only asked when a subscription reads JetStream; unreachable,
+        /// the rest is shown with a warning.
+        #[arg(long, value_name = "URL")]
+        nats_url: Option<String>,
+    },
     /// List dead letters (events whose handler kept failing).
     Dead,
     /// Put dead letters back in the retry queue (the running dispatcher applies them in key order).
@@ -89,7 +98,7 @@ async fn tail(
                     "{} {} {} {} {}",
                     paint(style::DIM, format!("#{}", tailed.sequence)),
                     paint(style::BOLD, &tailed.subject),
-                    format!("key={}", event.key),
+                    format_args!("key={}", event.key),
                     paint(style::DIM, event.id),
                     event.payload
                 ))?,
@@ -103,6 +112,54 @@ async fn tail(
         }
     }
     Ok(0)
+}
+
+/// The transport of each subscription and, for those reading JetStream, their consumer's state
+/// (`None` when the consumer does not exist yet or NATS could not be asked); the warnings say
+/// why NATS could not be asked.
+async fn jetstream_states(
+    manifest: &moat_core::manifest::Manifest,
+    subscriptions: &[moat_admin::events::SubscriptionStatus],
+    nats_url: Option<&str>,
+) -> (Vec<(Transport, Option<ConsumerState>)>, Vec<String>) {
+    let transport_of = |subscriber: &str, publisher: &str| {
+        let module = manifest.modules.iter().chain(&manifest.elsewhere).find(|m| m.name.as_str() == subscriber);
+        let publisher = manifest.modules.iter().chain(&manifest.elsewhere).find(|m| m.name.as_str() == publisher);
+        match (module, publisher) {
+            (Some(m), Some(p)) => manifest.transport(m, &p.name),
+            _ => manifest.events.transport,
+        }
+    };
+    let transports: Vec<Transport> = subscriptions.iter().map(|s| transport_of(&s.subscriber, &s.publisher)).collect();
+    let mut warnings = Vec::new();
+    let mut states = vec![None; subscriptions.len()];
+    if transports.contains(&Transport::JetStream) {
+        let connect = async {
+            match nats_url {
+                Some(url) => Broker::connect_to(manifest, url).await,
+                None => Broker::connect(manifest).await,
+            }
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(10), connect).await {
+            Ok(Ok(broker)) => {
+                for (i, s) in subscriptions.iter().enumerate() {
+                    if transports[i] != Transport::JetStream {
+                        continue;
+                    }
+                    match broker.consumer_state(&s.subscriber, &s.publisher).await {
+                        Ok(state) => states[i] = state,
+                        Err(e) => warnings.push(format!(
+                            "could not read the JetStream consumer of `{}` from `{}`: {e}",
+                            s.subscriber, s.publisher
+                        )),
+                    }
+                }
+            }
+            Ok(Err(e)) => warnings.push(format!("JetStream consumers not shown: {e}")),
+            Err(_) => warnings.push("JetStream consumers not shown: NATS did not answer within 10 seconds".into()),
+        }
+    }
+    (transports.into_iter().zip(states).collect(), warnings)
 }
 
 /// `moat events ...`.
@@ -122,13 +179,27 @@ pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
         None => module.to_owned(),
     };
     match command {
-        EventsCommand::Status => {
+        EventsCommand::Status { nats_url } => {
             let status = status_all(&target, &manifest).await?;
+            let (jet, warnings) = jetstream_states(&manifest, &status.subscriptions, nats_url.as_deref()).await;
+            for warning in &warnings {
+                output::warn(warning);
+            }
             if cli.format == Format::Json {
+                let mut subscriptions = Vec::with_capacity(status.subscriptions.len());
+                for (s, (transport, state)) in status.subscriptions.iter().zip(&jet) {
+                    let mut value = serde_json::to_value(s)?;
+                    if let Some(object) = value.as_object_mut() {
+                        object.insert("transport".into(), transport.as_str().into());
+                        object.insert("jetstream".into(), serde_json::to_value(state)?);
+                    }
+                    subscriptions.push(value);
+                }
                 output::json(&serde_json::json!({
                     "version": 1,
-                    "subscriptions": status.subscriptions,
+                    "subscriptions": subscriptions,
                     "removed_subscribers": status.removed_subscribers,
+                    "warnings": warnings,
                 }))?;
             } else if status.subscriptions.is_empty() && status.removed_subscribers.is_empty() {
                 output::line("no subscriptions: no module declares `depends_on`, or `moat up` has not run")?;
@@ -138,7 +209,7 @@ pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
                     "subscriber", "publisher", "lag", "lag (s)", "held", "waiting", "retrying", "dead", "ignored"
                 );
                 output::line(paint(style::BOLD, header))?;
-                for s in &status.subscriptions {
+                for (s, (transport, state)) in status.subscriptions.iter().zip(&jet) {
                     let dead =
                         if s.dead > 0 { paint(style::BAD, format!("{:>6}", s.dead)) } else { format!("{:>6}", s.dead) };
                     let lag =
@@ -152,6 +223,22 @@ pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
                         "{subscriber:<20} {publisher:<20} {lag} {:>10.1} {:>8} {:>8} {:>8} {dead} {:>8}",
                         s.lag_seconds, s.held, s.waiting, s.retrying, s.ignored
                     ))?;
+                    if *transport == Transport::JetStream {
+                        let detail = match state {
+                            Some(c) => format!(
+                                "jetstream consumer `{}`: {} pending, {} redelivered, {} awaiting ack",
+                                Broker::consumer_name(&s.subscriber, &s.publisher),
+                                c.pending,
+                                c.redelivered,
+                                c.ack_pending
+                            ),
+                            None => format!(
+                                "jetstream consumer `{}`: not known (not created yet, or NATS not reachable)",
+                                Broker::consumer_name(&s.subscriber, &s.publisher)
+                            ),
+                        };
+                        output::line(format!("  {}", paint(style::DIM, detail)))?;
+                    }
                 }
                 for r in &status.removed_subscribers {
                     output::line(format!(

@@ -222,6 +222,11 @@ impl EventBus {
                         s
                     }
                 };
+                if transport == Transport::JetStream {
+                    // An unsafe ack wait (the manifest's, or an existing consumer's) refuses the
+                    // start, not every batch of the running dispatcher.
+                    broker.check_consumer(&js_stream, &spec.subscriber, &spec.publisher).await?;
+                }
                 let jet = crate::jetstream::consume::Jet::new(broker, js_stream, &spec.publisher).await?;
                 subscription.jet = Some(Arc::new(jet));
             }

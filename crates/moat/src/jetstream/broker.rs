@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use moat_core::manifest::{
-    DEFAULT_NATS_URL, Manifest, Storage, StreamSettings, Transport, UnsafeSetting, format_duration,
-};
+use moat_core::manifest::{DEFAULT_NATS_URL, Manifest, Storage, StreamSettings, UnsafeSetting, format_duration};
 
 use crate::Error;
 
@@ -92,8 +90,16 @@ impl Broker {
     }
 
     /// The subject of an event: `<project>.<module>.<EventType>`.
+    ///
+    /// The event type is written by module code, which moat does not trust: a module's runtime
+    /// role can insert any text into its own outbox. A type that is not a valid NATS subject
+    /// token (`Evil.>`, `has space`, `*`, the empty string) would make the publish fail for ever
+    /// and stop the relay on that event, or publish under another module's subjects. So the
+    /// token is sanitized: letters, digits, `_` and `-` are kept, every other character becomes
+    /// `_`, and an empty type becomes `_`. The envelope's body (`"type"`) keeps the real type,
+    /// which is what subscribers dispatch on.
     pub fn subject(&self, module: &str, event_type: &str) -> String {
-        format!("{}.{module}.{event_type}", self.manifest.project)
+        format!("{}.{module}.{}", self.manifest.project, subject_token(event_type))
     }
 
     /// The subjects of every event of `module`.
@@ -102,9 +108,10 @@ impl Broker {
     }
 
     /// Whether some subscription reads JetStream (then stream limits could drop what it has not
-    /// consumed).
+    /// consumed). The same question `moat check` asks: a project whose `[events] transport` is
+    /// `jetstream` but whose every subscription says `direct` only relays for outside systems.
     fn has_subscribers(&self) -> bool {
-        !self.manifest.jetstream_subscriptions().is_empty() || self.manifest.events.transport == Transport::JetStream
+        !self.manifest.jetstream_subscriptions().is_empty()
     }
 
     /// Creates the project's stream as the manifest configures it, or checks the existing one:
@@ -217,6 +224,64 @@ impl Broker {
                 .map_err(|e| nats_error(format!("creating consumer `{name}` on stream `{}`", self.stream), e))?,
         };
         let info = consumer.info().await.map_err(|e| nats_error(format!("reading consumer `{name}`"), e))?;
+        self.check_consumer_info(&name, publisher, info)?;
+        Ok(consumer)
+    }
+
+    /// Checks the manifest's ack wait and, when it exists, the durable consumer of `subscriber`'s
+    /// subscription to `publisher` (without creating it): what a dispatcher does when it starts,
+    /// so that an unsafe consumer is refused there and not in a retry loop later.
+    pub(crate) async fn check_consumer(
+        &self,
+        stream: &stream::Stream,
+        subscriber: &str,
+        publisher: &str,
+    ) -> Result<(), Error> {
+        let name = Self::consumer_name(subscriber, publisher);
+        let events = &self.manifest.events;
+        if let Some(unsafe_wait) = events.unsafe_ack_wait(events.ack_wait) {
+            return Err(Error::UnsafeEventTransport {
+                object: "`[events]` in moat.toml".into(),
+                settings: vec![unsafe_wait],
+            });
+        }
+        match stream.consumer_info(&name).await {
+            Ok(info) => self.check_consumer_info(&name, publisher, &info),
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(()),
+            Err(e) => Err(nats_error(format!("reading consumer `{name}`"), e)),
+        }
+    }
+
+    /// The state of the durable consumer of `subscriber`'s subscription to `publisher`, as
+    /// `moat events status` shows it; `None` when the consumer does not exist (yet).
+    pub async fn consumer_state(&self, subscriber: &str, publisher: &str) -> Result<Option<ConsumerState>, Error> {
+        let name = Self::consumer_name(subscriber, publisher);
+        let stream = match self.js.get_stream(&self.stream).await {
+            Ok(stream) => stream,
+            Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.code() == 404) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(self.unavailable(format!("reading stream `{}`", self.stream), e)),
+        };
+        match stream.consumer_info(&name).await {
+            Ok(info) => Ok(Some(ConsumerState {
+                pending: info.num_pending,
+                redelivered: info.num_redelivered as u64,
+                ack_pending: info.num_ack_pending as u64,
+            })),
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(None),
+            Err(e) => Err(nats_error(format!("reading consumer `{name}`"), e)),
+        }
+    }
+
+    fn check_consumer_info(
+        &self,
+        name: &str,
+        publisher: &str,
+        info: impl std::borrow::Borrow<consumer::Info>,
+    ) -> Result<(), Error> {
+        let info = info.borrow();
+        let events = &self.manifest.events;
         let mut found = Vec::new();
         found.extend(events.unsafe_ack_wait(info.config.ack_wait));
         let subjects = self.module_subjects(publisher);
@@ -239,7 +304,7 @@ impl Broker {
         if !found.is_empty() {
             return Err(Error::UnsafeEventTransport { object: format!("consumer `{name}`"), settings: found });
         }
-        Ok(consumer)
+        Ok(())
     }
 
     /// Deletes the consumer and creates it again delivering from `start` (its position moves
@@ -280,8 +345,37 @@ impl Broker {
     }
 }
 
+/// What a durable consumer holds for its subscriber (from JetStream's consumer info).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ConsumerState {
+    /// Messages in the stream the consumer has not delivered yet (`num_pending`).
+    pub pending: u64,
+    /// Messages delivered more than once and not yet acknowledged (`num_redelivered`).
+    pub redelivered: u64,
+    /// Messages delivered and not yet acknowledged (`num_ack_pending`).
+    pub ack_pending: u64,
+}
+
+/// An event type as one NATS subject token: `[A-Za-z0-9_-]` kept, anything else `_`, empty `_`.
+fn subject_token(event_type: &str) -> String {
+    if event_type.is_empty() {
+        return "_".to_owned();
+    }
+    event_type.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn event_types_become_one_valid_subject_token() {
+        assert_eq!(super::subject_token("CustomerRenamed"), "CustomerRenamed");
+        assert_eq!(super::subject_token("Evil.>"), "Evil__");
+        assert_eq!(super::subject_token("has space"), "has_space");
+        assert_eq!(super::subject_token("*"), "_");
+        assert_eq!(super::subject_token(""), "_");
+        assert_eq!(super::subject_token("Kündigung"), "K_ndigung");
+    }
+
     #[test]
     fn urls_lose_their_passwords() {
         assert_eq!(super::redact("nats://u:secret@h:4222"), "nats://***@h:4222");

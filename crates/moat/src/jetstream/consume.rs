@@ -309,15 +309,13 @@ impl Subscription {
         // was applied was fetched by a process that did not finish (or by this one, before an
         // error), and would come again only after its ack wait, behind newer messages.
         let info = current.info().await.map_err(|e| nats_error("reading the consumer", e))?;
-        if info.delivered.stream_sequence > row.stream_seq as u64 || reset {
-            if info.delivered.stream_sequence > row.stream_seq as u64 {
-                tracing::info!(
-                    subscriber = %self.subscriber, publisher = %self.publisher,
-                    delivered = info.delivered.stream_sequence, applied = row.stream_seq,
-                    "messages were taken but not applied; reading the stream again from the last applied one"
-                );
-                current = jet.broker.reset_consumer(&jet.stream, &self.subscriber, &self.publisher, start).await?;
-            }
+        if info.delivered.stream_sequence > row.stream_seq as u64 {
+            tracing::info!(
+                subscriber = %self.subscriber, publisher = %self.publisher,
+                delivered = info.delivered.stream_sequence, applied = row.stream_seq,
+                "messages were taken but not applied; reading the stream again from the last applied one"
+            );
+            current = jet.broker.reset_consumer(&jet.stream, &self.subscriber, &self.publisher, start).await?;
         }
         *slot = Some(current.clone());
         Ok(current)

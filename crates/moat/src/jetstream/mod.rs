@@ -24,7 +24,7 @@ pub(crate) mod relay;
 mod snapshot;
 mod tail;
 
-pub use broker::Broker;
+pub use broker::{Broker, ConsumerState};
 pub use envelope::{
     CAUSATION_HEADER, CLUSTER_HEADER, CORRELATION_HEADER, EnvelopeJson, KEY_HEADER, LO_HEADER, TX_HEADER,
 };

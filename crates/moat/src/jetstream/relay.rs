@@ -103,12 +103,11 @@ struct Publisher {
 }
 
 impl Relay {
-    /// Checks (or creates) the stream, checks that the relay can log in where every publisher
-    /// lives and has its progress row there, then relays every publishing module until
-    /// [`RelayHandle::shutdown`].
+    /// Checks that the relay can log in where every publisher lives and has its progress row
+    /// there, checks (or creates) the stream, then relays every publishing module until
+    /// [`RelayHandle::shutdown`]. A refused relay leaves nothing behind (no stream).
     pub async fn start(app: Moat, broker: Broker, config: RelayConfig) -> Result<RelayHandle, Error> {
         let manifest = app.manifest().clone();
-        broker.ensure_stream().await?;
         let publishers: Vec<_> = manifest.modules.iter().filter(|m| manifest.is_depended_on(&m.name)).collect();
         let mut units = Vec::new();
         let stats = Arc::new(RelayStats::default());
@@ -126,6 +125,7 @@ impl Relay {
             unit.check().await?;
             units.push(unit);
         }
+        broker.ensure_stream().await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let channels: BTreeMap<String, String> = units
@@ -275,7 +275,7 @@ impl Publisher {
                  AND pg_visible_in_snapshot(tx, {hi_snapshot}) AND NOT pg_visible_in_snapshot(tx, {lo_snapshot}) \
                  AND cluster = {here_sql} ORDER BY id LIMIT {limit}",
                 hi_text = literal(hi),
-                hi_snapshot = format!("{}::pg_snapshot", literal(hi)),
+                hi_snapshot = format_args!("{}::pg_snapshot", literal(hi)),
                 outbox = self.outbox
             ),
         };
