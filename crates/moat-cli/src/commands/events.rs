@@ -280,6 +280,7 @@ pub async fn events(cli: &Cli, command: &EventsCommand) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        // Returned above, before any database is resolved.
         EventsCommand::Tail { .. } => Ok(0),
         EventsCommand::Retry { id, all } => {
             let target_events = if *all {
