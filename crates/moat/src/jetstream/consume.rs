@@ -275,6 +275,10 @@ impl Subscription {
 
     async fn jet_cycle(&self, drain: bool) -> Result<JetOutcome, Error> {
         let mut total = 0usize;
+        if !drain && !self.local().held && self.nothing_pending().await? {
+            // Idle: no transaction (each would lock the cursor row and take a transaction id).
+            return Ok(JetOutcome::Idle(None));
+        }
         loop {
             match self.jet_batch(Mode::Fast, drain, None).await? {
                 Batched::Done(n) => {
@@ -293,6 +297,18 @@ impl Subscription {
         }
         let next_retry = if self.local().held { self.retry_due().await? } else { None };
         Ok(if total > 0 { JetOutcome::More } else { JetOutcome::Idle(next_retry) })
+    }
+
+    /// Whether the consumer this process uses has nothing to deliver and nothing delivered that
+    /// waits for an acknowledgement (then a batch would find nothing). `false` when unsure.
+    async fn nothing_pending(&self) -> Result<bool, Error> {
+        let jet = self.jet()?;
+        let cached = jet.consumer.lock().await.clone();
+        let Some(mut consumer) = cached else { return Ok(false) };
+        match consumer.info().await {
+            Ok(info) => Ok(info.num_pending == 0 && info.num_ack_pending == 0),
+            Err(_) => Ok(false),
+        }
     }
 
     /// The consumer, created (or created again from the subscriber's record) when needed.
