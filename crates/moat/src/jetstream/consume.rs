@@ -218,6 +218,9 @@ fn parse_lock(rows: &[PgRow]) -> Result<Option<Row_>, Error> {
 /// cover was committed, hence published, after it was taken.
 const SWITCH_MARGIN: Duration = Duration::from_secs(600);
 
+/// How long fetching one batch from the consumer may take (the broker's request timeout).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A message taken from the consumer.
 struct Taken {
     message: async_nats::jetstream::Message,
@@ -323,17 +326,28 @@ impl Subscription {
         Ok(current)
     }
 
+    /// Fetches what the consumer has (up to `limit`), within [`FETCH_TIMEOUT`]: a fetch has no
+    /// expiry of its own, so one whose answer the server never sent (it went down meanwhile)
+    /// would wait for ever, holding the row lock that every other process of the subscriber
+    /// skips.
     async fn take(&self, consumer: &consumer::PullConsumer, limit: usize) -> Result<Vec<Taken>, Error> {
-        let mut batch =
-            consumer.fetch().max_messages(limit).messages().await.map_err(|e| nats_error("fetching events", e))?;
-        let mut taken = Vec::new();
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| nats_error("fetching events", e))?;
-            let info = message.info().map_err(|e| nats_error("reading a message's metadata", e))?;
-            let (sequence, delivered) = (info.stream_sequence, info.delivered);
-            taken.push(Taken { message, sequence, delivered });
+        let fetch = async {
+            let mut batch =
+                consumer.fetch().max_messages(limit).messages().await.map_err(|e| nats_error("fetching events", e))?;
+            let mut taken = Vec::new();
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| nats_error("fetching events", e))?;
+                let info = message.info().map_err(|e| nats_error("reading a message's metadata", e))?;
+                let (sequence, delivered) = (info.stream_sequence, info.delivered);
+                taken.push(Taken { message, sequence, delivered });
+            }
+            Ok(taken)
+        };
+        match tokio::time::timeout(FETCH_TIMEOUT, fetch).await {
+            Ok(taken) => taken,
+            // The next batch creates the consumer again from the row when it delivered more.
+            Err(_) => Err(nats_error("fetching events", format!("no answer within {FETCH_TIMEOUT:?}"))),
         }
-        Ok(taken)
     }
 
     /// One batch in one transaction of the subscriber.
