@@ -5,7 +5,9 @@
 //! event exactly once, in key order, as its own table says.
 //!
 //! `MOAT_CHAOS_EVENTS` (default 100000), `MOAT_CHAOS_SECONDS` (how long the chaos lasts, default
-//! 30) and `MOAT_CHAOS_SEED` (default: random; the seed is printed) tune a run.
+//! 30) and `MOAT_CHAOS_SEED` (default: random; the seed is printed) tune a run; the processes log
+//! to `target/tmp/chaos-<project>/` (`MOAT_CHAOS_LOG` is their `RUST_LOG`), kept when the test
+//! fails or `MOAT_CHAOS_KEEP_LOGS` is set.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -106,7 +108,7 @@ impl Proc {
             && let Ok(Some(status)) = child.try_wait()
         {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let last = log.lines().rev().find(|l| l.starts_with("Error")).unwrap_or("(no error line)");
             eprintln!("chaos: {} exited by itself ({status}): {last}", self.name);
             self.spawn();
         }
@@ -331,5 +333,7 @@ async fn every_event_is_applied_once_in_key_order_through_kills_and_broker_resta
     }
     drop(nats);
     app.close().await;
-    let _ = std::fs::remove_dir_all(&logs);
+    if std::env::var_os("MOAT_CHAOS_KEEP_LOGS").is_none() {
+        let _ = std::fs::remove_dir_all(&logs);
+    }
 }
