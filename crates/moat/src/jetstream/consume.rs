@@ -218,8 +218,13 @@ fn parse_lock(rows: &[PgRow]) -> Result<Option<Row_>, Error> {
 /// cover was committed, hence published, after it was taken.
 const SWITCH_MARGIN: Duration = Duration::from_secs(600);
 
-/// How long fetching one batch from the consumer may take (the broker's request timeout).
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The expiry of a fetch: the server ends a request it served only in part after this long
+/// (408), and the batch goes on with what came.
+const FETCH_EXPIRY: Duration = Duration::from_secs(1);
+
+/// How long fetching one batch from the consumer may take: beyond the expiry, and beyond the
+/// client's own end of an expired request (5 s after it).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A message taken from the consumer.
 struct Taken {
@@ -310,30 +315,32 @@ impl Subscription {
         };
         // Holding the row lock, nobody else fetches: anything delivered beyond what the row says
         // was applied was fetched by a process that did not finish (or by this one, before an
-        // error), and would come again only after its ack wait, behind newer messages.
+        // error), and would come again only after its ack wait, behind newer messages. Such
+        // messages are unacknowledged; the delivered stream sequence alone says nothing, since a
+        // filtered consumer moves it past the other publishers' messages it skipped (at the end
+        // of the stream, beyond the last message of this publisher).
         let info = current.info().await.map_err(|e| nats_error("reading the consumer", e))?;
-        if info.delivered.stream_sequence > row.stream_seq as u64 || reset {
-            if info.delivered.stream_sequence > row.stream_seq as u64 {
-                tracing::info!(
-                    subscriber = %self.subscriber, publisher = %self.publisher,
-                    delivered = info.delivered.stream_sequence, applied = row.stream_seq,
-                    "messages were taken but not applied; reading the stream again from the last applied one"
-                );
-                current = jet.broker.reset_consumer(&jet.stream, &self.subscriber, &self.publisher, start).await?;
-            }
+        if info.num_ack_pending > 0 && info.delivered.stream_sequence > row.stream_seq as u64 {
+            tracing::info!(
+                subscriber = %self.subscriber, publisher = %self.publisher,
+                delivered = info.delivered.stream_sequence, applied = row.stream_seq, unacknowledged = info.num_ack_pending,
+                "messages were taken but not applied; reading the stream again from the last applied one"
+            );
+            current = jet.broker.reset_consumer(&jet.stream, &self.subscriber, &self.publisher, start).await?;
         }
         *slot = Some(current.clone());
         Ok(current)
     }
 
-    /// Fetches what the consumer has (up to `limit`), within [`FETCH_TIMEOUT`]: a fetch has no
-    /// expiry of its own, so one whose answer the server never sent (it went down meanwhile)
-    /// would wait for ever, holding the row lock that every other process of the subscriber
-    /// skips.
+    /// Fetches what the consumer has (up to `limit`), with an expiry ([`FETCH_EXPIRY`]) and
+    /// within [`FETCH_TIMEOUT`]. Without them a fetch whose end the server never sent (it went
+    /// down meanwhile, or stopped short of the batch, as nats-server 2.9 does at times with a
+    /// filtered consumer) waited for ever, holding the row lock that every other process of the
+    /// subscriber skips.
     async fn take(&self, consumer: &consumer::PullConsumer, limit: usize) -> Result<Vec<Taken>, Error> {
         let fetch = async {
             let mut batch =
-                consumer.fetch().max_messages(limit).messages().await.map_err(|e| nats_error("fetching events", e))?;
+                consumer.fetch().max_messages(limit).expires(FETCH_EXPIRY).messages().await.map_err(|e| nats_error("fetching events", e))?;
             let mut taken = Vec::new();
             while let Some(message) = batch.next().await {
                 let message = message.map_err(|e| nats_error("fetching events", e))?;
