@@ -339,8 +339,13 @@ impl Subscription {
     /// subscriber skips.
     async fn take(&self, consumer: &consumer::PullConsumer, limit: usize) -> Result<Vec<Taken>, Error> {
         let fetch = async {
-            let mut batch =
-                consumer.fetch().max_messages(limit).expires(FETCH_EXPIRY).messages().await.map_err(|e| nats_error("fetching events", e))?;
+            let mut batch = consumer
+                .fetch()
+                .max_messages(limit)
+                .expires(FETCH_EXPIRY)
+                .messages()
+                .await
+                .map_err(|e| nats_error("fetching events", e))?;
             let mut taken = Vec::new();
             while let Some(message) = batch.next().await {
                 let message = message.map_err(|e| nats_error("fetching events", e))?;
