@@ -3,12 +3,13 @@
 //! (moat_testkit::nats).
 //!
 //! * `raw_msgs_per_s`: JetStream publishes with async-nats alone, on a nats-server of their own:
-//!   `EVENTS` messages of the size of the relay's (the same body, a `Nats-Msg-Id` header), up to
-//!   4,096 in flight (the relay's `max_ack_inflight`), every PubAck awaited;
+//!   `EVENTS` messages of the size of the relay's (the body and headers of one of its messages,
+//!   each with a `Nats-Msg-Id` of its own), up to 4,096 in flight (the relay's `max_ack_inflight`), every PubAck awaited;
 //! * `relay_events_per_s`: `EVENTS` events (default 100,000; 1,000 keys at random, 1,000 per
 //!   transaction) already in the outbox, then the relay (default `RelayConfig`, its own
 //!   `Moat::connect`, as `moat relay` runs), timed until the stream holds them all;
-//!   `relay_ratio` = relay / raw;
+//!   `relay_ratio` = relay / raw; `subscriber_drain_events_per_s`: a subscription reading
+//!   JetStream (a handler that writes nothing) applying that backlog;
 //! * `jetstream_p50_ms`, `jetstream_p99_ms`: commit → handled (the handler measures
 //!   `now() - published_at`, which the outbox sets at the commit) at 1,000 events/s for
 //!   `SECONDS` (default 10) through relay, stream and a subscription reading JetStream (relay and
@@ -154,6 +155,14 @@ async fn steady(app: &Moat, latency: &Latency, seconds: u64) -> (Vec<f64>, i64, 
 
 #[tokio::main]
 async fn main() {
+    // RUST_LOG=moat::jetstream::consume=trace shows each batch of the subscription.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let events: usize = env_or("EVENTS", 100_000);
     let seconds: u64 = env_or("SECONDS", 10);
 
@@ -192,6 +201,7 @@ async fn main() {
         tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut sub)).await.unwrap().unwrap()
     };
     let body = sample.payload.clone();
+    let sample_headers = sample.headers.clone().unwrap_or_default();
     let raw_nats = NatsServer::start();
     let client = async_nats::connect(raw_nats.url()).await.unwrap();
     let js = jetstream::ContextBuilder::new().max_ack_inflight(4096).build(client);
@@ -206,7 +216,7 @@ async fn main() {
     let started = Instant::now();
     let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(4096);
     for _ in 0..events {
-        let mut headers = async_nats::HeaderMap::new();
+        let mut headers = sample_headers.clone();
         headers.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
         let ack = js
             .send_publish(
@@ -248,7 +258,12 @@ async fn main() {
         assert!(waited.elapsed() < Duration::from_secs(600), "the subscriber did not catch up in 10 minutes");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("subscriber: backlog of {} events applied in {:.2}s", events + 1, waited.elapsed().as_secs_f64());
+    let drain_rate = (events + 1) as f64 / waited.elapsed().as_secs_f64();
+    eprintln!(
+        "subscriber: backlog of {} events applied in {:.2}s = {drain_rate:.0}/s",
+        events + 1,
+        waited.elapsed().as_secs_f64()
+    );
     latency.0.lock().unwrap().clear();
     let (js_ms, js_lost, js_dup) = steady(&app, &latency, seconds).await;
     let (js_p50, js_p99) = (percentile(&js_ms, 50.0), percentile(&js_ms, 99.0));
@@ -286,6 +301,7 @@ async fn main() {
         "raw_msgs_per_s": raw_rate.round(),
         "relay_events_per_s": relay_rate.round(),
         "relay_ratio": (relay_rate / raw_rate * 1000.0).round() / 1000.0,
+        "subscriber_drain_events_per_s": drain_rate.round(),
         "rate_per_s": RATE,
         "seconds": seconds,
         "jetstream_p50_ms": (js_p50 * 10.0).round() / 10.0,
