@@ -218,6 +218,14 @@ fn parse_lock(rows: &[PgRow]) -> Result<Option<Row_>, Error> {
 /// cover was committed, hence published, after it was taken.
 const SWITCH_MARGIN: Duration = Duration::from_secs(600);
 
+/// The expiry of a fetch: the server ends a request it served only in part after this long
+/// (408), and the batch goes on with what came.
+const FETCH_EXPIRY: Duration = Duration::from_secs(1);
+
+/// How long fetching one batch from the consumer may take: beyond the expiry, and beyond the
+/// client's own end of an expired request (5 s after it).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A message taken from the consumer.
 struct Taken {
     message: async_nats::jetstream::Message,
@@ -323,12 +331,15 @@ impl Subscription {
         };
         // Holding the row lock, nobody else fetches: anything delivered beyond what the row says
         // was applied was fetched by a process that did not finish (or by this one, before an
-        // error), and would come again only after its ack wait, behind newer messages.
+        // error), and would come again only after its ack wait, behind newer messages. Such
+        // messages are unacknowledged; the delivered stream sequence alone says nothing, since a
+        // filtered consumer moves it past the other publishers' messages it skipped (at the end
+        // of the stream, beyond the last message of this publisher).
         let info = current.info().await.map_err(|e| nats_error("reading the consumer", e))?;
-        if info.delivered.stream_sequence > row.stream_seq as u64 {
+        if info.num_ack_pending > 0 && info.delivered.stream_sequence > row.stream_seq as u64 {
             tracing::info!(
                 subscriber = %self.subscriber, publisher = %self.publisher,
-                delivered = info.delivered.stream_sequence, applied = row.stream_seq,
+                delivered = info.delivered.stream_sequence, applied = row.stream_seq, unacknowledged = info.num_ack_pending,
                 "messages were taken but not applied; reading the stream again from the last applied one"
             );
             current = jet.broker.reset_consumer(&jet.stream, &self.subscriber, &self.publisher, start).await?;
@@ -337,17 +348,34 @@ impl Subscription {
         Ok(current)
     }
 
+    /// Fetches what the consumer has (up to `limit`), with an expiry ([`FETCH_EXPIRY`]) and
+    /// within [`FETCH_TIMEOUT`]. Without them a fetch whose end the server never sent (it went
+    /// down meanwhile, or stopped short of the batch, as nats-server 2.9 does at times with a
+    /// filtered consumer) waited for ever, holding the row lock that every other process of the
+    /// subscriber skips.
     async fn take(&self, consumer: &consumer::PullConsumer, limit: usize) -> Result<Vec<Taken>, Error> {
-        let mut batch =
-            consumer.fetch().max_messages(limit).messages().await.map_err(|e| nats_error("fetching events", e))?;
-        let mut taken = Vec::new();
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| nats_error("fetching events", e))?;
-            let info = message.info().map_err(|e| nats_error("reading a message's metadata", e))?;
-            let (sequence, delivered) = (info.stream_sequence, info.delivered);
-            taken.push(Taken { message, sequence, delivered });
+        let fetch = async {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(limit)
+                .expires(FETCH_EXPIRY)
+                .messages()
+                .await
+                .map_err(|e| nats_error("fetching events", e))?;
+            let mut taken = Vec::new();
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| nats_error("fetching events", e))?;
+                let info = message.info().map_err(|e| nats_error("reading a message's metadata", e))?;
+                let (sequence, delivered) = (info.stream_sequence, info.delivered);
+                taken.push(Taken { message, sequence, delivered });
+            }
+            Ok(taken)
+        };
+        match tokio::time::timeout(FETCH_TIMEOUT, fetch).await {
+            Ok(taken) => taken,
+            // The next batch creates the consumer again from the row when it delivered more.
+            Err(_) => Err(nats_error("fetching events", format!("no answer within {FETCH_TIMEOUT:?}"))),
         }
-        Ok(taken)
     }
 
     /// One batch in one transaction of the subscriber.
