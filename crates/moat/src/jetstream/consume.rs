@@ -114,8 +114,8 @@ impl JetCursor {
 
     /// Goes past a message: its `lo` becomes the cursor's when it covers the cursor's (every
     /// earlier message was seen), and an event applied or held is remembered until then.
-    pub(crate) fn pass(&mut self, origin: &Origin, id: Uuid, applied: bool) {
-        let entry = format!("{}/{id}", origin.tx);
+    pub(crate) fn pass(&mut self, origin: &Origin, id: Uuid, position: i64, applied: bool) {
+        let entry = format!("{}/{id}/{position}", origin.tx);
         if self.cluster.as_ref().is_some_and(|c| *c != origin.cluster) {
             // The publisher's outbox moved to another cluster: its transactions are numbered anew.
             *self = Self::new(origin.lo.clone(), None, Some(origin.cluster.clone()), Vec::new());
@@ -135,10 +135,36 @@ impl JetCursor {
             self.lo = origin.lo.clone();
             self.lo_snapshot = lo;
         }
+        // The relay pages through a large batch: what it published in earlier pages of it is
+        // passed, and need not be remembered one by one.
+        if let Some((hi, last_id)) = &origin.floor
+            && origin.lo == self.lo
+            && let Some(hi_snapshot) = Snapshot::parse(hi)
+        {
+            let adopt = match &self.floor {
+                None => true,
+                Some((current, current_last)) => current == hi && last_id > current_last,
+            };
+            if adopt {
+                self.applied.retain(|a| {
+                    !(applied_tx(a).is_some_and(|tx| hi_snapshot.visible(tx))
+                        && applied_position(a).is_some_and(|p| p <= *last_id))
+                });
+                self.ids = self.applied.iter().filter_map(|a| applied_id(a)).collect();
+                self.floor = Some((hi.clone(), *last_id));
+                self.floor_snapshot = Some(hi_snapshot);
+            }
+        }
         if applied && self.ids.insert(id) {
             self.applied.push(entry);
         }
     }
+}
+
+/// The outbox position of an entry of `applied` (`<tx>/<event id>/<position>`; entries written
+/// before positions were recorded have none).
+fn applied_position(entry: &str) -> Option<i64> {
+    entry.splitn(3, '/').nth(2).and_then(|p| p.parse().ok())
 }
 
 fn applied_tx(entry: &str) -> Option<u64> {
@@ -146,7 +172,7 @@ fn applied_tx(entry: &str) -> Option<u64> {
 }
 
 fn applied_id(entry: &str) -> Option<Uuid> {
-    entry.split_once('/').and_then(|(_, id)| id.parse().ok())
+    entry.split('/').nth(1).and_then(|id| id.parse().ok())
 }
 
 /// Prunes `applied` of what `lo` covers (after the direct transport moved `lo`).
@@ -447,11 +473,11 @@ impl Subscription {
             let (event, origin) =
                 decode(t.message.subject.as_str(), t.sequence, t.message.headers.as_ref(), &t.message.payload)?;
             if cursor.consumed(&origin, event.id, event.position) {
-                cursor.pass(&origin, event.id, false);
+                cursor.pass(&origin, event.id, event.position, false);
                 continue;
             }
             let wanted = handled.contains(event.event_type.as_str());
-            cursor.pass(&origin, event.id, wanted);
+            cursor.pass(&origin, event.id, event.position, wanted);
             if wanted {
                 to_apply.push(event);
             }
@@ -576,7 +602,32 @@ mod tests {
     use super::*;
 
     fn origin(tx: u64, lo: &str) -> Origin {
-        Origin { tx, cluster: "c".into(), lo: lo.into() }
+        Origin { tx, cluster: "c".into(), lo: lo.into(), floor: None }
+    }
+
+    #[test]
+    fn a_relay_floor_keeps_the_applied_list_to_one_page() {
+        let mut cursor = JetCursor::new("5:5:".into(), None, None, Vec::new());
+        let page = |floor: Option<i64>| Origin {
+            tx: 0,
+            cluster: "c".into(),
+            lo: "5:5:".into(),
+            floor: floor.map(|last| ("5:900:".to_owned(), last)),
+        };
+        // Page one (no floor yet), then page two, whose floor says page one was acknowledged.
+        for position in 1..=100 {
+            let origin = Origin { tx: 10 + position as u64, ..page(None) };
+            cursor.pass(&origin, Uuid::now_v7(), position, true);
+        }
+        assert_eq!(cursor.applied.len(), 100);
+        let first_of_two = Origin { tx: 111, ..page(Some(100)) };
+        let id = Uuid::now_v7();
+        cursor.pass(&first_of_two, id, 101, true);
+        assert_eq!(cursor.applied.len(), 1, "page one is covered by the floor");
+        // A message of page one delivered again is still recognized, through the floor.
+        assert!(cursor.consumed(&Origin { tx: 50, ..page(Some(100)) }, Uuid::now_v7(), 40));
+        assert!(cursor.consumed(&first_of_two, id, 101));
+        assert!(!cursor.consumed(&Origin { tx: 112, ..page(Some(100)) }, Uuid::now_v7(), 102));
     }
 
     #[test]
@@ -584,18 +635,18 @@ mod tests {
         let mut cursor = JetCursor::new("1:1:".into(), None, None, Vec::new());
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         assert!(!cursor.consumed(&origin(5, "1:1:"), a, 1));
-        cursor.pass(&origin(5, "1:1:"), a, true);
-        cursor.pass(&origin(6, "1:1:"), b, true);
+        cursor.pass(&origin(5, "1:1:"), a, 1, true);
+        cursor.pass(&origin(6, "1:1:"), b, 2, true);
         assert!(cursor.consumed(&origin(5, "1:1:"), a, 1), "applied beyond lo");
         // The relay moved on: its lo covers both.
-        cursor.pass(&origin(9, "7:9:"), c, true);
+        cursor.pass(&origin(9, "7:9:"), c, 3, true);
         assert_eq!(cursor.lo, "7:9:");
         assert_eq!(cursor.applied.len(), 1, "{:?}", cursor.applied);
         assert!(cursor.consumed(&origin(5, "1:1:"), a, 1), "covered by lo");
         assert!(cursor.consumed(&origin(9, "7:9:"), c, 3));
         assert!(!cursor.consumed(&origin(10, "7:9:"), Uuid::now_v7(), 4));
         // An older lo never moves the cursor back.
-        cursor.pass(&origin(11, "1:1:"), Uuid::now_v7(), false);
+        cursor.pass(&origin(11, "1:1:"), Uuid::now_v7(), 5, false);
         assert_eq!(cursor.lo, "7:9:");
         assert_eq!(prune_applied(&cursor.applied, "10:12:"), Vec::<String>::new());
     }

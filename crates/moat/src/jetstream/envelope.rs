@@ -34,6 +34,11 @@ pub const TX_HEADER: &str = "Moat-Tx";
 pub const CLUSTER_HEADER: &str = "Moat-Cluster";
 /// The header with the relay's snapshot: every transaction visible in it was published before.
 pub const LO_HEADER: &str = "Moat-Lo";
+/// The header with the relay's place in a batch it pages through (`<hi snapshot>/<outbox id>`):
+/// every event of a transaction visible in that snapshot, up to that outbox id, was published
+/// before (a batch larger than the relay's page is published page by page, each page's PubAcks
+/// awaited before the next).
+pub const FLOOR_HEADER: &str = "Moat-Floor";
 
 /// Where an event stands in its publisher's outbox, as the relay saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +46,9 @@ pub(crate) struct Origin {
     pub(crate) tx: u64,
     pub(crate) cluster: String,
     pub(crate) lo: String,
+    /// [`FLOOR_HEADER`]: the snapshot and outbox id the relay had published up to within `lo`'s
+    /// batch.
+    pub(crate) floor: Option<(String, i64)>,
 }
 
 /// The body and headers of `event` of `module`.
@@ -71,6 +79,9 @@ pub(crate) fn encode(module: &str, event: &RawEvent, origin: &Origin) -> Result<
     headers.insert(TX_HEADER, origin.tx.to_string().as_str());
     headers.insert(CLUSTER_HEADER, origin.cluster.as_str());
     headers.insert(LO_HEADER, origin.lo.as_str());
+    if let Some((hi, last_id)) = &origin.floor {
+        headers.insert(FLOOR_HEADER, format!("{hi}/{last_id}").as_str());
+    }
     Ok((headers, Bytes::from(body)))
 }
 
@@ -114,7 +125,18 @@ pub(crate) fn decode(
             .ok_or_else(|| bad(format!("no `{name}` header")))
     };
     let tx = header(TX_HEADER)?.parse::<u64>().map_err(|e| bad(format!("`{TX_HEADER}`: {e}")))?;
-    let origin = Origin { tx, cluster: header(CLUSTER_HEADER)?, lo: header(LO_HEADER)? };
+    let floor = match headers.and_then(|h| h.get(FLOOR_HEADER)) {
+        None => None,
+        Some(value) => {
+            let (hi, last_id) = value
+                .as_str()
+                .rsplit_once('/')
+                .and_then(|(hi, id)| Some((hi.to_owned(), id.parse::<i64>().ok()?)))
+                .ok_or_else(|| bad(format!("`{FLOOR_HEADER}` is not `<snapshot>/<id>`")))?;
+            Some((hi, last_id))
+        }
+    };
+    let origin = Origin { tx, cluster: header(CLUSTER_HEADER)?, lo: header(LO_HEADER)?, floor };
     let payload = serde_json::to_string(&envelope.payload).map_err(|e| bad(format!("its payload: {e}")))?;
     Ok((
         RawEvent {
@@ -147,7 +169,8 @@ mod tests {
             causation_id: None,
             published_at: chrono::Utc::now(),
         };
-        let origin = Origin { tx: 991, cluster: "7312".into(), lo: "990:992:".into() };
+        let origin =
+            Origin { tx: 991, cluster: "7312".into(), lo: "990:992:".into(), floor: Some(("990:995:993".into(), 41)) };
         let (headers, body) = encode("patients", &event, &origin).expect("encodes");
         let parsed: serde_json::Value = serde_json::from_slice(&body).expect("plain JSON");
         assert_eq!(parsed["type"], "PatientAdmitted");

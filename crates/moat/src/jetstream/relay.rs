@@ -292,6 +292,8 @@ impl Publisher {
                 tx: tx_id.parse().map_err(|e| nats_error("reading the outbox", e))?,
                 cluster: row.try_get("cluster")?,
                 lo: lo.clone(),
+                // This page's events come after `last_id` in `hi`: those up to it were acknowledged.
+                floor: hi.clone().map(|hi| (hi, last_id)),
             };
             events.push((RawEvent::from_row(row, "id")?, origin));
         }
@@ -359,6 +361,7 @@ impl Publisher {
                 tx: tx_id.parse().map_err(|e| nats_error("reading the outbox", e))?,
                 cluster: row.try_get("cluster")?,
                 lo: lo.to_owned(),
+                floor: None,
             };
             events.push((RawEvent::from_row(row, "id")?, origin));
         }
