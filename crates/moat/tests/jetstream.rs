@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{APPLIED, CustomerRenamed, OUT_OF_ORDER, Record, config, count, publish, text, wait_for};
+use moat::events::Handler;
 use moat::jetstream::{Broker, Relay, RelayConfig};
 use moat::{Config, Moat};
 use moat_testkit::nats::NatsServer;
@@ -331,5 +332,66 @@ async fn event_types_that_are_no_subject_token_neither_stop_the_relay_nor_escape
         wanted.push((format!("{prefix}CustomerRenamed"), "CustomerRenamed".into(), (n % 3).to_string()));
     }
     assert_eq!(tailed, wanted);
+    app.close().await;
+}
+
+/// Fails every event of key 1 while `orders.failing` has a row.
+struct FailsKeyOne;
+
+impl moat::events::Handler<CustomerRenamed> for FailsKeyOne {
+    async fn handle(
+        &self,
+        ctx: &mut moat::events::HandlerContext<'_>,
+        e: &moat::events::Envelope<CustomerRenamed>,
+    ) -> Result<(), moat::events::HandlerError> {
+        let failing: i64 = sqlx::query_scalar("SELECT count(*) FROM failing").fetch_one(&mut **ctx).await?;
+        if e.payload.customer_id == 1 && failing > 0 {
+            return Err("key 1 is failing".into());
+        }
+        Record.handle(ctx, e).await
+    }
+}
+
+#[tokio::test]
+async fn retries_dead_letters_and_events_retry_work_on_jetstream_as_on_the_outbox() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let mut files = FILES.to_vec();
+    files.push((
+        "modules/orders/migrations/0002_failing.sql",
+        "CREATE TABLE failing (one int);\nINSERT INTO failing VALUES (1);\n",
+    ));
+    let project = TestProject::new(&db.project, &manifest("jetstream", ""), &files);
+    let app = start(&db, &project).await;
+    let broker = Broker::connect_to(app.manifest(), &nats.url()).await.unwrap();
+    let relay = Relay::start(app.clone(), broker.clone(), relay_config()).await.unwrap();
+    let dispatcher = app
+        .events()
+        .jetstream(broker.clone())
+        .config(moat::events::DispatcherConfig { max_attempts: 3, ..config() })
+        .subscribe::<CustomerRenamed, _>("orders", FailsKeyOne)
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    publish(&app, 0, 30).await;
+    // Keys 0 and 2 flow; key 1's first event is retried, then dead, its later events wait.
+    wait_for(&db.url, APPLIED, 20, Duration::from_secs(30)).await;
+    wait_for(&db.url, "SELECT count(*) FROM orders.moat_inbox WHERE state = 'dead'", 1, Duration::from_secs(30)).await;
+    assert_eq!(count(&db.url, "SELECT count(*) FROM orders.moat_inbox WHERE state = 'waiting'").await, 9);
+    let status = moat::admin::events::status(&db.url, app.manifest()).await.unwrap();
+    let orders = status.subscriptions.iter().find(|s| s.subscriber == "orders").unwrap();
+    assert_eq!((orders.dead, orders.waiting), (1, 9));
+
+    // Fixed: `moat events retry --all` revives it, and key 1 follows in order.
+    db.exec("DELETE FROM orders.failing").await;
+    let revived =
+        moat::admin::events::retry(&db.url, app.manifest(), moat::admin::events::RetryTarget::All).await.unwrap();
+    assert_eq!(revived, 1);
+    wait_for(&db.url, APPLIED, 30, Duration::from_secs(30)).await;
+    assert_eq!(count(&db.url, OUT_OF_ORDER).await, 0);
+    assert_eq!(count(&db.url, "SELECT count(*) FROM orders.moat_inbox").await, 0);
+    dispatcher.shutdown().await;
+    relay.shutdown().await;
     app.close().await;
 }

@@ -10,12 +10,12 @@
 //! and a subscriber drops what it already applied beyond that window (see
 //! [`crate::jetstream`]).
 //!
-//! **Order.** Events of one key are published one after the other's PubAck (a batch goes out in
-//! waves in which no key repeats, so different keys are in flight together): if a publish fails,
-//! no later event of its key can have been stored before it. Every event is published after
+//! **Order.** An event is published only after the PubAck of the previous event of its key in
+//! the batch (events of other keys stay in flight meanwhile): if a publish fails, no later event
+//! of its key can have been stored before it. Every event is published after
 //! every event its `Moat-Lo` header covers was acknowledged.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -46,7 +46,7 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            batch_size: 1000,
+            batch_size: 5000,
             poll_interval: Duration::from_millis(500),
             retention_interval: Duration::from_secs(10),
         }
@@ -100,6 +100,18 @@ struct Publisher {
     progress: String,
     stats: Arc<RelayStats>,
     cluster: tokio::sync::Mutex<Option<(u64, String)>>,
+    /// The next batch, read while the previous one was being acknowledged.
+    prefetched: tokio::sync::Mutex<Option<Prefetched>>,
+}
+
+/// A relay cursor: `lo`, `hi`, `last_id` and the cluster they belong to.
+type Cursor = (String, Option<String>, i64, String);
+
+/// A batch read ahead, for the cursor `at`.
+struct Prefetched {
+    at: Cursor,
+    snap: String,
+    events: Vec<(RawEvent, Origin)>,
 }
 
 impl Relay {
@@ -121,6 +133,7 @@ impl Relay {
                 progress: qualified(module.schema.as_str(), OUTBOX_PROGRESS),
                 stats: stats.clone(),
                 cluster: tokio::sync::Mutex::new(None),
+                prefetched: tokio::sync::Mutex::new(None),
             });
             unit.check().await?;
             units.push(unit);
@@ -257,10 +270,63 @@ impl Publisher {
                 .await;
         }
         let limit = self.config.batch_size;
-        const COLUMNS: &str = "o.id, o.tx::text AS tx, o.cluster, o.event_id, o.event_type, o.event_key, o.payload::text, o.correlation_id, o.causation_id, o.published_at";
-        let lo_snapshot = format!("{}::pg_snapshot", literal(&lo));
+        let at = (lo.clone(), hi.clone(), last_id, here.clone());
+        let prefetched = self.prefetched.lock().await.take();
+        let (snap, events) = match prefetched {
+            Some(p) if p.at == at => (p.snap, p.events),
+            _ => self.read(&mut tx, &at).await?,
+        };
+        let complete = (events.len() as i64) < limit;
+        let (next_lo, next_hi, next_last) = if complete {
+            (snap.clone(), None, 0)
+        } else {
+            (lo.clone(), Some(snap.clone()), events.last().map_or(last_id, |(e, _)| e.position))
+        };
+        if events.is_empty() && next_lo == lo && hi.is_none() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        // While JetStream acknowledges this batch, the next one (when the backlog goes on) is read
+        // on another connection: it is published only after every PubAck of this one.
+        let next = (next_lo.clone(), next_hi.clone(), next_last, here.clone());
+        let prefetch = async {
+            if complete {
+                return None;
+            }
+            let mut conn = relay.acquire().await.ok()?;
+            let (snap, events) = self.read(&mut conn, &next).await.ok()?;
+            Some(Prefetched { at: next, snap, events })
+        };
+        let (published, prefetched) = tokio::join!(self.publish(&events), prefetch);
+        published?;
+        *self.prefetched.lock().await = prefetched;
         let here_sql = literal(&here);
-        let sql = match &hi {
+        let finish = format!(
+            "UPDATE {progress} SET lo = {lo}::pg_snapshot, hi = {hi}, last_id = {next_last}, cluster = {here_sql}, \
+             consumed_below = pg_snapshot_xmin({lo}::pg_snapshot), updated_at = now() WHERE subscriber = {name}; ",
+            progress = self.progress,
+            lo = literal(&next_lo),
+            hi = next_hi.as_deref().map_or_else(|| "NULL".to_owned(), |h| format!("{}::pg_snapshot", literal(h))),
+            name = literal(RELAY_PROGRESS),
+        );
+        tx.commit(&finish).await?;
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(events.len())
+    }
+
+    /// The batch after the cursor `at` (`lo`, `hi`, `last_id`, the cluster), as the relay reads
+    /// it: the snapshot that bounds it and its events in outbox order, each with its origin.
+    async fn read(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        at: &Cursor,
+    ) -> Result<(String, Vec<(RawEvent, Origin)>), Error> {
+        let (lo, hi, last_id, here) = at;
+        let limit = self.config.batch_size;
+        const COLUMNS: &str = "o.id, o.tx::text AS tx, o.cluster, o.event_id, o.event_type, o.event_key, o.payload::text, o.correlation_id, o.causation_id, o.published_at";
+        let lo_snapshot = format!("{}::pg_snapshot", literal(lo));
+        let here_sql = literal(here);
+        let sql = match hi {
             None => format!(
                 "SET LOCAL enable_seqscan = off; \
                  WITH s AS (SELECT pg_current_snapshot() AS snap) \
@@ -279,7 +345,7 @@ impl Publisher {
                 outbox = self.outbox
             ),
         };
-        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *conn).await?;
         let mut snap = hi.clone().unwrap_or_else(|| lo.clone());
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -293,32 +359,11 @@ impl Publisher {
                 cluster: row.try_get("cluster")?,
                 lo: lo.clone(),
                 // This page's events come after `last_id` in `hi`: those up to it were acknowledged.
-                floor: hi.clone().map(|hi| (hi, last_id)),
+                floor: hi.clone().map(|hi| (hi, *last_id)),
             };
             events.push((RawEvent::from_row(row, "id")?, origin));
         }
-        let complete = (events.len() as i64) < limit;
-        let (next_lo, next_hi, next_last) = if complete {
-            (snap.clone(), None, 0)
-        } else {
-            (lo.clone(), Some(snap.clone()), events.last().map_or(last_id, |(e, _)| e.position))
-        };
-        if events.is_empty() && next_lo == lo && hi.is_none() {
-            tx.rollback().await?;
-            return Ok(0);
-        }
-        self.publish(&events).await?;
-        let finish = format!(
-            "UPDATE {progress} SET lo = {lo}::pg_snapshot, hi = {hi}, last_id = {next_last}, cluster = {here_sql}, \
-             consumed_below = pg_snapshot_xmin({lo}::pg_snapshot), updated_at = now() WHERE subscriber = {name}; ",
-            progress = self.progress,
-            lo = literal(&next_lo),
-            hi = next_hi.as_deref().map_or_else(|| "NULL".to_owned(), |h| format!("{}::pg_snapshot", literal(h))),
-            name = literal(RELAY_PROGRESS),
-        );
-        tx.commit(&finish).await?;
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(events.len())
+        Ok((snap, events))
     }
 
     /// The outbox now lives in another cluster (the module was moved, or its database restored
@@ -379,11 +424,12 @@ impl Publisher {
         Ok(self.config.batch_size as usize)
     }
 
-    /// Publishes `events` in waves in which no key repeats, and waits for every PubAck, within
+    /// Publishes `events`, each after its key's previous one was acknowledged, and waits for
+    /// every PubAck, within
     /// the relay's retry horizon (`[events] relay_retry`).
     async fn publish(&self, events: &[(RawEvent, Origin)]) -> Result<(), Error> {
         let horizon = self.broker.manifest.events.relay_retry;
-        match tokio::time::timeout(horizon, self.publish_waves(events)).await {
+        match tokio::time::timeout(horizon, self.publish_in_key_order(events)).await {
             Ok(result) => result,
             Err(_) => Err(Error::Nats {
                 context: format!("relaying module `{}`", self.module),
@@ -396,14 +442,14 @@ impl Publisher {
         }
     }
 
-    async fn publish_waves(&self, events: &[(RawEvent, Origin)]) -> Result<(), Error> {
-        let mut keys: HashSet<&str> = HashSet::new();
-        let mut pending: Vec<PublishAckFuture> = Vec::new();
+    async fn publish_in_key_order(&self, events: &[(RawEvent, Origin)]) -> Result<(), Error> {
+        // Each key's previous publish is acknowledged before its next one goes out; other keys'
+        // publishes stay in flight meanwhile.
+        let mut pending: Vec<Option<PublishAckFuture>> = Vec::with_capacity(events.len());
+        let mut last_of_key: HashMap<&str, usize> = HashMap::new();
         for (event, origin) in events {
-            if !keys.insert(event.key.as_str()) {
-                self.acks(std::mem::take(&mut pending)).await?;
-                keys.clear();
-                keys.insert(event.key.as_str());
+            if let Some(previous) = last_of_key.get(event.key.as_str()).and_then(|i| pending[*i].take()) {
+                self.acks(vec![previous]).await?;
             }
             let (headers, body) = encode(&self.module, event, origin)?;
             let subject = self.broker.subject(&self.module, &event.event_type);
@@ -413,9 +459,10 @@ impl Publisher {
                 .send_publish(subject, PublishMessage::build().payload(body).headers(headers))
                 .await
                 .map_err(|e| nats_error(format!("publishing an event of module `{}`", self.module), e))?;
-            pending.push(ack);
+            last_of_key.insert(event.key.as_str(), pending.len());
+            pending.push(Some(ack));
         }
-        self.acks(pending).await
+        self.acks(pending.into_iter().flatten().collect()).await
     }
 
     async fn acks(&self, pending: Vec<PublishAckFuture>) -> Result<(), Error> {
