@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{APPLIED, CustomerRenamed, OUT_OF_ORDER, Record, config, count, publish, text, wait_for};
-use moat::events::Handler;
 use moat::jetstream::{Broker, Relay, RelayConfig};
 use moat::{Config, Moat};
 use moat_testkit::nats::NatsServer;
