@@ -17,6 +17,7 @@
 //! This crate does not depend on the SQL parser (`moat-analysis`): applications build no C code
 //! for moat.
 
+pub mod compose;
 mod config;
 mod error;
 pub mod events;
