@@ -45,6 +45,10 @@ pub(crate) struct Locked {
     pub(crate) transport: String,
     /// Events applied through JetStream that `lo` does not cover yet (`<tx>/<event id>`).
     pub(crate) applied: Vec<String>,
+    /// The last JetStream stream sequence gone through.
+    pub(crate) stream_seq: i64,
+    /// When the row last changed.
+    pub(crate) updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// `BEGIN` follows, then this: the cursor row locked (`FOR UPDATE SKIP LOCKED`; no row when
@@ -54,7 +58,7 @@ pub(crate) struct Locked {
 pub(crate) fn lock_sql(subscriptions: &str, inbox: &str, publisher: &str) -> String {
     let publisher = literal(publisher);
     format!(
-        "SELECT lo::text, hi::text, last_id, cluster, moved_id, handled, transport, applied FROM {subscriptions} WHERE publisher = {publisher} FOR UPDATE SKIP LOCKED; \
+        "SELECT lo::text, hi::text, last_id, cluster, moved_id, handled, transport, applied, stream_seq, updated_at FROM {subscriptions} WHERE publisher = {publisher} FOR UPDATE SKIP LOCKED; \
          SELECT coalesce(array_agg(DISTINCT event_key), '{{}}') AS blocked FROM {inbox} WHERE publisher = {publisher}"
     )
 }
@@ -78,10 +82,20 @@ pub(crate) fn parse_lock(rows: &[PgRow]) -> Result<Option<Locked>, Error> {
                 row.try_get::<Vec<String>, _>("handled")?,
                 row.try_get::<String, _>("transport")?,
                 row.try_get::<Vec<String>, _>("applied")?,
+                row.try_get::<i64, _>("stream_seq")?,
+                row.try_get::<chrono::DateTime<chrono::Utc>, _>("updated_at")?,
             ));
         }
     }
-    Ok(cursor.map(|(cursor, handled, transport, applied)| Locked { cursor, handled, blocked, transport, applied }))
+    Ok(cursor.map(|(cursor, handled, transport, applied, stream_seq, updated_at)| Locked {
+        cursor,
+        handled,
+        blocked,
+        transport,
+        applied,
+        stream_seq,
+        updated_at,
+    }))
 }
 
 /// A batch as the relay read it.

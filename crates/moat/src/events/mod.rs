@@ -61,7 +61,7 @@ pub use handler::{Handler, HandlerContext, HandlerError};
 pub use publish::{EventMeta, ModuleTx};
 pub use snapshot::SnapshotUpsert;
 
-pub(crate) use fetch::cluster_id;
+pub(crate) use fetch::{Locked, cluster_id, lock_sql, parse_lock};
 pub(crate) use handler::RawEvent;
 pub use moat_admin::internal::InboxState;
 pub(crate) use publish::{outbox_insert, outbox_table, outbox_table as publish_outbox, prepare_publish_sql};

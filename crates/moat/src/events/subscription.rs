@@ -104,17 +104,17 @@ enum Outcome {
 }
 
 impl Subscription {
-    /// Registers this process's handled and ignored types, creates the cursor and the progress
-    /// row if missing, and drops held events of types the subscriber now ignores.
+    /// Registers this process's handled and ignored types, creates the cursor (and, for the
+    /// direct transport, the progress row beside the publisher's outbox) if missing, and drops
+    /// held events of types the subscriber now ignores. A new row of a subscription reading
+    /// JetStream starts at the stream's beginning; the publisher's database is not needed then.
     pub(crate) async fn register(&self) -> Result<(), Error> {
-        if self.transport == moat_core::manifest::Transport::JetStream {
-            return self.register_jet().await;
-        }
+        let direct = self.transport == moat_core::manifest::Transport::Direct;
+        let here = if direct { Some(cluster_id(&self.relay().await?).await?) } else { None };
         // The upsert takes the cursor row's lock, so a registration lands between two batches:
         // every batch after it holds the new types.
-        let here = cluster_id(&self.relay().await?).await?;
         let sql = format!(
-            "INSERT INTO {subscriptions} AS s (publisher, lo, handled, ignored, cluster) VALUES ($1, '1:1:', $2, $3, $4) \
+            "INSERT INTO {subscriptions} AS s (publisher, lo, handled, ignored, cluster, transport) VALUES ($1, '1:1:', $2, $3, $4, $5) \
              ON CONFLICT (publisher) DO UPDATE SET \
                handled = ARRAY(SELECT DISTINCT t FROM unnest(s.handled || $2) t WHERE t <> ALL ($3) ORDER BY t), \
                ignored = ARRAY(SELECT DISTINCT t FROM unnest(s.ignored || $3) t WHERE t <> ALL ($2) ORDER BY t) \
@@ -126,9 +126,12 @@ impl Subscription {
             .bind(&self.mine)
             .bind(&self.ignored)
             .bind(&here)
+            .bind(self.transport.as_str())
             .fetch_one(&self.pool()?)
             .await?;
-        self.local().cluster = here;
+        if let Some(here) = here {
+            self.local().cluster = here;
+        }
         if !self.ignored.is_empty() {
             let sql = format!("DELETE FROM {} WHERE publisher = $1 AND event_type = ANY($2)", self.tables.inbox);
             let dropped = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -141,44 +144,12 @@ impl Subscription {
                 tracing::info!(subscriber = %self.subscriber, publisher = %self.publisher, dropped, "held events of ignored types dropped");
             }
         }
-        let sql = format!(
-            "INSERT INTO {} (subscriber, consumed_below) VALUES ($1, '0') ON CONFLICT (subscriber) DO NOTHING",
-            self.tables.progress
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.subscriber).execute(&self.relay().await?).await?;
-        let sql = format!("SELECT count(*) > 0 FROM {} WHERE publisher = $1", self.tables.inbox);
-        let held: bool =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&self.publisher).fetch_one(&self.pool()?).await?;
-        let mut local = self.local();
-        local.held = held;
-        local.handled = handled;
-        Ok(())
-    }
-
-    /// Registers a subscription that reads JetStream: its handled and ignored types (a new row
-    /// starts at the stream's beginning); the publisher's database is not needed.
-    async fn register_jet(&self) -> Result<(), Error> {
-        let sql = format!(
-            "INSERT INTO {subscriptions} AS s (publisher, lo, handled, ignored, transport) VALUES ($1, '1:1:', $2, $3, 'jetstream') \
-             ON CONFLICT (publisher) DO UPDATE SET \
-               handled = ARRAY(SELECT DISTINCT t FROM unnest(s.handled || $2) t WHERE t <> ALL ($3) ORDER BY t), \
-               ignored = ARRAY(SELECT DISTINCT t FROM unnest(s.ignored || $3) t WHERE t <> ALL ($2) ORDER BY t) \
-             RETURNING handled",
-            subscriptions = self.tables.subscriptions
-        );
-        let handled: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(&self.publisher)
-            .bind(&self.mine)
-            .bind(&self.ignored)
-            .fetch_one(&self.pool()?)
-            .await?;
-        if !self.ignored.is_empty() {
-            let sql = format!("DELETE FROM {} WHERE publisher = $1 AND event_type = ANY($2)", self.tables.inbox);
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(&self.publisher)
-                .bind(&self.ignored)
-                .execute(&self.pool()?)
-                .await?;
+        if direct {
+            let sql = format!(
+                "INSERT INTO {} (subscriber, consumed_below) VALUES ($1, '0') ON CONFLICT (subscriber) DO NOTHING",
+                self.tables.progress
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.subscriber).execute(&self.relay().await?).await?;
         }
         let sql = format!("SELECT count(*) > 0 FROM {} WHERE publisher = $1", self.tables.inbox);
         let held: bool =
@@ -340,7 +311,8 @@ impl Subscription {
         let conn = self.app.acquire(&self.subscriber).await?;
         let lock = lock_sql(&self.tables.subscriptions, &self.tables.inbox, &self.publisher);
         let (mut tx, rows) = RawTx::begin_with(conn, &lock).await?;
-        let Some(Locked { cursor, handled, mut blocked, transport, applied: jet_applied }) = parse_lock(&rows)? else {
+        let Some(Locked { cursor, handled, mut blocked, transport, applied: jet_applied, .. }) = parse_lock(&rows)?
+        else {
             // Another dispatcher holds this subscription right now.
             tx.rollback().await?;
             return Ok(Outcome::Consumed(0));

@@ -209,19 +209,10 @@ impl Broker {
         start: consumer::DeliverPolicy,
     ) -> Result<consumer::PullConsumer, Error> {
         let name = Self::consumer_name(subscriber, publisher);
-        let events = &self.manifest.events;
-        if let Some(unsafe_wait) = events.unsafe_ack_wait(events.ack_wait) {
-            return Err(Error::UnsafeEventTransport {
-                object: "`[events]` in moat.toml".into(),
-                settings: vec![unsafe_wait],
-            });
-        }
+        self.refuse_unsafe_ack_wait()?;
         let mut consumer: consumer::PullConsumer = match stream.get_consumer(&name).await {
             Ok(consumer) => consumer,
-            Err(_) => stream
-                .create_consumer(self.consumer_config(&name, publisher, start))
-                .await
-                .map_err(|e| nats_error(format!("creating consumer `{name}` on stream `{}`", self.stream), e))?,
+            Err(_) => self.create_consumer(stream, &name, publisher, start).await?,
         };
         let info = consumer.info().await.map_err(|e| nats_error(format!("reading consumer `{name}`"), e))?;
         self.check_consumer_info(&name, publisher, info)?;
@@ -238,13 +229,7 @@ impl Broker {
         publisher: &str,
     ) -> Result<(), Error> {
         let name = Self::consumer_name(subscriber, publisher);
-        let events = &self.manifest.events;
-        if let Some(unsafe_wait) = events.unsafe_ack_wait(events.ack_wait) {
-            return Err(Error::UnsafeEventTransport {
-                object: "`[events]` in moat.toml".into(),
-                settings: vec![unsafe_wait],
-            });
-        }
+        self.refuse_unsafe_ack_wait()?;
         match stream.consumer_info(&name).await {
             Ok(info) => self.check_consumer_info(&name, publisher, &info),
             Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(()),
@@ -322,10 +307,32 @@ impl Broker {
             Err(e) if e.to_string().contains("not found") => {}
             Err(e) => return Err(nats_error(format!("deleting consumer `{name}`"), e)),
         }
+        self.create_consumer(stream, &name, publisher, start).await
+    }
+
+    async fn create_consumer(
+        &self,
+        stream: &stream::Stream,
+        name: &str,
+        publisher: &str,
+        start: consumer::DeliverPolicy,
+    ) -> Result<consumer::PullConsumer, Error> {
         stream
-            .create_consumer(self.consumer_config(&name, publisher, start))
+            .create_consumer(self.consumer_config(name, publisher, start))
             .await
             .map_err(|e| nats_error(format!("creating consumer `{name}` on stream `{}`", self.stream), e))
+    }
+
+    /// The manifest's ack wait against its handler timeout.
+    fn refuse_unsafe_ack_wait(&self) -> Result<(), Error> {
+        let events = &self.manifest.events;
+        match events.unsafe_ack_wait(events.ack_wait) {
+            Some(unsafe_wait) => Err(Error::UnsafeEventTransport {
+                object: "`[events]` in moat.toml".into(),
+                settings: vec![unsafe_wait],
+            }),
+            None => Ok(()),
+        }
     }
 
     fn consumer_config(&self, name: &str, publisher: &str, start: consumer::DeliverPolicy) -> consumer::pull::Config {

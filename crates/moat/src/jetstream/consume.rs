@@ -26,8 +26,6 @@ use async_nats::jetstream::{consumer, stream};
 use futures::StreamExt;
 use moat_core::manifest::Transport;
 use moat_core::quote::literal;
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 use tokio::sync::{Mutex, Notify, watch};
 use uuid::Uuid;
 
@@ -35,7 +33,7 @@ use super::broker::{Broker, nats_error};
 use super::envelope::{Origin, decode};
 use super::snapshot::Snapshot;
 use crate::Error;
-use crate::events::{Mode, RawEvent, RawTx, Subscription, backoff, outbox_insert};
+use crate::events::{Locked, Mode, RawEvent, RawTx, Subscription, backoff, lock_sql, outbox_insert, parse_lock};
 
 /// What a subscription that reads JetStream holds besides the rest.
 pub(crate) struct Jet {
@@ -188,57 +186,6 @@ pub(crate) fn applied_ids(applied: &[String]) -> BTreeSet<Uuid> {
     applied.iter().filter_map(|a| applied_id(a)).collect()
 }
 
-/// The subscription row as a JetStream batch reads it.
-struct Row_ {
-    lo: String,
-    hi: Option<String>,
-    last_id: i64,
-    cluster: Option<String>,
-    handled: Vec<String>,
-    transport: String,
-    stream_seq: i64,
-    applied: Vec<String>,
-    updated_at: chrono::DateTime<chrono::Utc>,
-    blocked: BTreeSet<String>,
-}
-
-/// Locks the cursor row and reads the blocked keys (see `fetch::lock_sql`).
-fn lock_sql(subscriptions: &str, inbox: &str, publisher: &str) -> String {
-    let publisher = literal(publisher);
-    format!(
-        "SELECT lo::text, hi::text, last_id, cluster, handled, transport, stream_seq, applied, updated_at FROM {subscriptions} WHERE publisher = {publisher} FOR UPDATE SKIP LOCKED; \
-         SELECT coalesce(array_agg(DISTINCT event_key), '{{}}') AS blocked FROM {inbox} WHERE publisher = {publisher}"
-    )
-}
-
-fn parse_lock(rows: &[PgRow]) -> Result<Option<Row_>, Error> {
-    use sqlx::Column;
-    let mut row_ = None;
-    let mut blocked = BTreeSet::new();
-    for row in rows {
-        if row.columns().iter().any(|c| c.name() == "blocked") {
-            blocked = row.try_get::<Vec<String>, _>("blocked")?.into_iter().collect();
-        } else {
-            row_ = Some(Row_ {
-                lo: row.try_get("lo")?,
-                hi: row.try_get("hi")?,
-                last_id: row.try_get("last_id")?,
-                cluster: row.try_get("cluster")?,
-                handled: row.try_get("handled")?,
-                transport: row.try_get("transport")?,
-                stream_seq: row.try_get("stream_seq")?,
-                applied: row.try_get("applied")?,
-                updated_at: row.try_get("updated_at")?,
-                blocked: BTreeSet::new(),
-            });
-        }
-    }
-    Ok(row_.map(|mut r| {
-        r.blocked = blocked;
-        r
-    }))
-}
-
 /// How far before the cursor's last write a switch from the direct transport starts reading the
 /// stream: the snapshot `lo` was taken shortly before that write, and every event it does not
 /// cover was committed, hence published, after it was taken.
@@ -346,7 +293,7 @@ impl Subscription {
     }
 
     /// The consumer, created (or created again from the subscriber's record) when needed.
-    async fn consumer_for(&self, row: &Row_) -> Result<consumer::PullConsumer, Error> {
+    async fn consumer_for(&self, row: &Locked) -> Result<consumer::PullConsumer, Error> {
         let jet = self.jet()?;
         let mut slot = jet.consumer.lock().await;
         let reset = std::mem::take(&mut self.local().jet_reset);
@@ -451,8 +398,8 @@ impl Subscription {
             return Ok(Batched::Done(0));
         }
         let started = Instant::now();
-        let floor = row.hi.clone().map(|hi| (hi, row.last_id));
-        let mut cursor = JetCursor::new(row.lo.clone(), floor, row.cluster.clone(), row.applied.clone());
+        let floor = row.cursor.hi.clone().map(|hi| (hi, row.cursor.last_id));
+        let mut cursor = JetCursor::new(row.cursor.lo.clone(), floor, row.cursor.cluster.clone(), row.applied.clone());
         let handled: BTreeSet<&str> = row.handled.iter().map(String::as_str).collect();
         let mut to_apply: Vec<RawEvent> = Vec::new();
         let mut last = row.stream_seq as u64;
@@ -557,9 +504,9 @@ impl Subscription {
     /// The row says the direct transport ran last: start the consumer where the direct cursor
     /// stands (the whole stream when it consumed nothing; otherwise from a little before its last
     /// write, every message its `lo` covers being passed over), and record the switch.
-    async fn switch_from_direct(&self, tx: RawTx, row: &Row_) -> Result<Batched, Error> {
+    async fn switch_from_direct(&self, tx: RawTx, row: &Locked) -> Result<Batched, Error> {
         let jet = self.jet()?;
-        let start = if row.lo == "1:1:" && row.hi.is_none() && row.applied.is_empty() {
+        let start = if row.cursor.lo == "1:1:" && row.cursor.hi.is_none() && row.applied.is_empty() {
             consumer::DeliverPolicy::All
         } else {
             let at = row.updated_at - chrono::Duration::from_std(SWITCH_MARGIN).unwrap_or_default();
